@@ -1,0 +1,481 @@
+//! The client side: subscribe, send requests, read the events of one request, unsubscribe.
+//!
+//! ```no_run
+//! use pipe_core::Client;
+//! use serde_json::json;
+//!
+//! let mut client = Client::connect("echo")?;
+//! for event in client.request("stream", json!({"n": 3, "text": "hi"}))? {
+//!     println!("{}", event?);
+//! }
+//! # Ok::<(), pipe_core::Error>(())
+//! ```
+//!
+//! Against a cpipe server, requests go over the client's private request pipe (so any size
+//! is safe) and carry an `id`; a request's events end at `{"event":"end"}`. Against a plain
+//! named-pipes 0.4 server there are no ids: requests go over the shared pipe, and a request's
+//! events are the next reply, or a `done:false` stream up to its `done:true` chunk.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::fifo::{self, pollfd, Access};
+use crate::framing::{Frame, LineBuffer};
+use crate::message::{Event, Fields};
+use crate::paths::{self, ToolPaths};
+
+/// Default time to wait for any one reply.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest event line a client accepts.
+const MAX_EVENT_BYTES: usize = 256 << 20;
+/// Unclaimed broadcasts kept for [`Client::next_event`] before the oldest are dropped.
+const MAX_UNCLAIMED: usize = 100_000;
+
+/// Pipes this process is connected to: the protocol names a client by its pid, so one
+/// process can hold only one connection per server.
+static CONNECTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// A connection to one tool server.
+pub struct Client {
+    paths: ToolPaths,
+    pid: u32,
+    upstream: File,
+    request_pipe: Option<File>,
+    events: File,
+    lines: LineBuffer,
+    /// Events parsed from the pipe and not yet looked at.
+    parsed: VecDeque<Event>,
+    /// Events looked at but not yet claimed by a request or by `next_event`.
+    unclaimed: VecDeque<Event>,
+    /// Requests whose events are thrown away on arrival (e.g. our own `cancel`s).
+    discard: HashSet<u64>,
+    next_id: u64,
+    timeout: Option<Duration>,
+    /// The server speaks plain named-pipes 0.4: no ids, no `end`.
+    legacy: bool,
+    buf: Vec<u8>,
+}
+
+/// Options for [`Client::connect_with`].
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// The pipe directory (default: `CPIPE_DIR` or `/tmp`).
+    pub dir: PathBuf,
+    /// How long to wait for each reply; `None` waits forever.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            dir: paths::default_dir(),
+            timeout: Some(DEFAULT_TIMEOUT),
+        }
+    }
+}
+
+impl Client {
+    /// Connects to server `target` (a name, or a path to its `tool-NAME` pipe) with default
+    /// options, and subscribes.
+    pub fn connect(target: &str) -> Result<Self> {
+        Self::connect_with(target, &ConnectOptions::default())
+    }
+
+    /// Connects and subscribes with `options`.
+    pub fn connect_with(target: &str, options: &ConnectOptions) -> Result<Self> {
+        let paths = ToolPaths::resolve(&options.dir, target)
+            .ok_or_else(|| Error::InvalidName(target.into()))?;
+        let upstream_path = paths.upstream();
+        {
+            let mut connected = CONNECTED.lock().unwrap_or_else(|p| p.into_inner());
+            if connected.contains(&upstream_path) {
+                return Err(Error::Protocol(format!(
+                    "this process is already connected to {}; the protocol allows one \
+                     connection per process and server, so share that client",
+                    upstream_path.display()
+                )));
+            }
+            connected.push(upstream_path.clone());
+        }
+        Self::open(paths, options).inspect_err(|_| forget(&upstream_path))
+    }
+
+    fn open(paths: ToolPaths, options: &ConnectOptions) -> Result<Self> {
+        let upstream_path = paths.upstream();
+        fifo::check_fifo(&upstream_path).map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                Error::NotRunning(upstream_path.clone())
+            }
+            other => other,
+        })?;
+        let pid = std::process::id();
+        let downstream = paths.downstream(pid);
+        fifo::ensure_fifo(&downstream)?;
+        let events = match fifo::open_fifo(&downstream, Access::Read) {
+            Ok(f) => f,
+            Err(e) => {
+                fifo::remove_fifo(&downstream);
+                return Err(e);
+            }
+        };
+        let upstream = match fifo::open_fifo(&upstream_path, Access::Write) {
+            Ok(f) => f,
+            Err(e) => {
+                fifo::remove_fifo(&downstream);
+                return Err(e);
+            }
+        };
+        let mut client = Self {
+            paths,
+            pid,
+            upstream,
+            request_pipe: None,
+            events,
+            lines: LineBuffer::new(MAX_EVENT_BYTES),
+            parsed: VecDeque::new(),
+            unclaimed: VecDeque::new(),
+            discard: HashSet::new(),
+            next_id: 1,
+            timeout: options.timeout,
+            legacy: true,
+            buf: vec![0; 64 << 10],
+        };
+        client.subscribe()?;
+        Ok(client)
+    }
+
+    fn subscribe(&mut self) -> Result<()> {
+        let line = json!({"pid": self.pid, "cmd": "subscribe", "request_pipe": true});
+        self.write_line(&line, true)?;
+        let deadline = self.deadline();
+        loop {
+            let event = self.read_event(deadline, "the server to confirm subscribe")?;
+            if event.name() != "subscribed" {
+                continue; // nothing else is meant for us before this
+            }
+            self.legacy = event.get("protocol").is_none();
+            if let Some(path) = event.str("request_pipe") {
+                let pipe = fifo::open_fifo(Path::new(path), Access::Write)?;
+                self.request_pipe = Some(pipe);
+            }
+            return Ok(());
+        }
+    }
+
+    /// The server's request pipe.
+    pub fn server_path(&self) -> PathBuf {
+        self.paths.upstream()
+    }
+
+    /// Whether the server speaks only plain named-pipes 0.4 (no ids, no `end`).
+    pub fn is_legacy(&self) -> bool {
+        self.legacy
+    }
+
+    /// Sets how long to wait for each reply; `None` waits forever.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    /// Sends a request without waiting; returns its id. `args` must be a JSON object (or null).
+    pub fn send(&mut self, cmd: &str, args: Value) -> Result<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut fields = match args {
+            Value::Object(fields) => fields,
+            Value::Null => Fields::new(),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "request arguments must be a JSON object, got {other}"
+                )))
+            }
+        };
+        fields.insert("pid".into(), self.pid.into());
+        fields.insert("cmd".into(), cmd.into());
+        fields.insert("id".into(), id.into());
+        self.write_line(&Value::Object(fields), false)?;
+        Ok(id)
+    }
+
+    /// Sends a request and returns an iterator over its events (the closing `end` is not
+    /// yielded). Error events are yielded like any other; see [`Event::as_error`].
+    pub fn request(&mut self, cmd: &str, args: Value) -> Result<RequestEvents<'_>> {
+        let id = self.send(cmd, args)?;
+        Ok(self.events_of(id))
+    }
+
+    /// Iterates the events of request `id`, sent earlier with [`Client::send`].
+    pub fn events_of(&mut self, id: u64) -> RequestEvents<'_> {
+        RequestEvents {
+            client: self,
+            id,
+            finished: false,
+        }
+    }
+
+    /// Sends a request and collects its events; an error event becomes [`Error::Remote`].
+    pub fn call(&mut self, cmd: &str, args: Value) -> Result<Vec<Event>> {
+        let mut events = Vec::new();
+        for event in self.request(cmd, args)? {
+            let event = event?;
+            if let Some(e) = event.as_error() {
+                return Err(Error::Remote {
+                    code: e.code,
+                    message: e.message,
+                });
+            }
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    /// Asks the server to cancel request `id`. Its events end with a `cancelled` error.
+    pub fn cancel(&mut self, id: u64) -> Result<()> {
+        let cancel_id = self.send("cancel", json!({"target": id}))?;
+        self.discard.insert(cancel_id);
+        Ok(())
+    }
+
+    /// The next event not claimed by a request iterator: broadcasts such as
+    /// `state_changed`, and events of requests nobody iterates.
+    pub fn next_event(&mut self) -> Result<Event> {
+        if let Some(event) = self.unclaimed.pop_front() {
+            return Ok(event);
+        }
+        let deadline = self.deadline();
+        self.read_event(deadline, "an event")
+    }
+
+    /// Like [`Client::next_event`] but waits at most `wait`; `Ok(None)` if nothing came.
+    pub fn try_next_event(&mut self, wait: Duration) -> Result<Option<Event>> {
+        if let Some(event) = self.unclaimed.pop_front() {
+            return Ok(Some(event));
+        }
+        let saved = self.timeout.replace(wait);
+        let result = self.read_event(Some(Instant::now() + wait), "an event");
+        self.timeout = saved;
+        match result {
+            Ok(e) => Ok(Some(e)),
+            Err(Error::Timeout { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.timeout.map(|t| Instant::now() + t)
+    }
+
+    /// Writes one request line whole, waiting for room up to the timeout.
+    fn write_line(&mut self, value: &Value, shared_pipe: bool) -> Result<()> {
+        let mut line = serde_json::to_vec(value).expect("JSON values serialize");
+        line.push(b'\n');
+        let pipe = match (&self.request_pipe, shared_pipe) {
+            (Some(private), false) => private,
+            _ => &self.upstream,
+        };
+        let deadline = self.deadline();
+        let mut written = 0;
+        while written < line.len() {
+            match (&*pipe).write(&line[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let remaining =
+                        remaining(deadline, "the server to read a request", self.timeout)?;
+                    let mut fds = [pollfd(pipe.as_raw_fd(), libc::POLLOUT)];
+                    fifo::poll(&mut fds, remaining)
+                        .map_err(|e| Error::io("waiting to write a request", e))?;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
+                    return Err(Error::Disconnected {
+                        path: self.paths.upstream(),
+                        reason: "the server stopped reading requests (it exited)".into(),
+                    })
+                }
+                Err(e) => return Err(Error::io("writing a request", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the next event from the pipe (not from `unclaimed`).
+    fn read_event(&mut self, deadline: Option<Instant>, what: &str) -> Result<Event> {
+        loop {
+            if let Some(event) = self.pop_parsed() {
+                return Ok(event);
+            }
+            let remaining = remaining(deadline, what, self.timeout)?;
+            let mut fds = [pollfd(self.events.as_raw_fd(), libc::POLLIN)];
+            fifo::poll(&mut fds, remaining).map_err(|e| Error::io("waiting for events", e))?;
+            let revents = fds[0].revents;
+            if revents == 0 {
+                continue; // timed out: `remaining` reports it on the next turn
+            }
+            match (&self.events).read(&mut self.buf) {
+                Ok(0) => {
+                    return Err(Error::Disconnected {
+                        path: self.paths.upstream(),
+                        reason: "the server closed this client's event pipe (it stopped, or \
+                                 dropped this client for not reading)"
+                            .into(),
+                    })
+                }
+                Ok(n) => {
+                    let data = std::mem::take(&mut self.buf);
+                    let mut parsed = Vec::new();
+                    self.lines.push(&data[..n], |frame| match frame {
+                        Frame::Line(line) => match serde_json::from_slice::<Fields>(line) {
+                            Ok(fields) => parsed.extend(Event::from_fields(fields)),
+                            Err(e) => tracing::warn!("ignoring a malformed event line: {e}"),
+                        },
+                        Frame::TooLarge { len, .. } => {
+                            tracing::warn!("ignoring an event line of {len} bytes")
+                        }
+                    });
+                    self.buf = data;
+                    for event in parsed {
+                        self.stash(event);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("reading events", e)),
+            }
+        }
+    }
+
+    /// Queues a newly parsed event, unless it answers a request whose events are discarded.
+    fn stash(&mut self, event: Event) {
+        if let Some(id) = event.id().and_then(Value::as_u64) {
+            if self.discard.contains(&id) {
+                if event.name() == "end" {
+                    self.discard.remove(&id);
+                }
+                return;
+            }
+        }
+        self.parsed.push_back(event);
+    }
+
+    fn pop_parsed(&mut self) -> Option<Event> {
+        self.parsed.pop_front()
+    }
+}
+
+/// Time left until `deadline`, or a timeout error naming `what` and the client's timeout.
+fn remaining(
+    deadline: Option<Instant>,
+    what: &str,
+    timeout: Option<Duration>,
+) -> Result<Option<Duration>> {
+    let Some(deadline) = deadline else {
+        return Ok(None);
+    };
+    let now = Instant::now();
+    if now >= deadline {
+        return Err(Error::Timeout {
+            what: what.into(),
+            after: timeout.unwrap_or_default(),
+        });
+    }
+    Ok(Some(deadline - now))
+}
+
+fn forget(upstream: &Path) {
+    CONNECTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|p| p != upstream);
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Best effort and non-blocking: a dead server must not hang us here.
+        let line = format!("{{\"pid\":{},\"cmd\":\"unsubscribe\"}}\n", self.pid);
+        let pipe = self.request_pipe.as_ref().unwrap_or(&self.upstream);
+        let _ = (&*pipe).write(line.as_bytes());
+        fifo::remove_fifo(&self.paths.downstream(self.pid));
+        forget(&self.paths.upstream());
+    }
+}
+
+/// The events of one request, in order, ending before its `end`.
+pub struct RequestEvents<'a> {
+    client: &'a mut Client,
+    id: u64,
+    finished: bool,
+}
+
+impl RequestEvents<'_> {
+    /// The request's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn belongs(&self, event: &Event) -> bool {
+        if !self.client.legacy {
+            return event.id().and_then(Value::as_u64) == Some(self.id);
+        }
+        // named-pipes 0.4 has no ids: a reply is whatever comes that is not a broadcast.
+        event.name() != "state_changed"
+    }
+
+    fn next_event(&mut self) -> Result<Option<Event>> {
+        if self.finished {
+            return Ok(None);
+        }
+        let claimed = self
+            .client
+            .unclaimed
+            .iter()
+            .position(|e| self.belongs(e))
+            .and_then(|i| self.client.unclaimed.remove(i));
+        let event = match claimed {
+            Some(e) => e,
+            None => loop {
+                let deadline = self.client.deadline();
+                let e = self.client.read_event(deadline, "the reply")?;
+                if self.belongs(&e) {
+                    break e;
+                }
+                if self.client.unclaimed.len() >= MAX_UNCLAIMED {
+                    self.client.unclaimed.pop_front();
+                }
+                self.client.unclaimed.push_back(e);
+            },
+        };
+        if !self.client.legacy {
+            if event.name() == "end" {
+                self.finished = true;
+                return Ok(None);
+            }
+            return Ok(Some(event));
+        }
+        // Without ids, a reply ends the request unless it is a `done:false` stream chunk.
+        self.finished = event.get("done").and_then(Value::as_bool) != Some(false);
+        Ok(Some(event))
+    }
+}
+
+impl Iterator for RequestEvents<'_> {
+    type Item = Result<Event>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_event() {
+            Ok(Some(e)) => Some(Ok(e)),
+            Ok(None) => None,
+            Err(e) => {
+                self.finished = true;
+                Some(Err(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Routing of each request line: the built-in commands of named-pipes (answered on the
+//! listener, never blocking) and cpipe's extensions, then dispatch of registered commands.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::listener::{Listener, Source};
+use super::subscriber::{DropReason, Subscriber, Wait};
+use super::{lock, read, CancelReason, CancelToken, InFlight, Job, Responder};
+use crate::interface::CommandSpec;
+use crate::message::{ErrorCode, Event, ParseOutcome, Request, ToolError};
+use crate::{fifo, PROTOCOL_VERSION};
+
+/// The commands every server answers itself.
+pub(crate) fn builtin_specs() -> Vec<CommandSpec> {
+    let no_args = json!({"type": "object"});
+    vec![
+        CommandSpec::new(
+            "subscribe",
+            "Start receiving events on <dir>/tool-<name>-<pid>.",
+        )
+        .args(json!({"type": "object", "properties": {
+                "request_pipe": {"type": "boolean", "description":
+                    "Also open a private request pipe, for requests of any size."}}}))
+        .emits(&["subscribed"]),
+        CommandSpec::new("unsubscribe", "Stop receiving events; no reply.").args(no_args.clone()),
+        CommandSpec::new("ping", "Liveness check.")
+            .args(no_args.clone())
+            .emits(&["pong"]),
+        CommandSpec::new("get_state", "The server's state, pid and subscriber count.")
+            .args(no_args.clone())
+            .emits(&["state"]),
+        CommandSpec::new("get_description", "One line on what the server does.")
+            .args(no_args.clone())
+            .emits(&["description"]),
+        CommandSpec::new("get_help", "How to use the server.")
+            .args(no_args.clone())
+            .emits(&["help"]),
+        CommandSpec::new("get_config", "The server's configuration.")
+            .args(no_args.clone())
+            .emits(&["config"]),
+        CommandSpec::new(
+            "get_interface",
+            "Every command with its argument schema and events.",
+        )
+        .args(no_args.clone())
+        .emits(&["interface"]),
+        CommandSpec::new("cancel", "Cancel one of your own requests by its id.")
+            .args(
+                json!({"type": "object", "required": ["target"], "properties": {
+                "target": {"type": ["string", "integer"], "description":
+                    "The id of the request to cancel."}}}),
+            )
+            .emits(&["error"]),
+        CommandSpec::new(
+            "stop",
+            "Stop the server; subscribers get state_changed: stopping.",
+        )
+        .args(no_args),
+    ]
+}
+
+impl Listener {
+    pub(super) fn on_line(&mut self, line: &[u8], source: Source) {
+        let mut request = match Request::parse(line) {
+            ParseOutcome::Request(r) => r,
+            ParseOutcome::Empty => return,
+            ParseOutcome::Invalid { pid, id, error } => {
+                let pid = match source {
+                    Source::Private(owner) => Some(owner),
+                    Source::Shared => pid,
+                };
+                tracing::debug!(?pid, "invalid request: {}", error.message);
+                self.reply_error(pid, id, error);
+                return;
+            }
+        };
+        if let Source::Private(owner) = source {
+            request.pid = Some(owner);
+        }
+        let pid = request.pid;
+        let id = request.id.clone();
+        match request.cmd.as_str() {
+            "subscribe" => self.subscribe(&request),
+            "unsubscribe" => {
+                if let Some(pid) = pid {
+                    let sub = self.shared.subscriber(Some(pid));
+                    if let (Some(sub), Some(id)) = (sub, &id) {
+                        let _ = sub.send(
+                            &Event::new("end").with("id", id.clone()).to_line(),
+                            Wait::Never,
+                        );
+                    }
+                    self.drop_subscriber(pid, DropReason::Unsubscribed);
+                }
+            }
+            "ping" => self.reply(pid, id, Event::new("pong")),
+            "get_state" => {
+                let event = Event::new("state")
+                    .with("state", lock(&self.shared.state).clone())
+                    .with("pid", std::process::id())
+                    .with("subscribers", lock(&self.shared.subscribers).len())
+                    .with("name", self.shared.paths.name());
+                self.reply(pid, id, event);
+            }
+            "get_description" => {
+                let text = self.shared.description.clone();
+                self.reply(pid, id, Event::new("description").with("description", text));
+            }
+            "get_help" => {
+                let text = self.shared.help.clone();
+                self.reply(pid, id, Event::new("help").with("help", text));
+            }
+            "get_config" => {
+                let mut event = Event::new("config");
+                for (k, v) in read(&self.shared.config).iter() {
+                    event.set(k, v.clone());
+                }
+                self.reply(pid, id, event);
+            }
+            "get_interface" => {
+                let event = self.interface();
+                self.reply(pid, id, event);
+            }
+            "cancel" => self.cancel(&request),
+            "stop" => {
+                tracing::info!(?pid, "stop requested");
+                self.shared.request_stop();
+                self.reply_end(pid, id);
+            }
+            _ => self.dispatch(request),
+        }
+    }
+
+    fn subscribe(&mut self, request: &Request) {
+        let Some(pid) = request.pid else {
+            tracing::warn!("subscribe without a pid ignored: there is no pipe to answer on");
+            return;
+        };
+        let path = self.shared.paths.downstream(pid);
+        let pipe = match fifo::open_fifo(&path, fifo::Access::Write) {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                tracing::warn!(pid, "cannot subscribe: {e}");
+                return;
+            }
+        };
+        if self.shared.subscriber(Some(pid)).is_some() {
+            self.drop_subscriber(pid, DropReason::Replaced);
+        }
+        let sub = Arc::new(Subscriber::new(
+            pid,
+            pipe,
+            self.shared.limits.max_backlog_bytes,
+            Arc::clone(&self.shared.waker),
+        ));
+        lock(&self.shared.subscribers).insert(pid, sub);
+        tracing::debug!(pid, "client subscribed");
+        let mut event = Event::new("subscribed").with("protocol", PROTOCOL_VERSION);
+        if request.opt_bool("request_pipe").ok().flatten() == Some(true) {
+            match self.open_request_pipe(pid) {
+                Ok(path) => {
+                    event.set("request_pipe", path.to_string_lossy().into_owned());
+                    event.set("max_request_bytes", self.shared.limits.max_request_bytes);
+                }
+                Err(e) => tracing::warn!(pid, "no private request pipe: {e}"),
+            }
+        }
+        self.reply(Some(pid), request.id.clone(), event);
+    }
+
+    fn interface(&self) -> Event {
+        let mut commands: Vec<Value> = builtin_specs().iter().map(CommandSpec::to_json).collect();
+        let registered = read(&self.shared.commands);
+        let mut names: Vec<&String> = registered.keys().collect();
+        names.sort();
+        commands.extend(names.into_iter().map(|n| registered[n].spec.to_json()));
+        Event::new("interface")
+            .with("name", self.shared.paths.name())
+            .with("description", self.shared.description.clone())
+            .with("protocol", PROTOCOL_VERSION)
+            .with("commands", commands)
+    }
+
+    fn cancel(&mut self, request: &Request) {
+        let (pid, id) = (request.pid, request.id.clone());
+        let target = match request.get("target") {
+            Some(t @ (Value::String(_) | Value::Number(_))) => t.clone(),
+            _ => {
+                let error = ToolError::invalid(
+                    "cancel: \"target\" must be the id (string or number) of one of your requests",
+                );
+                return self.reply_error(pid, id, error);
+            }
+        };
+        let found = pid.is_some_and(|pid| {
+            lock(&self.shared.inflight)
+                .get(&pid)
+                .and_then(|list| list.iter().find(|f| f.id.as_ref() == Some(&target)))
+                .map(|f| f.token.cancel(CancelReason::Requested))
+                .is_some()
+        });
+        if found {
+            self.reply_end(pid, id);
+        } else {
+            let error = ToolError::new(
+                ErrorCode::NotFound,
+                format!("cancel: no running or queued request of yours has id {target}"),
+            );
+            self.reply_error(pid, id, error);
+        }
+    }
+
+    fn dispatch(&mut self, request: Request) {
+        let (pid, id) = (request.pid, request.id.clone());
+        let found = read(&self.shared.commands)
+            .get(&request.cmd)
+            .map(|c| (Arc::clone(&c.handler), c.spec.check(&request.fields)));
+        let handler = match found {
+            None => {
+                let error = ToolError::new(
+                    ErrorCode::UnknownCommand,
+                    format!(
+                        "unknown command '{}' (send get_interface or get_help to list the commands)",
+                        request.cmd
+                    ),
+                );
+                return self.reply_error(pid, id, error);
+            }
+            Some((_, Err(error))) => return self.reply_error(pid, id, error),
+            Some((handler, Ok(()))) => handler,
+        };
+        let token = CancelToken::new();
+        if let Some(pid) = pid {
+            let mut inflight = lock(&self.shared.inflight);
+            let list = inflight.entry(pid).or_default();
+            if id.is_some() && list.iter().any(|f| f.id == id) {
+                drop(inflight);
+                let error = ToolError::invalid(format!(
+                    "id {} is already used by one of your running requests; use a fresh id",
+                    id.as_ref().map(Value::to_string).unwrap_or_default()
+                ));
+                return self.reply_error(Some(pid), id, error);
+            }
+            list.push(InFlight {
+                id: id.clone(),
+                token: token.clone(),
+            });
+        }
+        let responder = Responder {
+            shared: Arc::clone(&self.shared),
+            subscriber: self.shared.subscriber(pid),
+            id,
+            cancel: token,
+        };
+        self.shared.submit(Job {
+            handler,
+            request,
+            responder,
+        });
+    }
+
+    /// Answers on the listener: the event, then `end` if the request had an id.
+    fn reply(&mut self, pid: Option<u32>, id: Option<Value>, mut event: Event) {
+        let Some(sub) = self.shared.subscriber(pid) else {
+            return;
+        };
+        if let Some(id) = &id {
+            event.set("id", id.clone());
+        }
+        if sub.send(&event.to_line(), Wait::Never).is_ok() {
+            if let Some(id) = id {
+                let _ = sub.send(&Event::new("end").with("id", id).to_line(), Wait::Never);
+            }
+        }
+    }
+
+    fn reply_end(&mut self, pid: Option<u32>, id: Option<Value>) {
+        if let (Some(sub), Some(id)) = (self.shared.subscriber(pid), id) {
+            let _ = sub.send(&Event::new("end").with("id", id).to_line(), Wait::Never);
+        }
+    }
+
+    pub(super) fn reply_error(&mut self, pid: Option<u32>, id: Option<Value>, error: ToolError) {
+        if pid.is_none() {
+            tracing::warn!(
+                "{} (the sender is unknown, so nobody is told)",
+                error.message
+            );
+        }
+        self.reply(pid, id, error.to_event());
+    }
+}

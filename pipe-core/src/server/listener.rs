@@ -1,0 +1,307 @@
+//! The listener thread: one `poll` over the shared request pipe, every private request pipe,
+//! and the event pipes with a backlog to flush or a reader to lose. It never blocks on a
+//! client; everything slow happens on the workers.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::subscriber::{DropReason, Subscriber};
+use super::{lock, CancelReason, Shared};
+use crate::error::{Error, Result};
+use crate::fifo::{self, pollfd};
+use crate::framing::{Frame, LineBuffer};
+use crate::message::{pid_hint, ErrorCode, ToolError};
+
+/// How often dead clients and stalled subscribers are looked for.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+/// Most bytes read from one pipe per wake-up, so one busy client cannot starve the rest.
+const READ_BUDGET: usize = 1 << 20;
+/// How long a stopping server waits for running handlers and unread events.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// A client's private request pipe.
+pub(super) struct RequestPipe {
+    file: File,
+    path: PathBuf,
+    lines: LineBuffer,
+}
+
+/// Where a line came from.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Source {
+    /// The shared pipe: the sender is whoever the line says.
+    Shared,
+    /// A private pipe: the sender is its owner.
+    Private(u32),
+}
+
+pub(super) struct Listener {
+    pub(super) shared: Arc<Shared>,
+    upstream: File,
+    upstream_lines: LineBuffer,
+    pub(super) request_pipes: HashMap<u32, RequestPipe>,
+    buf: Vec<u8>,
+}
+
+enum Ready {
+    Waker,
+    Upstream,
+    RequestPipe(u32),
+    EventPipe(Arc<Subscriber>),
+}
+
+impl Listener {
+    pub(super) fn new(shared: Arc<Shared>, upstream: File) -> Self {
+        let max = shared.limits.max_request_bytes;
+        Self {
+            shared,
+            upstream,
+            upstream_lines: LineBuffer::new(max),
+            request_pipes: HashMap::new(),
+            buf: vec![0; 64 << 10],
+        }
+    }
+
+    pub(super) fn run(mut self) -> Result<()> {
+        let mut last_sweep = Instant::now();
+        while !self.shared.stopping.load(Ordering::Acquire) {
+            let (mut fds, sources) = self.poll_set();
+            let timeout = SWEEP_EVERY.saturating_sub(last_sweep.elapsed());
+            fifo::poll(&mut fds, Some(timeout))
+                .map_err(|e| Error::io("poll on the server's pipes failed", e))?;
+            for (pfd, source) in fds.iter().zip(sources) {
+                if pfd.revents != 0 {
+                    self.on_ready(source, pfd.revents);
+                }
+            }
+            self.reap_closed();
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                self.sweep();
+                last_sweep = Instant::now();
+            }
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn poll_set(&self) -> (Vec<libc::pollfd>, Vec<Ready>) {
+        let subscribers: Vec<_> = lock(&self.shared.subscribers).values().cloned().collect();
+        let n = 2 + self.request_pipes.len() + subscribers.len();
+        let mut fds = Vec::with_capacity(n);
+        let mut sources = Vec::with_capacity(n);
+        fds.push(pollfd(self.shared.waker.fd(), libc::POLLIN));
+        sources.push(Ready::Waker);
+        fds.push(pollfd(self.upstream.as_raw_fd(), libc::POLLIN));
+        sources.push(Ready::Upstream);
+        for (&pid, pipe) in &self.request_pipes {
+            fds.push(pollfd(pipe.file.as_raw_fd(), libc::POLLIN));
+            sources.push(Ready::RequestPipe(pid));
+        }
+        for sub in subscribers {
+            // POLLERR arrives without asking when the reader is gone.
+            let events = if sub.has_backlog() { libc::POLLOUT } else { 0 };
+            fds.push(pollfd(sub.fd(), events));
+            sources.push(Ready::EventPipe(sub));
+        }
+        (fds, sources)
+    }
+
+    fn on_ready(&mut self, source: Ready, revents: libc::c_short) {
+        match source {
+            Ready::Waker => self.shared.waker.drain(),
+            Ready::Upstream => self.read_upstream(),
+            Ready::RequestPipe(pid) => self.read_request_pipe(pid),
+            Ready::EventPipe(sub) => {
+                if revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                    sub.close(DropReason::Gone);
+                } else if sub.flush().is_err() {
+                    // flush closed it; reaped below.
+                }
+            }
+        }
+    }
+
+    fn read_upstream(&mut self) {
+        let mut lines = std::mem::replace(&mut self.upstream_lines, LineBuffer::new(0));
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
+            match (&self.upstream).read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    let data = std::mem::take(&mut self.buf);
+                    lines.push(&data[..n], |frame| self.on_frame(frame, Source::Shared));
+                    self.buf = data;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::error!("reading the request pipe failed: {e}");
+                    }
+                    break;
+                }
+            }
+        }
+        self.upstream_lines = lines;
+    }
+
+    fn read_request_pipe(&mut self, pid: u32) {
+        let Some(mut pipe) = self.request_pipes.remove(&pid) else {
+            return;
+        };
+        let mut budget = READ_BUDGET;
+        let mut closed = false;
+        while budget > 0 {
+            match (&pipe.file).read(&mut self.buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    let data = std::mem::take(&mut self.buf);
+                    pipe.lines.push(&data[..n], |frame| {
+                        self.on_frame(frame, Source::Private(pid))
+                    });
+                    self.buf = data;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        // A handler of a line just read may have unsubscribed this client or replaced its
+        // pipe; keep ours only if it is still the client's.
+        let still_subscribed = lock(&self.shared.subscribers).contains_key(&pid);
+        if closed {
+            fifo::remove_fifo(&pipe.path);
+            if still_subscribed {
+                self.drop_subscriber(pid, DropReason::Gone);
+            }
+        } else if still_subscribed && !self.request_pipes.contains_key(&pid) {
+            self.request_pipes.insert(pid, pipe);
+        } else if !self.request_pipes.contains_key(&pid) {
+            fifo::remove_fifo(&pipe.path);
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame<'_>, source: Source) {
+        let sender = |hint: Option<u32>| match source {
+            Source::Private(pid) => Some(pid),
+            Source::Shared => hint,
+        };
+        match frame {
+            Frame::Line(line) => self.on_line(line, source),
+            Frame::TooLarge { len, head } => {
+                let pid = sender(pid_hint(head));
+                tracing::warn!(?pid, len, "request too large");
+                let error = ToolError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the request is {len} bytes, over this server's limit of {} bytes; \
+                         send large payloads in several requests",
+                        self.shared.limits.max_request_bytes
+                    ),
+                );
+                self.reply_error(pid, None, error);
+            }
+        }
+    }
+
+    fn sweep(&mut self) {
+        let stall = self.shared.limits.stall_timeout;
+        let subscribers: Vec<_> = lock(&self.shared.subscribers).values().cloned().collect();
+        for sub in subscribers {
+            if !fifo::pid_alive(sub.pid) {
+                sub.close(DropReason::Gone);
+            } else if sub.stalled_since().is_some_and(|t| t.elapsed() >= stall) {
+                sub.close(DropReason::Stalled);
+            }
+        }
+        self.reap_closed();
+    }
+
+    /// Removes subscribers that a writer found closed.
+    fn reap_closed(&mut self) {
+        let closed: Vec<(u32, DropReason)> = lock(&self.shared.subscribers)
+            .values()
+            .filter_map(|s| s.closed().map(|r| (s.pid, r)))
+            .collect();
+        for (pid, reason) in closed {
+            self.drop_subscriber(pid, reason);
+        }
+    }
+
+    /// Lets a subscriber go: closes its pipes and cancels its requests.
+    pub(super) fn drop_subscriber(&mut self, pid: u32, reason: DropReason) {
+        let Some(sub) = lock(&self.shared.subscribers).remove(&pid) else {
+            return;
+        };
+        sub.close(reason);
+        if let Some(pipe) = self.request_pipes.remove(&pid) {
+            fifo::remove_fifo(&pipe.path);
+        }
+        self.shared.cancel_client(pid, CancelReason::ClientGone);
+        match reason {
+            DropReason::Unsubscribed | DropReason::Replaced => {
+                tracing::debug!(pid, "client {}", reason.describe())
+            }
+            _ => tracing::info!(pid, "dropped a client: {}", reason.describe()),
+        }
+    }
+
+    pub(super) fn open_request_pipe(&mut self, pid: u32) -> Result<PathBuf> {
+        let path = self.shared.paths.request_pipe(pid);
+        if let Some(old) = self.request_pipes.remove(&pid) {
+            drop(old.file);
+        }
+        fifo::ensure_fifo(&path)?;
+        let file = fifo::open_fifo(&path, fifo::Access::Read)?;
+        let lines = LineBuffer::new(self.shared.limits.max_request_bytes);
+        self.request_pipes.insert(
+            pid,
+            RequestPipe {
+                file,
+                path: path.clone(),
+                lines,
+            },
+        );
+        Ok(path)
+    }
+
+    fn shutdown(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        for list in lock(&shared.inflight).values() {
+            for f in list {
+                f.token.cancel(CancelReason::ServerStopping);
+            }
+        }
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        let subscribers: Vec<_> = lock(&shared.subscribers).values().cloned().collect();
+        while Instant::now() < deadline {
+            let busy = !lock(&shared.lanes).is_empty();
+            let mut backlog = false;
+            for sub in &subscribers {
+                if sub.has_backlog() {
+                    backlog |= sub.flush().is_ok() && sub.has_backlog();
+                }
+            }
+            if !busy && !backlog {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let pids: Vec<u32> = lock(&shared.subscribers).keys().copied().collect();
+        for pid in pids {
+            self.drop_subscriber(pid, DropReason::ServerStopping);
+        }
+        for (_, pipe) in self.request_pipes.drain() {
+            fifo::remove_fifo(&pipe.path);
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! `cpipe --serve echo`: a real server with no model, for tests, benchmarks and for trying
+//! the protocol by hand.
+
+use pipe_core::{CommandSpec, Event, ToolServer};
+use serde_json::json;
+
+/// What `get_help` answers.
+const HELP: &str = "\
+echo: a test server for the cpipe protocol.
+  echo    answers {\"event\":\"echo\", ...every field of the request}.
+  stream  with n and text: n token events {\"event\":\"token\",\"text\":TEXT,\"done\":false,\"i\":k},
+          then {\"event\":\"token\",\"text\":\"\",\"done\":true}. Cancellable.
+Try: cpipe echo echo -j msg=hi    cpipe echo stream -j n=3 -j text=hi --text";
+
+/// Registers the echo server's commands.
+pub fn register(server: &mut ToolServer) {
+    server.handle(
+        CommandSpec::new(
+            "echo",
+            "Answers with every field of the request, unchanged.",
+        )
+        .emits(&["echo"]),
+        |req, out| {
+            let mut event = Event::new("echo");
+            for (key, value) in &req.fields {
+                event.set(key, value.clone());
+            }
+            out.emit(event)?;
+            Ok(())
+        },
+    );
+    server.handle(
+        CommandSpec::new(
+            "stream",
+            "Streams n token events of text, then a done token.",
+        )
+        .args(json!({
+            "type": "object",
+            "required": ["n"],
+            "properties": {
+                "n": {"type": "integer", "minimum": 0, "maximum": 100_000_000u64,
+                      "description": "How many tokens to send."},
+                "text": {"type": "string", "description": "The text of each token (default \"x\")."}
+            }
+        }))
+        .emits(&["token"]),
+        |req, out| {
+            let n = req.opt_u64("n")?.unwrap_or(0);
+            let text = req.opt_str("text")?.unwrap_or("x");
+            for i in 0..n {
+                out.emit(
+                    Event::new("token")
+                        .with("text", text)
+                        .with("done", false)
+                        .with("i", i),
+                )?;
+            }
+            out.emit(Event::new("token").with("text", "").with("done", true))?;
+            Ok(())
+        },
+    );
+}
+
+/// Builds the echo server's description and help.
+pub fn builder(name: &str) -> pipe_core::Builder {
+    ToolServer::builder(name)
+        .description("Echoes requests and streams test tokens (cpipe's protocol test server).")
+        .help(HELP)
+}

@@ -1,0 +1,179 @@
+//! `cpipe`: talk to tool servers over named pipes, list them, and serve them.
+
+mod echo;
+mod listing;
+mod query;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit codes, shown in `--help`.
+const EXIT_CODES: &str = "\
+Examples:
+  cpipe --serve echo &                         start the protocol test server
+  cpipe echo ping                              {\"event\":\"pong\",...}
+  cpipe echo echo -j msg=hello -j n=3          fields merged into the request
+  cpipe echo stream --data '{\"n\":3}' -j text=hi --text
+  cpipe echo get_interface                     every command, its arguments and events
+  cpipe --list                                 servers with state, pid, subscribers
+  cpipe echo stop
+
+Exit codes:
+  0  success
+  1  the server answered with an error event
+  2  bad usage or arguments
+  3  no such server, or its pipe is orphaned (the server is gone)
+  4  timed out waiting for the server
+  5  any other failure (connection lost, unsafe pipe path, I/O error)
+  130  interrupted (Ctrl-C); the running request was cancelled";
+
+/// Persistent local AI tool servers over named pipes.
+///
+/// `cpipe NAME CMD` sends one command to the server NAME (its pipe is <dir>/tool-NAME)
+/// and prints the events it causes as JSON lines, ending when the request ends.
+#[derive(Debug, Parser)]
+#[command(name = "cpipe", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Server name (or the path of its tool-NAME pipe).
+    pub target: Option<String>,
+
+    /// Command to send (e.g. ping, get_help, get_interface, or the server's own commands).
+    pub cmd: Option<String>,
+
+    /// Put this JSON (or plain string) in the request's "data" field, as named-pipes does.
+    #[arg(short, long, value_name = "JSON")]
+    pub data: Option<String>,
+
+    /// Add a top-level field: KEY=VALUE (VALUE parsed as JSON when it can be, else a string)
+    /// or a JSON object to merge. Repeatable.
+    #[arg(short = 'j', long = "field", value_name = "KEY=VALUE")]
+    pub fields: Vec<String>,
+
+    /// Print streamed text as plain text (token texts joined) instead of JSON lines.
+    #[arg(long)]
+    pub text: bool,
+
+    /// Seconds to wait for each event before giving up; 0 waits forever.
+    #[arg(short, long, default_value_t = 10.0, value_name = "SECS")]
+    pub timeout: f64,
+
+    /// Directory holding the pipes.
+    #[arg(long, env = "CPIPE_DIR", default_value = pipe_core::paths::DEFAULT_DIR)]
+    pub dir: PathBuf,
+
+    /// List the servers in the pipe directory: name, state, pid, subscribers, liveness.
+    #[arg(long, conflicts_with_all = ["pid", "clear", "serve"])]
+    pub list: bool,
+
+    /// Show the processes holding each tool pipe open.
+    #[arg(long, conflicts_with_all = ["clear", "serve"])]
+    pub pid: bool,
+
+    /// Remove orphaned tool pipes (no process reads them) and stale lock files.
+    #[arg(long, conflicts_with = "serve")]
+    pub clear: bool,
+
+    /// With --list: print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Run a server of this kind: echo (the protocol test server).
+    #[arg(long, value_name = "KIND")]
+    pub serve: Option<String>,
+
+    /// With --serve: the name to serve under (default: the kind).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// With --serve: seconds a client may read nothing while events wait before it is
+    /// dropped.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub stall_timeout: f64,
+
+    /// More logging on stderr (-v: debug, -vv: trace). CPIPE_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Failures, mapped to exit codes.
+#[derive(Debug)]
+pub enum Failure {
+    /// The server answered with an error event (already printed).
+    Remote,
+    /// Ctrl-C.
+    Interrupted,
+    /// Bad usage.
+    Usage(String),
+    /// Anything else.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Other(e)
+    }
+}
+
+impl From<pipe_core::Error> for Failure {
+    fn from(e: pipe_core::Error) -> Self {
+        Self::Other(e.into())
+    }
+}
+
+fn exit_code(error: &anyhow::Error) -> u8 {
+    match error.downcast_ref::<pipe_core::Error>() {
+        Some(pipe_core::Error::NotRunning(_) | pipe_core::Error::Orphaned(_)) => 3,
+        Some(pipe_core::Error::InvalidName(_)) => 2,
+        Some(pipe_core::Error::Timeout { .. }) => 4,
+        Some(pipe_core::Error::Remote { .. }) => 1,
+        _ => 5,
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CPIPE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = if let Some(kind) = &cli.serve {
+        serve::run(kind, &cli)
+    } else if cli.list {
+        listing::list(&cli)
+    } else if cli.pid {
+        listing::pids(&cli)
+    } else if cli.clear {
+        listing::clear(&cli)
+    } else {
+        query::run(&cli)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Remote) => ExitCode::from(1),
+        Err(Failure::Interrupted) => ExitCode::from(130),
+        Err(Failure::Usage(message)) => {
+            eprintln!("cpipe: {message}\n(see cpipe --help)");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(error)) => {
+            eprintln!("cpipe: {error:#}");
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! `cpipe NAME CMD`: send one request and print its events as they arrive.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use pipe_core::{Client, ConnectOptions, Event, Fields};
+use serde_json::Value;
+
+use crate::{Cli, Failure};
+
+/// How often a waiting request checks for Ctrl-C.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The timeout option as an optional duration (0 = forever).
+pub fn timeout(cli: &Cli) -> Result<Option<Duration>, Failure> {
+    if !cli.timeout.is_finite() || cli.timeout < 0.0 {
+        return Err(Failure::Usage(format!(
+            "--timeout must be a number of seconds >= 0, got {}",
+            cli.timeout
+        )));
+    }
+    Ok((cli.timeout > 0.0).then(|| Duration::from_secs_f64(cli.timeout)))
+}
+
+/// Builds the request fields from --data and -j.
+fn request_fields(cli: &Cli) -> Result<Fields, Failure> {
+    let mut fields = Fields::new();
+    if let Some(data) = &cli.data {
+        let value = serde_json::from_str(data).unwrap_or_else(|_| Value::String(data.clone()));
+        fields.insert("data".into(), value);
+    }
+    for item in &cli.fields {
+        if let Ok(Value::Object(object)) = serde_json::from_str(item) {
+            fields.extend(object);
+            continue;
+        }
+        let (key, raw) = item.split_once('=').ok_or_else(|| {
+            Failure::Usage(format!(
+                "-j takes KEY=VALUE or a JSON object, got {item:?} (e.g. -j n=3 -j 'text=hi there')"
+            ))
+        })?;
+        if key.is_empty() {
+            return Err(Failure::Usage(format!("-j {item:?}: the key is empty")));
+        }
+        let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
+        fields.insert(key.into(), value);
+    }
+    for reserved in ["pid", "cmd", "id"] {
+        if fields.contains_key(reserved) {
+            return Err(Failure::Usage(format!(
+                "\"{reserved}\" is set by cpipe itself; leave it out of -j"
+            )));
+        }
+    }
+    Ok(fields)
+}
+
+/// Prints events as JSON lines, or as plain text the way named-pipes' cpipe does.
+struct Printer {
+    text: bool,
+    /// Whether streamed text was printed without a final newline.
+    mid_line: bool,
+}
+
+impl Printer {
+    fn print(&mut self, event: &Event) -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        if let Some(error) = event.as_error() {
+            if self.text {
+                self.end_line(&mut out)?;
+                eprintln!("cpipe: error ({}): {}", error.code, error.message);
+                return Ok(());
+            }
+        }
+        if !self.text {
+            writeln!(out, "{event}")?;
+            return out.flush();
+        }
+        if event.get("done").is_some() {
+            if let Some(text) = event.str("text") {
+                write!(out, "{text}")?;
+                self.mid_line = !text.is_empty() || self.mid_line;
+                if event.get("done").and_then(Value::as_bool) == Some(true) {
+                    self.end_line(&mut out)?;
+                }
+                return out.flush();
+            }
+        }
+        self.end_line(&mut out)?;
+        let payload: Fields = event
+            .fields()
+            .iter()
+            .filter(|(k, _)| *k != "event" && *k != "id")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        match payload.len() {
+            0 => writeln!(out, "{}", event.name())?,
+            1 => match payload.values().next() {
+                Some(Value::String(s)) => writeln!(out, "{s}")?,
+                Some(v) => writeln!(out, "{v}")?,
+                None => {}
+            },
+            _ => writeln!(out, "{}", Value::Object(payload))?,
+        }
+        out.flush()
+    }
+
+    fn end_line(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        if std::mem::take(&mut self.mid_line) {
+            writeln!(out)?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends `cli.cmd` to `cli.target` and prints the events until the request ends.
+pub fn run(cli: &Cli) -> Result<(), Failure> {
+    let (Some(target), Some(cmd)) = (&cli.target, &cli.cmd) else {
+        return Err(Failure::Usage(
+            "say which server and which command: cpipe NAME CMD (or --list, --serve KIND)".into(),
+        ));
+    };
+    let fields = request_fields(cli)?;
+    let idle_timeout = timeout(cli)?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&interrupted))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    let options = ConnectOptions {
+        dir: cli.dir.clone(),
+        timeout: idle_timeout,
+    };
+    let mut client = Client::connect_with(target, &options)?;
+    client.set_timeout(Some(TICK));
+    let id = client.send(cmd, Value::Object(fields))?;
+    let mut printer = Printer {
+        text: cli.text,
+        mid_line: false,
+    };
+    let mut failed = false;
+    let mut last_event = Instant::now();
+    loop {
+        let mut events = client.events_of(id);
+        let next = events.next();
+        drop(events);
+        match next {
+            None => break,
+            Some(Ok(event)) => {
+                last_event = Instant::now();
+                failed |= event.as_error().is_some();
+                if let Err(e) = printer.print(&event) {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        let _ = client.cancel(id);
+                        return Ok(());
+                    }
+                    return Err(anyhow::Error::new(e).context("writing output").into());
+                }
+            }
+            Some(Err(pipe_core::Error::Timeout { .. })) => {
+                if interrupted.load(Ordering::Relaxed) {
+                    let _ = client.cancel(id);
+                    printer
+                        .end_line(&mut std::io::stdout())
+                        .context("writing output")?;
+                    eprintln!("cpipe: interrupted; cancelled the request");
+                    return Err(Failure::Interrupted);
+                }
+                if let Some(limit) = idle_timeout {
+                    if last_event.elapsed() >= limit {
+                        return Err(pipe_core::Error::Timeout {
+                            what: format!("'{cmd}' from {}", client.server_path().display()),
+                            after: limit,
+                        }
+                        .into());
+                    }
+                }
+            }
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+    if failed {
+        Err(Failure::Remote)
+    } else {
+        Ok(())
+    }
+}
