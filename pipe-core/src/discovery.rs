@@ -146,10 +146,9 @@ pub fn clear_orphans(dir: &Path) -> Result<Vec<PathBuf>> {
         let tool = ToolPaths::new(dir, name);
         if entry.file_type().is_ok_and(|t| t.is_file())
             && crate::server::lock_holder(&tool).is_none()
+            && std::fs::remove_file(entry.path()).is_ok()
         {
-            if std::fs::remove_file(entry.path()).is_ok() {
-                removed.push(entry.path());
-            }
+            removed.push(entry.path());
         }
     }
     Ok(removed)

@@ -144,9 +144,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     let mut failed = false;
     let mut last_event = Instant::now();
     loop {
-        let mut events = client.events_of(id);
-        let next = events.next();
-        drop(events);
+        let next = client.events_of(id).next();
         match next {
             None => break,
             Some(Ok(event)) => {
