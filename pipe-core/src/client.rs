@@ -428,7 +428,21 @@ impl RequestEvents<'_> {
         event.name() != "state_changed"
     }
 
-    fn next_event(&mut self) -> Result<Option<Event>> {
+    /// Waits at most `wait` for the request's next event: returns [`Step::Pending`] if none
+    /// came, so a caller can check for Ctrl-C or its own deadline and call again.
+    pub fn next_within(&mut self, wait: Duration) -> Result<Step> {
+        match self.next_until(Some(Instant::now() + wait)) {
+            Ok(Some(event)) => Ok(Step::Event(event)),
+            Ok(None) => Ok(Step::End),
+            Err(Error::Timeout { .. }) => Ok(Step::Pending),
+            Err(e) => {
+                self.finished = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn next_until(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
         if self.finished {
             return Ok(None);
         }
@@ -441,7 +455,6 @@ impl RequestEvents<'_> {
         let event = match claimed {
             Some(e) => e,
             None => loop {
-                let deadline = self.client.deadline();
                 let e = self.client.read_event(deadline, "the reply")?;
                 if self.belongs(&e) {
                     break e;
@@ -465,11 +478,23 @@ impl RequestEvents<'_> {
     }
 }
 
+/// One step of [`RequestEvents::next_within`].
+#[derive(Debug)]
+pub enum Step {
+    /// The request's next event.
+    Event(Event),
+    /// Nothing yet.
+    Pending,
+    /// The request has ended.
+    End,
+}
+
 impl Iterator for RequestEvents<'_> {
     type Item = Result<Event>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.next_event() {
+        let deadline = self.client.deadline();
+        match self.next_until(deadline) {
             Ok(Some(e)) => Some(Ok(e)),
             Ok(None) => None,
             Err(e) => {

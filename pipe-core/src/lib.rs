@@ -23,7 +23,7 @@ mod message;
 pub mod paths;
 mod server;
 
-pub use client::{Client, ConnectOptions, RequestEvents, DEFAULT_TIMEOUT};
+pub use client::{Client, ConnectOptions, RequestEvents, Step, DEFAULT_TIMEOUT};
 pub use error::{Error, Result};
 pub use fifo::has_reader;
 pub use interface::CommandSpec;

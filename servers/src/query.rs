@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use pipe_core::{Client, ConnectOptions, Event, Fields};
+use pipe_core::{Client, ConnectOptions, Event, Fields, Step};
 use serde_json::Value;
 
 use crate::{Cli, Failure};
@@ -135,31 +135,32 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         timeout: idle_timeout,
     };
     let mut client = Client::connect_with(target, &options)?;
-    client.set_timeout(Some(TICK));
-    let id = client.send(cmd, Value::Object(fields))?;
+    let server = client.server_path();
     let mut printer = Printer {
         text: cli.text,
         mid_line: false,
     };
     let mut failed = false;
     let mut last_event = Instant::now();
+    let mut events = client.request(cmd, Value::Object(fields))?;
     loop {
-        let next = client.events_of(id).next();
-        match next {
-            None => break,
-            Some(Ok(event)) => {
+        match events.next_within(TICK) {
+            Ok(Step::End) => break,
+            Ok(Step::Event(event)) => {
                 last_event = Instant::now();
                 failed |= event.as_error().is_some();
                 if let Err(e) = printer.print(&event) {
                     if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        let id = events.id();
                         let _ = client.cancel(id);
                         return Ok(());
                     }
                     return Err(anyhow::Error::new(e).context("writing output").into());
                 }
             }
-            Some(Err(pipe_core::Error::Timeout { .. })) => {
+            Ok(Step::Pending) => {
                 if interrupted.load(Ordering::Relaxed) {
+                    let id = events.id();
                     let _ = client.cancel(id);
                     printer
                         .end_line(&mut std::io::stdout())
@@ -170,14 +171,16 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
                 if let Some(limit) = idle_timeout {
                     if last_event.elapsed() >= limit {
                         return Err(pipe_core::Error::Timeout {
-                            what: format!("'{cmd}' from {}", client.server_path().display()),
+                            what: format!("'{cmd}' from {}", server.display()),
                             after: limit,
                         }
                         .into());
                     }
                 }
             }
-            Some(Err(e)) => return Err(e.into()),
+            // named-pipes servers never answer `stop`: they just close the pipe.
+            Err(pipe_core::Error::Disconnected { .. }) if cmd.eq_ignore_ascii_case("stop") => break,
+            Err(e) => return Err(e.into()),
         }
     }
     if failed {
