@@ -93,6 +93,11 @@ pub struct Cli {
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub stall_timeout: f64,
 
+    /// With --serve: the longest request line accepted, in bytes; longer ones get a
+    /// too_large error.
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    pub max_request_bytes: usize,
+
     /// More logging on stderr (-v: debug, -vv: trace). CPIPE_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -18,6 +18,7 @@ pub fn run(kind: &str, cli: &Cli) -> Result<(), Failure> {
     let name = cli.name.as_deref().unwrap_or(kind);
     let limits = Limits {
         stall_timeout: Duration::from_secs_f64(cli.stall_timeout),
+        max_request_bytes: cli.max_request_bytes,
         ..Limits::default()
     };
     let mut server = match kind {

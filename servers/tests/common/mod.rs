@@ -1,0 +1,238 @@
+//! Shared helpers for the end-to-end tests: real `cpipe` processes, real FIFOs, each test in
+//! its own pipe directory.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The cpipe binary under test.
+pub fn cpipe_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cpipe")
+}
+
+/// A fresh pipe directory, removed on drop.
+pub struct TestDir(pub PathBuf);
+
+impl TestDir {
+    pub fn new(tag: &str) -> Self {
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("cpipe-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// `cpipe` with `--dir` set to this directory.
+    pub fn cpipe(&self) -> Command {
+        let mut cmd = Command::new(cpipe_bin());
+        cmd.env("CPIPE_DIR", &self.0).env_remove("CPIPE_LOG");
+        cmd
+    }
+
+    /// Runs `cpipe ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cpipe()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Starts `cpipe --serve KIND ARGS` and waits until it answers ping.
+    pub fn serve(&self, kind: &str, args: &[&str]) -> Server {
+        let name = args
+            .windows(2)
+            .find(|w| w[0] == "--name")
+            .map_or(kind.to_string(), |w| w[1].to_string());
+        let child = self
+            .cpipe()
+            .args(["--serve", kind])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let server = Server { child, name };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.run(&[&server.name, "ping", "--timeout", "2"]);
+            if out.status.success() {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {} did not come up: {}",
+                server.name,
+                text(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running server process, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Parses each stdout line as JSON.
+pub fn json_lines(out: &Output) -> Vec<Value> {
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// Polls `check` until it holds or `within` passes.
+pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
+
+/// The server's subscriber count, from `get_state`.
+pub fn subscribers(dir: &TestDir, name: &str) -> u64 {
+    let out = dir.run(&[name, "get_state"]);
+    let events = json_lines(&out);
+    events[0]["subscribers"].as_u64().unwrap()
+}
+
+pub fn mkfifo(path: &Path) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {}",
+        path.display()
+    );
+}
+
+/// A hand-made named-pipes client speaking raw bytes, like the Python library does: it
+/// reads its own `tool-NAME-PID` and writes to the shared pipe. `pid` is this test process.
+pub struct RawClient {
+    pub pid: u32,
+    pub events: File,
+    pub upstream: File,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    pub fn connect(dir: &Path, name: &str) -> Self {
+        let pid = std::process::id();
+        let down = dir.join(format!("tool-{name}-{pid}"));
+        mkfifo(&down);
+        let events = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&down)
+            .unwrap();
+        let upstream = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(format!("tool-{name}")))
+            .unwrap();
+        let mut c = Self {
+            pid,
+            events,
+            upstream,
+            buf: Vec::new(),
+        };
+        c.write_raw(format!("{{\"pid\": {pid}, \"cmd\": \"subscribe\"}}\n").as_bytes());
+        assert_eq!(
+            c.next(Duration::from_secs(5)).unwrap()["event"],
+            "subscribed"
+        );
+        c
+    }
+
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        self.upstream.write_all(bytes).unwrap();
+    }
+
+    pub fn send(&mut self, value: Value) {
+        let mut line = serde_json::to_vec(&value).unwrap();
+        line.push(b'\n');
+        self.write_raw(&line);
+    }
+
+    /// The next event within `wait`.
+    pub fn next(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return Some(serde_json::from_slice(&line).unwrap());
+            }
+            let mut chunk = [0u8; 65536];
+            match self.events.read(&mut chunk) {
+                Ok(n) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => {
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+}
