@@ -253,15 +253,15 @@ fn a_killed_client_is_noticed_and_its_stream_stopped() {
     assert!(eventually(Duration::from_secs(5), || subscribers(
         &dir, "echo"
     ) == 1));
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".req"))
-        .collect();
+    let killed_pipe = dir.path().join(format!("tool-echo-{}.req", child.id()));
     assert!(
-        leftovers.is_empty(),
-        "request pipes left behind: {leftovers:?}"
+        eventually(Duration::from_secs(5), || !killed_pipe.exists()),
+        "the killed client's request pipe was left behind"
+    );
+    let event_pipe = dir.path().join(format!("tool-echo-{}", child.id()));
+    assert!(
+        eventually(Duration::from_secs(5), || !event_pipe.exists()),
+        "the killed client's event pipe was left behind"
     );
 }
 

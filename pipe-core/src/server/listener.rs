@@ -247,6 +247,13 @@ impl Listener {
             fifo::remove_fifo(&pipe.path);
         }
         self.shared.cancel_client(pid, CancelReason::ClientGone);
+        if reason == DropReason::Gone {
+            // A dead client cannot remove its own event pipe; named-pipes never did.
+            let path = self.shared.paths.downstream(pid);
+            if matches!(fifo::has_reader(&path), Ok(false)) {
+                fifo::remove_fifo(&path);
+            }
+        }
         match reason {
             DropReason::Unsubscribed | DropReason::Replaced => {
                 tracing::debug!(pid, "client {}", reason.describe())
