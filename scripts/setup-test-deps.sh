@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what cpipe's build and tests need on a fresh Debian machine: system packages
+# (when run as root and missing) and a Python venv with named-pipes 0.4.0 for the
+# compatibility tests. Idempotent; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for pkg in pkg-config python3-venv; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if ((${#need_apt[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: missing Debian packages: ${need_apt[*]} (install them with sudo apt-get install)" >&2
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import importlib.metadata as m; assert m.version('named-pipes') == '0.4.0'" 2>/dev/null; then
+  echo "setup: installing named-pipes==0.4.0 into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check named-pipes==0.4.0
+fi
+echo "setup: ok (CPIPE_PYTHON=$PWD/.venv/bin/python)"

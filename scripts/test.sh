@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need, then runs every check CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup-test-deps.sh
+export CPIPE_PYTHON="$PWD/.venv/bin/python"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
