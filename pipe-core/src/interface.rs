@@ -54,8 +54,38 @@ impl CommandSpec {
 
     /// Checks a request's fields against the declared arguments.
     pub fn check(&self, fields: &Fields) -> Result<(), ToolError> {
-        check_value(&self.name, "", &Value::Object(fields.clone()), &self.args)
+        check_fields(&self.name, "", fields, &self.args)
     }
+}
+
+/// Checks an object's `required` and `properties` (its `type` is known to be object).
+fn check_fields(cmd: &str, at: &str, fields: &Fields, schema: &Value) -> Result<(), ToolError> {
+    for key in schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        if fields.get(key).is_none_or(Value::is_null) {
+            return Err(ToolError::invalid(format!(
+                "{cmd}: missing required field \"{key}\""
+            )));
+        }
+    }
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (key, sub) in props {
+            if let Some(v) = fields.get(key).filter(|v| !v.is_null()) {
+                let path = if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                };
+                check_value(cmd, &path, v, sub)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks `value` against the subset of JSON Schema cpipe uses: `type`, `properties`,
@@ -120,31 +150,7 @@ fn check_value(cmd: &str, at: &str, value: &Value, schema: &Value) -> Result<(),
         }
     }
     if let Value::Object(fields) = value {
-        for key in schema
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-        {
-            if fields.get(key).is_none_or(Value::is_null) {
-                return Err(ToolError::invalid(format!(
-                    "{cmd}: missing required field \"{key}\""
-                )));
-            }
-        }
-        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-            for (key, sub) in props {
-                if let Some(v) = fields.get(key).filter(|v| !v.is_null()) {
-                    let path = if at.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{at}.{key}")
-                    };
-                    check_value(cmd, &path, v, sub)?;
-                }
-            }
-        }
+        check_fields(cmd, at, fields, schema)?;
     }
     if let (Value::Array(items), Some(item_schema)) = (value, schema.get("items")) {
         for (i, item) in items.iter().enumerate() {

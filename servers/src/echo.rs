@@ -14,7 +14,7 @@ Try: cpipe echo echo -j msg=hi    cpipe echo stream -j n=3 -j text=hi --text";
 
 /// Registers the echo server's commands.
 pub fn register(server: &mut ToolServer) {
-    server.handle(
+    server.handle_inline(
         CommandSpec::new(
             "echo",
             "Answers with every field of the request, unchanged.",

@@ -1,5 +1,6 @@
 //! `cpipe`: talk to tool servers over named pipes, list them, and serve them.
 
+mod bench;
 mod echo;
 mod listing;
 mod query;
@@ -35,8 +36,16 @@ Exit codes:
 /// `cpipe NAME CMD` sends one command to the server NAME (its pipe is <dir>/tool-NAME)
 /// and prints the events it causes as JSON lines, ending when the request ends.
 #[derive(Debug, Parser)]
-#[command(name = "cpipe", version, after_help = EXIT_CODES)]
+#[command(
+    name = "cpipe",
+    version,
+    after_help = EXIT_CODES,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+
     /// Server name (or the path of its tool-NAME pipe).
     pub target: Option<String>,
 
@@ -103,6 +112,31 @@ pub struct Cli {
     pub verbose: u8,
 }
 
+/// Subcommands (a server named like one is reached by its path, e.g. /tmp/tool-bench).
+#[derive(Debug, clap::Subcommand)]
+pub enum Subcommand {
+    /// Benchmarks that compare cpipe against anchors measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        which: BenchKind,
+    },
+}
+
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchKind {
+    /// pipe-core round trip against a raw FIFO, a Unix socket and HTTP keep-alive; streamed
+    /// events per second to 1, 16 and 64 subscribers.
+    Pipes(bench::PipesBench),
+    /// One subscriber process of the pipes benchmark (internal).
+    #[command(hide = true)]
+    Subscriber {
+        /// Events to stream and verify.
+        #[arg(long)]
+        events: u64,
+    },
+}
+
 /// Failures, mapped to exit codes.
 #[derive(Debug)]
 pub enum Failure {
@@ -157,7 +191,12 @@ fn init_logging(verbose: u8) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let result = if let Some(kind) = &cli.serve {
+    let result = if let Some(Subcommand::Bench { which }) = &cli.command {
+        match which {
+            BenchKind::Pipes(options) => bench::run(options).map_err(Failure::from),
+            BenchKind::Subscriber { events } => bench::subscriber(*events).map_err(Failure::from),
+        }
+    } else if let Some(kind) = &cli.serve {
         serve::run(kind, &cli)
     } else if cli.list {
         listing::list(&cli)

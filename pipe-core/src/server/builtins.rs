@@ -1,7 +1,7 @@
 //! Routing of each request line: the built-in commands of named-pipes (answered on the
 //! listener, never blocking) and cpipe's extensions, then dispatch of registered commands.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
@@ -214,10 +214,14 @@ impl Listener {
 
     fn dispatch(&mut self, request: Request) {
         let (pid, id) = (request.pid, request.id.clone());
-        let found = read(&self.shared.commands)
-            .get(&request.cmd)
-            .map(|c| (Arc::clone(&c.handler), c.spec.check(&request.fields)));
-        let handler = match found {
+        let found = read(&self.shared.commands).get(&request.cmd).map(|c| {
+            (
+                Arc::clone(&c.handler),
+                c.inline,
+                c.spec.check(&request.fields),
+            )
+        });
+        let (handler, inline) = match found {
             None => {
                 let error = ToolError::new(
                     ErrorCode::UnknownCommand,
@@ -228,9 +232,25 @@ impl Listener {
                 );
                 return self.reply_error(pid, id, error);
             }
-            Some((_, Err(error))) => return self.reply_error(pid, id, error),
-            Some((handler, Ok(()))) => handler,
+            Some((_, _, Err(error))) => return self.reply_error(pid, id, error),
+            Some((handler, inline, Ok(()))) => (handler, inline),
         };
+        // An inline handler runs here unless earlier requests of its client are still
+        // queued, which must go first.
+        if inline && !self.shared.lane_busy(pid) {
+            let responder = Responder {
+                shared: Arc::clone(&self.shared),
+                subscriber: self.shared.subscriber(pid),
+                id,
+                cancel: CancelToken::new(),
+                batch: Some(Mutex::default()),
+            };
+            return self.shared.run_job(Job {
+                handler,
+                request,
+                responder,
+            });
+        }
         let token = CancelToken::new();
         if let Some(pid) = pid {
             let mut inflight = lock(&self.shared.inflight);
@@ -253,6 +273,7 @@ impl Listener {
             subscriber: self.shared.subscriber(pid),
             id,
             cancel: token,
+            batch: None,
         };
         self.shared.submit(Job {
             handler,
@@ -266,14 +287,17 @@ impl Listener {
         let Some(sub) = self.shared.subscriber(pid) else {
             return;
         };
-        if let Some(id) = &id {
-            event.set("id", id.clone());
-        }
-        if sub.send(&event.to_line(), Wait::Never).is_ok() {
-            if let Some(id) = id {
-                let _ = sub.send(&Event::new("end").with("id", id).to_line(), Wait::Never);
+        let lines = match id {
+            Some(id) => {
+                event.set("id", id.clone());
+                let mut lines = event.to_line();
+                lines.extend(Event::new("end").with("id", id).to_line());
+                lines
             }
-        }
+            None => event.to_line(),
+        };
+        // One write for the reply and its `end`, so the client wakes once.
+        let _ = sub.send(&lines, Wait::Never);
     }
 
     fn reply_end(&mut self, pid: Option<u32>, id: Option<Value>) {

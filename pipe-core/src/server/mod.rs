@@ -212,16 +212,33 @@ impl ToolServer {
         }
     }
 
-    /// Registers `handler` for the command `spec.name`, replacing any earlier one.
+    /// Registers `handler` for the command `spec.name`, replacing any earlier one. It runs on
+    /// a worker thread, so it may take as long as it needs and stream as much as it likes.
     pub fn handle(
         &mut self,
         spec: CommandSpec,
         handler: impl Fn(&Request, &Responder) -> Result<(), ToolError> + Send + Sync + 'static,
     ) -> &mut Self {
+        self.register(spec, Arc::new(handler), false)
+    }
+
+    /// Registers a handler that answers at once and never blocks (a lookup, a small reply).
+    /// It runs on the listener thread, saving a thread hand-off per request; its events never
+    /// wait for a slow client, which is dropped instead.
+    pub fn handle_inline(
+        &mut self,
+        spec: CommandSpec,
+        handler: impl Fn(&Request, &Responder) -> Result<(), ToolError> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.register(spec, Arc::new(handler), true)
+    }
+
+    fn register(&mut self, spec: CommandSpec, handler: Arc<Handler>, inline: bool) -> &mut Self {
         let name = spec.name.clone();
         let command = Command {
             spec,
-            handler: Arc::new(handler),
+            handler,
+            inline,
         };
         write(&self.shared.commands).insert(name, command);
         self
@@ -267,6 +284,8 @@ pub(crate) fn lock_holder(paths: &ToolPaths) -> Option<u32> {
 struct Command {
     spec: CommandSpec,
     handler: Arc<Handler>,
+    /// Runs on the listener (see [`ToolServer::handle_inline`]).
+    inline: bool,
 }
 
 /// A request queued or running, so it can be cancelled.
@@ -385,6 +404,7 @@ impl Shared {
         }
     }
 
+    /// Runs a job to completion: handler, error event, `end`, bookkeeping.
     fn run_job(&self, job: Job) {
         let Job {
             handler,
@@ -423,6 +443,11 @@ impl Shared {
         }
     }
 
+    /// Whether client `pid` has requests queued or running on its lane.
+    fn lane_busy(&self, pid: Option<u32>) -> bool {
+        lock(&self.lanes).contains_key(&pid)
+    }
+
     fn cancel_client(&self, pid: u32, reason: CancelReason) {
         if let Some(list) = lock(&self.inflight).get(&pid) {
             for f in list {
@@ -439,6 +464,9 @@ pub struct Responder {
     subscriber: Option<Arc<Subscriber>>,
     id: Option<Value>,
     cancel: CancelToken,
+    /// Running on the listener: events are gathered here and written in one go when the
+    /// handler returns, never waiting for the client.
+    batch: Option<Mutex<Vec<u8>>>,
 }
 
 /// A handler's request was cancelled or its client is gone; stop and return.
@@ -472,16 +500,27 @@ impl Responder {
         if let Some(id) = &self.id {
             event.set("id", id.clone());
         }
+        if let Some(batch) = &self.batch {
+            lock(batch).extend_from_slice(&event.to_line());
+            return Ok(());
+        }
         sub.send(&event.to_line(), wait).map_err(|_| {
             self.cancel.cancel(CancelReason::ClientGone);
             Interrupted(CancelReason::ClientGone)
         })
     }
 
-    /// Ends a request that carried an `id` with `{"event":"end","id":...}`.
+    /// Ends a request that carried an `id` with `{"event":"end","id":...}`, and writes the
+    /// events an inline handler gathered.
     fn finish(&self) {
         if self.id.is_some() {
             let _ = self.send(Event::new("end"), Wait::Never);
+        }
+        if let (Some(batch), Some(sub)) = (&self.batch, &self.subscriber) {
+            let lines = std::mem::take(&mut *lock(batch));
+            if !lines.is_empty() {
+                let _ = sub.send(&lines, Wait::Never);
+            }
         }
     }
 
