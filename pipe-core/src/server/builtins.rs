@@ -125,7 +125,7 @@ impl Listener {
             }
             "cancel" => self.cancel(&request),
             "stop" => {
-                tracing::info!(?pid, "stop requested");
+                tracing::info!(from = pid.unwrap_or(0), "stop requested");
                 self.shared.request_stop();
                 self.reply_end(pid, id);
             }

@@ -255,7 +255,7 @@ impl Listener {
             }
         }
         match reason {
-            DropReason::Unsubscribed | DropReason::Replaced => {
+            DropReason::Unsubscribed | DropReason::Replaced | DropReason::ServerStopping => {
                 tracing::debug!(pid, "client {}", reason.describe())
             }
             _ => tracing::info!(pid, "dropped a client: {}", reason.describe()),
