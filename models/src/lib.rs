@@ -1,6 +1,11 @@
-//! models: cpipe's inference engines. It knows nothing of pipes: each engine takes plain
-//! Rust values (messages, text, samples) and returns or streams plain Rust values, so the
-//! `servers` crate can wire it to any transport.
+//! models: cpipe's inference engines. It knows nothing of pipes: each engine takes plain Rust
+//! values (messages, text, samples) and returns or streams plain Rust values, so the `servers`
+//! crate can wire it to any transport.
 //!
-//! The engines (LLM on candle, speech-to-text on whisper-rs, Piper text-to-speech, Silero
-//! VAD, embeddings) arrive with their servers; see the open issues.
+//! - [`llm`]: chat models in quantized GGUF files, on candle.
+//! - [`source`]: where model files come from (a local path, or the Hugging Face hub).
+//! - [`device`]: the compute device, GPU when built with `cuda` or `metal`.
+
+pub mod device;
+pub mod llm;
+pub mod source;

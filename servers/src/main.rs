@@ -1,6 +1,7 @@
 //! `cpipe`: talk to tool servers over named pipes, list them, and serve them.
 
 mod bench;
+mod chat;
 mod echo;
 mod listing;
 mod query;
@@ -89,9 +90,15 @@ pub struct Cli {
     #[arg(long)]
     pub json: bool,
 
-    /// Run a server of this kind: echo (the protocol test server).
+    /// Run a server of this kind: chat (a resident LLM) or echo (the protocol test server).
     #[arg(long, value_name = "KIND")]
     pub serve: Option<String>,
+
+    /// With --serve chat: the model. A GGUF path; a Hugging Face file as owner/repo:file
+    /// (fetched once into the hub cache); or an offline model installed by
+    /// scripts/fetch-models.sh: smollm2, qwen-coder.
+    #[arg(long, value_name = "MODEL", default_value = chat::DEFAULT_HUB_MODEL)]
+    pub model: String,
 
     /// With --serve: the name to serve under (default: the kind).
     #[arg(long, value_name = "NAME")]

@@ -22,6 +22,13 @@ pub fn run(kind: &str, cli: &Cli) -> Result<(), Failure> {
         ..Limits::default()
     };
     let mut server = match kind {
+        "chat" => {
+            let source = crate::chat::model_source(&cli.model)?;
+            let builder = pipe_core::ToolServer::builder(name)
+                .dir(&cli.dir)
+                .limits(limits);
+            crate::chat::build(builder, source)?
+        }
         "echo" => {
             let mut server = echo::builder(name).dir(&cli.dir).limits(limits).bind()?;
             echo::register(&mut server);
@@ -29,7 +36,7 @@ pub fn run(kind: &str, cli: &Cli) -> Result<(), Failure> {
         }
         other => {
             return Err(Failure::Usage(format!(
-                "unknown server kind '{other}'; available: echo"
+                "unknown server kind '{other}'; available: chat, echo"
             )))
         }
     };

@@ -558,6 +558,11 @@ impl ServerHandle {
         self.0.set_state(state);
     }
 
+    /// Replaces the fields answered to `get_config` (e.g. once a model has loaded).
+    pub fn set_config(&self, config: Fields) {
+        *write(&self.0.config) = config;
+    }
+
     /// The current state.
     pub fn state(&self) -> String {
         lock(&self.0.state).clone()

@@ -1,0 +1,31 @@
+//! Choosing the compute device once, at start-up.
+
+pub use candle_core::Device;
+
+/// The device models load onto: the first CUDA GPU when built with `cuda`, the Metal GPU when
+/// built with `metal`, else the CPU. A GPU build on a machine without that GPU falls back to
+/// the CPU and says so in the log.
+pub fn best_device() -> Device {
+    #[cfg(feature = "cuda")]
+    match Device::new_cuda(0) {
+        Ok(device) => return device,
+        Err(e) => tracing::warn!("built with cuda but no CUDA GPU is usable ({e}); using the CPU"),
+    }
+    #[cfg(feature = "metal")]
+    match Device::new_metal(0) {
+        Ok(device) => return device,
+        Err(e) => {
+            tracing::warn!("built with metal but no Metal GPU is usable ({e}); using the CPU")
+        }
+    }
+    Device::Cpu
+}
+
+/// A short name for logs and `get_config`.
+pub fn describe(device: &Device) -> &'static str {
+    match device {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+        Device::Metal(_) => "metal",
+    }
+}

@@ -1,0 +1,492 @@
+//! Chat models in quantized GGUF files, on candle: Llama-architecture models (Llama, SmolLM2,
+//! Mistral), Qwen2/2.5 and Qwen3, picked from the file's own `general.architecture`.
+//!
+//! ```no_run
+//! use models::llm::{ChatMessage, GenerationParams, Llm, Role};
+//! let mut llm = Llm::load("SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), &models::device::best_device())?;
+//! let messages = [ChatMessage { role: Role::User, content: "What is the capital of France?".into() }];
+//! let usage = llm.chat(&messages, &GenerationParams::default(), |text| {
+//!     print!("{text}");
+//!     std::ops::ControlFlow::Continue(())
+//! })?;
+//! println!("\n{} tokens at {:.0} tokens/s", usage.completion_tokens, usage.tokens_per_second);
+//! # Ok::<(), models::llm::LlmError>(())
+//! ```
+
+mod stream;
+mod template;
+mod tokenizer;
+
+use std::fs::File;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
+use tokenizers::Tokenizer;
+
+use stream::{Detokenizer, StopFilter};
+use template::ChatTemplate;
+use tokenizer::{meta_str, meta_u32};
+
+/// Everything that can go wrong loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    /// The model file could not be read.
+    #[error("cannot read the model file {path}: {message}")]
+    Read {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The GGUF holds an architecture this engine does not run.
+    #[error("the model's architecture '{0}' is not supported; use a GGUF of llama (Llama, SmolLM2, Mistral), qwen2 or qwen3")]
+    UnsupportedArchitecture(String),
+    /// The tokenizer could not be built or used.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The chat template failed.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// The request does not fit the model.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// candle failed while running the model.
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+impl From<candle_core::Error> for LlmError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Inference(e.to_string())
+    }
+}
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Instructions for the assistant.
+    System,
+    /// The person.
+    User,
+    /// The model.
+    Assistant,
+}
+
+impl Role {
+    /// The role's name in chat templates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::User => "user",
+            Self::Assistant => "assistant",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "system" => Ok(Self::System),
+            "user" => Ok(Self::User),
+            "assistant" => Ok(Self::Assistant),
+            other => Err(format!(
+                "unknown role '{other}'; use system, user or assistant"
+            )),
+        }
+    }
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub content: String,
+}
+
+/// How to sample a reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// 0 is greedy (always the most likely token).
+    pub temperature: f64,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p`.
+    pub top_p: Option<f64>,
+    /// Keep only the `top_k` most likely tokens.
+    pub top_k: Option<usize>,
+    /// Penalty (> 1 discourages) for tokens among the last `repeat_last_n`.
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repeat penalty looks at.
+    pub repeat_last_n: usize,
+    /// Seed of the sampler, for reproducible replies.
+    pub seed: u64,
+    /// Generation stops before any of these strings.
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 512,
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 299792458,
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl GenerationParams {
+    /// Checks the values, naming the first that is out of range.
+    pub fn validate(&self) -> Result<(), LlmError> {
+        let bad = |m: String| Err(LlmError::InvalidRequest(m));
+        if self.max_tokens == 0 {
+            return bad("max_tokens must be at least 1".into());
+        }
+        if !(0.0..=100.0).contains(&self.temperature) {
+            return bad(format!(
+                "temperature must be from 0 to 100, got {}",
+                self.temperature
+            ));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return bad(format!("top_p must be in (0, 1], got {p}"));
+            }
+        }
+        if self.top_k == Some(0) {
+            return bad("top_k must be at least 1".into());
+        }
+        if !(self.repeat_penalty > 0.0 && self.repeat_penalty <= 10.0) {
+            return bad(format!(
+                "repeat_penalty must be in (0, 10], got {}",
+                self.repeat_penalty
+            ));
+        }
+        if self.stop.len() > 16 || self.stop.iter().any(|s| s.len() > 256) {
+            return bad("at most 16 stop sequences of at most 256 bytes each".into());
+        }
+        Ok(())
+    }
+
+    fn sampling(&self) -> Sampling {
+        let temperature = self.temperature;
+        if temperature <= 0.0 {
+            return Sampling::ArgMax;
+        }
+        match (self.top_k, self.top_p) {
+            (None, None) => Sampling::All { temperature },
+            (Some(k), None) => Sampling::TopK { k, temperature },
+            (None, Some(p)) => Sampling::TopP { p, temperature },
+            (Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model ended its turn, or a stop sequence appeared.
+    Stop,
+    /// `max_tokens` or the context window was reached.
+    Length,
+    /// The caller asked to stop.
+    Cancelled,
+}
+
+impl FinishReason {
+    /// The OpenAI-style name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Figures of one generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// From the call to the first generated token (prompt processing included).
+    pub time_to_first_token: Duration,
+    /// Generated tokens per second after the first.
+    pub tokens_per_second: f64,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+}
+
+enum Weights {
+    Llama(quantized_llama::ModelWeights),
+    Qwen2(quantized_qwen2::ModelWeights),
+    Qwen3(quantized_qwen3::ModelWeights),
+}
+
+impl Weights {
+    fn forward(&mut self, input: &Tensor, position: usize) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Llama(m) => m.forward(input, position),
+            Self::Qwen2(m) => m.forward(input, position),
+            Self::Qwen3(m) => m.forward(input, position),
+        }
+    }
+}
+
+/// A loaded chat model: weights, tokenizer and chat template, resident until dropped.
+pub struct Llm {
+    weights: Weights,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    device: Device,
+    architecture: String,
+    name: String,
+    context_length: usize,
+    /// Token ids that end the assistant's turn.
+    eos: Vec<u32>,
+}
+
+impl Llm {
+    /// Loads a GGUF file onto `device`.
+    pub fn load(path: &Path, device: &Device) -> Result<Self, LlmError> {
+        let read_error = |message: String| LlmError::Read {
+            path: path.display().to_string(),
+            message,
+        };
+        let mut file = File::open(path).map_err(|e| read_error(e.to_string()))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| read_error(format!("not a valid GGUF file ({e})")))?;
+        let architecture = meta_str(&content, "general.architecture")
+            .unwrap_or("(none)")
+            .to_string();
+        if !matches!(architecture.as_str(), "llama" | "qwen2" | "qwen3") {
+            return Err(LlmError::UnsupportedArchitecture(architecture));
+        }
+        let name = meta_str(&content, "general.name")
+            .map(String::from)
+            .unwrap_or_else(|| {
+                path.file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            });
+        let context_length = meta_u32(&content, &format!("{architecture}.context_length"))
+            .map(|n| n as usize)
+            .unwrap_or(2048);
+        let tokenizer = tokenizer::from_gguf(&content)?;
+        let token_text = |key: &str| {
+            meta_u32(&content, key)
+                .and_then(|id| tokenizer.id_to_token(id))
+                .unwrap_or_default()
+        };
+        let (bos, eos_text) = (
+            token_text("tokenizer.ggml.bos_token_id"),
+            token_text("tokenizer.ggml.eos_token_id"),
+        );
+        let template = ChatTemplate::new(
+            meta_str(&content, "tokenizer.chat_template"),
+            &bos,
+            &eos_text,
+        )?;
+        if template.fallback {
+            tracing::warn!("{name} has no chat template; using ChatML");
+        }
+        let mut eos: Vec<u32> = meta_u32(&content, "tokenizer.ggml.eos_token_id")
+            .into_iter()
+            .collect();
+        for end_of_turn in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>"] {
+            if let Some(id) = tokenizer.token_to_id(end_of_turn) {
+                if !eos.contains(&id) {
+                    eos.push(id);
+                }
+            }
+        }
+        let load_error =
+            |e: candle_core::Error| read_error(format!("cannot load the weights ({e})"));
+        let (weights, context_length) = match architecture.as_str() {
+            "llama" => (
+                Weights::Llama(
+                    quantized_llama::ModelWeights::from_gguf(content, &mut file, device)
+                        .map_err(load_error)?,
+                ),
+                context_length.min(quantized_llama::MAX_SEQ_LEN),
+            ),
+            "qwen2" => (
+                Weights::Qwen2(
+                    quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)
+                        .map_err(load_error)?,
+                ),
+                context_length,
+            ),
+            "qwen3" => (
+                Weights::Qwen3(
+                    quantized_qwen3::ModelWeights::from_gguf(content, &mut file, device)
+                        .map_err(load_error)?,
+                ),
+                context_length,
+            ),
+            other => unreachable!("architecture {other} was checked above"),
+        };
+        tracing::info!(%name, %architecture, context_length, "model loaded");
+        Ok(Self {
+            weights,
+            tokenizer,
+            template,
+            device: device.clone(),
+            architecture,
+            name,
+            context_length,
+            eos,
+        })
+    }
+
+    /// The model's name, from its metadata.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `general.architecture` of the GGUF.
+    pub fn architecture(&self) -> &str {
+        &self.architecture
+    }
+
+    /// Most tokens (prompt and reply together) the model can attend to.
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    /// The prompt for a conversation, ready for the assistant's reply.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, LlmError> {
+        self.template.render(messages)
+    }
+
+    /// Token ids of `text` (special tokens in it are recognised).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        self.tokenizer
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| LlmError::Tokenizer(format!("cannot encode the prompt: {e}")))
+    }
+
+    /// Renders, encodes and answers a conversation, streaming text through `on_text`.
+    pub fn chat(
+        &mut self,
+        messages: &[ChatMessage],
+        params: &GenerationParams,
+        on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Usage, LlmError> {
+        let prompt = self.render_chat(messages)?;
+        let tokens = self.encode(&prompt)?;
+        self.generate(&tokens, params, on_text)
+    }
+
+    /// Generates a continuation of `prompt`, calling `on_text` once per generated token with
+    /// the text that became final (often empty: a character or a possible stop sequence can
+    /// span tokens). Returning `ControlFlow::Break` stops generation (finish reason
+    /// `Cancelled`) before the next token.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerationParams,
+        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Usage, LlmError> {
+        params.validate()?;
+        let started = Instant::now();
+        if prompt.is_empty() {
+            return Err(LlmError::InvalidRequest("the prompt is empty".into()));
+        }
+        if prompt.len() >= self.context_length {
+            return Err(LlmError::InvalidRequest(format!(
+                "the prompt is {} tokens but the model's context window is {}; shorten the conversation",
+                prompt.len(),
+                self.context_length
+            )));
+        }
+        let max_tokens = params.max_tokens.min(self.context_length - prompt.len());
+        let mut sampler = LogitsProcessor::from_sampling(params.seed, params.sampling());
+        let mut detok = Detokenizer::new(&self.tokenizer);
+        let mut stops = StopFilter::new(&params.stop);
+        let mut history: Vec<u32> = prompt.to_vec();
+        let mut generated = 0;
+        let mut first_token_at = None;
+        let mut finish = FinishReason::Length;
+
+        let mut input = Tensor::new(prompt, &self.device)?.unsqueeze(0)?;
+        let mut position = 0;
+        while generated < max_tokens {
+            let logits = self.weights.forward(&input, position)?.squeeze(0)?;
+            position += input.dim(1)?;
+            let logits = if params.repeat_penalty == 1.0 {
+                logits
+            } else {
+                let start = history.len().saturating_sub(params.repeat_last_n);
+                candle_transformers::utils::apply_repeat_penalty(
+                    &logits,
+                    params.repeat_penalty,
+                    &history[start..],
+                )?
+            };
+            let token = sampler.sample(&logits)?;
+            generated += 1;
+            first_token_at.get_or_insert_with(Instant::now);
+            if self.eos.contains(&token) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            history.push(token);
+            let piece = stops.push(&detok.push(token)?);
+            if on_text(&piece.text).is_break() {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            if piece.stopped {
+                finish = FinishReason::Stop;
+                break;
+            }
+            input = Tensor::new(&[token], &self.device)?.unsqueeze(0)?;
+        }
+        if finish != FinishReason::Stop || params.stop.is_empty() {
+            let rest = stops.push(&detok.finish()?);
+            let tail = format!(
+                "{}{}",
+                rest.text,
+                if rest.stopped {
+                    String::new()
+                } else {
+                    stops.finish()
+                }
+            );
+            if finish != FinishReason::Cancelled && !tail.is_empty() {
+                let _ = on_text(&tail);
+            }
+        }
+        let first = first_token_at.unwrap_or_else(Instant::now);
+        let decode_time = first.elapsed().as_secs_f64();
+        Ok(Usage {
+            prompt_tokens: prompt.len(),
+            completion_tokens: generated,
+            time_to_first_token: first - started,
+            tokens_per_second: if generated > 1 && decode_time > 0.0 {
+                (generated - 1) as f64 / decode_time
+            } else {
+                0.0
+            },
+            finish_reason: finish,
+        })
+    }
+}

@@ -1,0 +1,377 @@
+//! `cpipe --serve chat`: a resident LLM streaming tokens to many clients.
+//!
+//! One model thread owns the model and runs one generation at a time, taking jobs in arrival
+//! order. Each client's requests already run one at a time (pipe-core's lanes), so arrival
+//! order is round-robin across clients. Handlers only translate: they queue a job and forward
+//! its pieces as events, which keeps back-pressure and cancellation in pipe-core's hands.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::time::Duration;
+
+use models::llm::{ChatMessage, GenerationParams, Llm, LlmError, Role, Usage};
+use models::source::ModelSource;
+use pipe_core::{
+    CancelToken, CommandSpec, ErrorCode, Event, Fields, Request, Responder, ServerHandle,
+    ToolError, ToolServer,
+};
+use serde_json::{json, Value};
+
+/// The model real users get by default: fetched once from the Hugging Face hub.
+pub const DEFAULT_HUB_MODEL: &str =
+    "Qwen/Qwen2.5-1.5B-Instruct-GGUF:qwen2.5-1.5b-instruct-q4_k_m.gguf";
+
+/// Short names for the offline models that `scripts/fetch-models.sh` installs.
+const OFFLINE_MODELS: [(&str, &str, &str); 2] = [
+    ("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2"),
+    (
+        "qwen-coder",
+        "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf",
+        "qwen-coder",
+    ),
+];
+
+/// What `get_help` answers.
+const HELP: &str = "\
+chat: a resident LLM (GGUF on candle) that streams its replies.
+  chat           {\"messages\":[{\"role\":\"user\",\"content\":\"...\"}]} streams token events
+                 {\"event\":\"token\",\"text\":...,\"done\":false}, then a done:true token with
+                 usage; requests with an id also get {\"event\":\"done\",\"usage\":...}.
+  chat_blocking  the same, answered with one {\"event\":\"reply\",\"text\":...}.
+  Messages may also be given as data: a list of messages, {\"messages\":[...]}, or a plain
+  string (one user message). Options: max_tokens, temperature (0 = greedy), top_p, top_k,
+  repeat_penalty, seed, stop (string or list).
+  cancel {\"target\":ID} stops a generation within one token.
+Try: cpipe chat chat --data 'What is the capital of France?' --text";
+
+/// Where offline models live: `CPIPE_MODELS`, else `~/.cache/cpipe/models`.
+pub fn models_dir() -> PathBuf {
+    match std::env::var_os("CPIPE_MODELS") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+            .join(".cache/cpipe/models"),
+    }
+}
+
+/// Turns `--model` into a source: an offline short name, a path, or a hub reference.
+pub fn model_source(model: &str) -> anyhow::Result<ModelSource> {
+    if let Some((_, file, fetch)) = OFFLINE_MODELS.iter().find(|(name, ..)| *name == model) {
+        let path = models_dir().join(file);
+        anyhow::ensure!(
+            path.exists(),
+            "the offline model '{model}' is not installed at {}: run scripts/fetch-models.sh {fetch}",
+            path.display()
+        );
+        return Ok(ModelSource::Local(path));
+    }
+    Ok(ModelSource::parse(model)?)
+}
+
+/// A generation for the model thread.
+struct Job {
+    messages: Vec<ChatMessage>,
+    params: GenerationParams,
+    cancel: CancelToken,
+    out: SyncSender<Piece>,
+}
+
+/// What the model thread sends back for a job.
+enum Piece {
+    Text(String),
+    Done(Usage),
+    Failed(ToolError),
+}
+
+fn to_tool_error(e: LlmError) -> ToolError {
+    match e {
+        LlmError::InvalidRequest(m) => ToolError::invalid(m),
+        LlmError::Template(m) => ToolError::invalid(format!("chat template: {m}")),
+        other => ToolError::internal(other.to_string()),
+    }
+}
+
+/// Loads the model, then runs jobs until the server goes away.
+fn model_thread(source: ModelSource, server: ServerHandle, jobs: Receiver<Job>) {
+    let device = models::device::best_device();
+    let loaded = source
+        .resolve()
+        .map_err(|e| e.to_string())
+        .and_then(|path| Llm::load(&path, &device).map_err(|e| e.to_string()));
+    let mut llm = match loaded {
+        Ok(llm) => llm,
+        Err(message) => {
+            tracing::error!("cannot load the model: {message}");
+            server.set_state("error");
+            server.set_config(Fields::from_iter([(
+                "error".into(),
+                message.clone().into(),
+            )]));
+            for job in jobs {
+                let _ = job.out.send(Piece::Failed(ToolError::new(
+                    ErrorCode::Unavailable,
+                    format!("the model failed to load: {message}"),
+                )));
+            }
+            return;
+        }
+    };
+    server.set_config(Fields::from_iter([
+        ("model".into(), llm.name().into()),
+        ("architecture".into(), llm.architecture().into()),
+        ("context_length".into(), llm.context_length().into()),
+        ("device".into(), models::device::describe(&device).into()),
+        ("source".into(), source.to_string().into()),
+    ]));
+    server.set_state("idle");
+    for job in jobs {
+        if job.cancel.is_cancelled() {
+            continue;
+        }
+        server.set_state("inferring");
+        let out = job.out.clone();
+        let result = llm.chat(&job.messages, &job.params, |text| {
+            if job.cancel.is_cancelled() {
+                return ControlFlow::Break(());
+            }
+            if !text.is_empty() && out.send(Piece::Text(text.to_string())).is_err() {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        let _ = job.out.send(match result {
+            Ok(usage) => Piece::Done(usage),
+            Err(e) => Piece::Failed(to_tool_error(e)),
+        });
+        server.set_state("idle");
+    }
+}
+
+/// Reads the conversation from `messages`, or from `data` (messages, `{messages}`, or a string).
+fn parse_messages(req: &Request) -> Result<Vec<ChatMessage>, ToolError> {
+    let data = req.get("data");
+    let raw = req
+        .get("messages")
+        .or_else(|| data.and_then(|d| d.get("messages")))
+        .or(data);
+    let list = match raw {
+        Some(Value::Array(list)) => list.clone(),
+        Some(Value::String(text)) => vec![json!({"role": "user", "content": text})],
+        Some(other) => {
+            return Err(ToolError::invalid(format!(
+                "messages must be a list of {{\"role\",\"content\"}} objects, got {other}"
+            )))
+        }
+        None => {
+            return Err(ToolError::invalid(
+                "missing messages: send {\"messages\":[{\"role\":\"user\",\"content\":\"...\"}]}, or the question as data",
+            ))
+        }
+    };
+    if list.is_empty() {
+        return Err(ToolError::invalid(
+            "messages is empty: send at least one user message",
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
+                ToolError::invalid(format!(
+                    "message {i} needs a \"role\" string (system, user or assistant)"
+                ))
+            })?;
+            let role: Role = role
+                .parse()
+                .map_err(|e: String| ToolError::invalid(format!("message {i}: {e}")))?;
+            let content = m.get("content").and_then(Value::as_str).ok_or_else(|| {
+                ToolError::invalid(format!("message {i} needs a \"content\" string"))
+            })?;
+            if content.trim().is_empty() {
+                return Err(ToolError::invalid(format!("message {i} has empty content")));
+            }
+            Ok(ChatMessage {
+                role,
+                content: content.into(),
+            })
+        })
+        .collect()
+}
+
+/// Reads sampling options from the request (or its `data` object).
+fn parse_params(req: &Request) -> Result<GenerationParams, ToolError> {
+    let data = req.get("data").and_then(Value::as_object);
+    let field = |key: &str| req.get(key).or_else(|| data.and_then(|d| d.get(key)));
+    let mut params = GenerationParams::default();
+    let number = |key: &str| -> Result<Option<f64>, ToolError> {
+        match field(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| ToolError::invalid(format!("\"{key}\" must be a number, got {v}"))),
+        }
+    };
+    let count = |key: &str| -> Result<Option<u64>, ToolError> {
+        match field(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                ToolError::invalid(format!("\"{key}\" must be a non-negative integer, got {v}"))
+            }),
+        }
+    };
+    if let Some(n) = count("max_tokens")? {
+        params.max_tokens = n.min(1 << 20) as usize;
+    }
+    if let Some(t) = number("temperature")? {
+        params.temperature = t;
+    }
+    params.top_p = number("top_p")?;
+    params.top_k = count("top_k")?.map(|k| k as usize);
+    if let Some(p) = number("repeat_penalty")? {
+        params.repeat_penalty = p as f32;
+    }
+    if let Some(seed) = count("seed")? {
+        params.seed = seed;
+    }
+    params.stop = match field("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|s| {
+                s.as_str().map(String::from).ok_or_else(|| {
+                    ToolError::invalid("\"stop\" must be a string or a list of strings")
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ToolError::invalid(
+                "\"stop\" must be a string or a list of strings",
+            ))
+        }
+    };
+    params.validate().map_err(to_tool_error)?;
+    Ok(params)
+}
+
+fn usage_json(usage: &Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "time_to_first_token_ms": (usage.time_to_first_token.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
+        "tokens_per_second": (usage.tokens_per_second * 10.0).round() / 10.0,
+        "finish_reason": usage.finish_reason.as_str(),
+    })
+}
+
+/// Queues a job and hands each piece to `on_text`; returns the usage.
+fn run_job(
+    jobs: &Sender<Job>,
+    req: &Request,
+    out: &Responder,
+    mut on_text: impl FnMut(String) -> Result<(), ToolError>,
+) -> Result<Usage, ToolError> {
+    let messages = parse_messages(req)?;
+    let params = parse_params(req)?;
+    let (tx, rx) = mpsc::sync_channel(256);
+    let cancel = out.cancel_token();
+    jobs.send(Job {
+        messages,
+        params,
+        cancel: cancel.clone(),
+        out: tx,
+    })
+    .map_err(|_| ToolError::new(ErrorCode::Unavailable, "the model thread has stopped"))?;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Piece::Text(text)) => on_text(text)?,
+            Ok(Piece::Done(usage)) => return Ok(usage),
+            Ok(Piece::Failed(error)) => return Err(error),
+            // Queued behind others (or the model is loading): keep waiting unless cancelled.
+            Err(RecvTimeoutError::Timeout) => out.check()?,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(ToolError::internal("the model thread stopped mid-reply"))
+            }
+        }
+    }
+}
+
+fn chat_args() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "messages": {"type": "array", "items": {"type": "object", "required": ["role", "content"], "properties": {
+                "role": {"enum": ["system", "user", "assistant"]},
+                "content": {"type": "string"}}}},
+            "data": {"description": "Alternatively: a list of messages, {\"messages\": [...]}, or one user message as a string."},
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 100, "description": "0 is greedy."},
+            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+            "top_k": {"type": "integer", "minimum": 1},
+            "repeat_penalty": {"type": "number", "minimum": 0, "maximum": 10},
+            "seed": {"type": "integer", "minimum": 0},
+            "stop": {"type": ["string", "array"], "items": {"type": "string"}}
+        }
+    })
+}
+
+/// Binds the chat server and starts loading `source` in the background.
+pub fn build(builder: pipe_core::Builder, source: ModelSource) -> anyhow::Result<ToolServer> {
+    let mut server = builder
+        .description("LLM chat server: a resident GGUF model on candle, streaming tokens.")
+        .help(HELP)
+        .initial_state("loading")
+        .bind()?;
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let handle = server.handle_ref();
+    std::thread::Builder::new()
+        .name("model".into())
+        .spawn(move || model_thread(source, handle, queue))?;
+
+    let stream_jobs = jobs.clone();
+    server.handle(
+        CommandSpec::new("chat", "Streams the assistant's reply to a conversation.")
+            .args(chat_args())
+            .emits(&["token", "done"]),
+        move |req, out| {
+            let usage = run_job(&stream_jobs, req, out, |text| {
+                out.emit(Event::new("token").with("text", text).with("done", false))?;
+                Ok(())
+            })?;
+            let usage = usage_json(&usage);
+            out.emit(
+                Event::new("token")
+                    .with("text", "")
+                    .with("done", true)
+                    .with("usage", usage.clone()),
+            )?;
+            if out.id().is_some() {
+                out.emit(Event::new("done").with("usage", usage))?;
+            }
+            Ok(())
+        },
+    );
+    server.handle(
+        CommandSpec::new(
+            "chat_blocking",
+            "Answers with the whole reply in one event.",
+        )
+        .args(chat_args())
+        .emits(&["reply"]),
+        move |req, out| {
+            let mut reply = String::new();
+            let usage = run_job(&jobs, req, out, |text| {
+                reply.push_str(&text);
+                Ok(())
+            })?;
+            out.emit(
+                Event::new("reply")
+                    .with("text", reply)
+                    .with("usage", usage_json(&usage)),
+            )?;
+            Ok(())
+        },
+    );
+    Ok(server)
+}
