@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
-# The README's main command: builds cpipe, starts a server, queries it, lists it, stops it.
-# Uses a private pipe directory so it never disturbs servers already running.
+# The README's main command: fetches the offline default model, builds cpipe, starts the chat
+# server on it, asks it a question with the streaming example client, lists the servers, and
+# stops the server. Uses a private pipe directory so it never disturbs running servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p servers --bin cpipe
+scripts/fetch-models.sh smollm2
+cargo build --release --locked -p servers --bin cpipe -p examples --bin chat_client
 cpipe=target/release/cpipe
 demo_dir=$(mktemp -d /tmp/cpipe-demo.XXXXXX)
 export CPIPE_DIR="$demo_dir"
 
-"$cpipe" --serve echo &
+"$cpipe" --serve chat --model smollm2 &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$demo_dir"' EXIT
-for _ in $(seq 50); do "$cpipe" echo ping --timeout 1 >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do "$cpipe" chat ping --timeout 1 >/dev/null 2>&1 && break; sleep 0.1; done
 
 set -x
+target/release/chat_client "What is the capital of France?"
 "$cpipe" --list
-"$cpipe" echo get_help --text
-"$cpipe" echo echo -j greeting=hello -j n=3
-"$cpipe" echo stream -j n=5 -j 'text=tick ' --text
-"$cpipe" echo stop
+"$cpipe" chat chat --text --data "Name three primary colours." -j max_tokens=60
+"$cpipe" chat stop
 set +x
 wait $server
 echo "demo: ok"

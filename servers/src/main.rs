@@ -62,7 +62,8 @@ pub struct Cli {
     #[arg(short = 'j', long = "field", value_name = "KEY=VALUE")]
     pub fields: Vec<String>,
 
-    /// Print streamed text as plain text (token texts joined) instead of JSON lines.
+    /// Print plain text instead of JSON lines: streamed token texts joined, other events'
+    /// payloads one per line, errors on stderr (the closing usage summary is left out).
     #[arg(long)]
     pub text: bool,
 

@@ -89,6 +89,10 @@ impl Printer {
                 return out.flush();
             }
         }
+        if event.name() == "done" {
+            // The usage summary that closes a stream; JSON mode shows it.
+            return out.flush();
+        }
         self.end_line(&mut out)?;
         let payload: Fields = event
             .fields()

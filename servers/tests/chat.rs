@@ -1,0 +1,294 @@
+//! End-to-end tests of `cpipe --serve chat` on the real SmolLM2-135M-Instruct (installed by
+//! scripts/fetch-models.sh).
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use pipe_core::{Client, ConnectOptions, ErrorCode, Event, Step};
+use serde_json::{json, Value};
+
+fn start(dir: &TestDir) -> Server {
+    let server = dir.serve("chat", &["--model", "smollm2"]);
+    assert!(
+        eventually(Duration::from_secs(60), || state(dir) == "idle"),
+        "the model did not load: state {}",
+        state(dir)
+    );
+    server
+}
+
+fn state(dir: &TestDir) -> String {
+    let out = dir.run(&["chat", "get_state"]);
+    json_lines(&out)[0]["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn client(dir: &TestDir) -> Client {
+    let options = ConnectOptions {
+        dir: dir.path().into(),
+        timeout: Some(Duration::from_secs(60)),
+    };
+    Client::connect_with("chat", &options).unwrap()
+}
+
+fn question(q: &str) -> Value {
+    json!({"messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": q}
+    ], "max_tokens": 48})
+}
+
+/// The streamed text of a `chat` reply, and its final token event.
+fn stream(c: &mut Client, args: Value) -> (String, Event) {
+    let mut text = String::new();
+    let mut last = None;
+    for event in c.request("chat", args).unwrap() {
+        let event = event.unwrap();
+        assert!(event.as_error().is_none(), "{event}");
+        if event.name() == "token" {
+            text.push_str(event.str("text").unwrap());
+            if event.get("done") == Some(&json!(true)) {
+                last = Some(event);
+            }
+        }
+    }
+    (text, last.expect("no done token"))
+}
+
+#[test]
+fn answers_streams_and_blocks_consistently() {
+    let dir = TestDir::new("chat");
+    let _server = start(&dir);
+    let mut c = client(&dir);
+    let (streamed, done) = stream(&mut c, question("What is the capital of France?"));
+    assert!(streamed.contains("Paris"), "{streamed:?}");
+    let usage = done.get("usage").unwrap();
+    assert_eq!(usage["finish_reason"], "stop");
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 5);
+    assert!(usage["time_to_first_token_ms"].as_f64().unwrap() > 0.0);
+
+    let reply = c
+        .call("chat_blocking", question("What is the capital of France?"))
+        .unwrap();
+    assert_eq!(reply[0].name(), "reply");
+    assert_eq!(reply[0].str("text").unwrap(), streamed);
+
+    // The CLI, with the question as plain data.
+    let out = dir.run(&[
+        "chat",
+        "chat",
+        "--text",
+        "--data",
+        "What is the capital of France? Answer in one word.",
+        "-j",
+        "max_tokens=20",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // max_tokens and stop sequences.
+    let mut args = question("Count from 1 to 30, separated by commas.");
+    args["max_tokens"] = json!(6);
+    let (_, done) = stream(&mut c, args.clone());
+    assert_eq!(done.get("usage").unwrap()["finish_reason"], "length");
+    assert_eq!(done.get("usage").unwrap()["completion_tokens"], 6);
+    args["max_tokens"] = json!(100);
+    args["stop"] = json!(["5"]);
+    let (text, done) = stream(&mut c, args);
+    assert_eq!(done.get("usage").unwrap()["finish_reason"], "stop");
+    assert!(!text.contains('5'), "{text:?}");
+
+    // Requests with ids also get a done event with usage.
+    let events: Vec<Event> = c
+        .request("chat", question("Hi"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
+    assert_eq!(events.last().unwrap().name(), "done");
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_the_server_stays_up() {
+    let dir = TestDir::new("chatbad");
+    let _server = start(&dir);
+    let mut c = client(&dir);
+    let cases = [
+        (json!({}), "missing messages"),
+        (json!({"messages": "x", "data": 1}), "must be an array"),
+        (json!({"messages": []}), "messages is empty"),
+        (
+            json!({"messages": [{"role": "wizard", "content": "x"}]}),
+            "must be one of",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": ""}]}),
+            "empty content",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": 5}]}),
+            "must be a string",
+        ),
+        (
+            json!({"messages": [{"role": "user"}]}),
+            "missing required field \"content\"",
+        ),
+        (json!({"data": "hi", "temperature": 1e9}), "at most 100"),
+        (json!({"data": "hi", "top_p": 0}), "top_p"),
+        (json!({"data": "hi", "max_tokens": 0}), "at least 1"),
+        (json!({"data": "word ".repeat(6000)}), "context window"),
+    ];
+    for (args, expected) in cases {
+        match c.call("chat", args.clone()) {
+            Err(pipe_core::Error::Remote { code, message }) => {
+                assert_eq!(code, ErrorCode::InvalidRequest, "{args}: {message}");
+                assert!(message.contains(expected), "{args}: {message}");
+            }
+            other => panic!("{args}: expected an error, got {other:?}"),
+        }
+    }
+    assert!(c
+        .call("chat_blocking", json!({"data": "Say hi", "max_tokens": 4}))
+        .is_ok());
+}
+
+#[test]
+fn cancel_and_client_death_stop_generation() {
+    let dir = TestDir::new("chatcancel");
+    let _server = start(&dir);
+    let mut c = client(&dir);
+    let mut args = question("Write a very long story about a dragon.");
+    args["max_tokens"] = json!(4000);
+    args["temperature"] = json!(0.8);
+    let id = c.send("chat", args).unwrap();
+    let mut tokens = 0;
+    let mut events = c.events_of(id);
+    while tokens < 3 {
+        if let Step::Event(e) = events.next_within(Duration::from_secs(30)).unwrap() {
+            assert_eq!(e.name(), "token");
+            tokens += 1;
+        }
+    }
+    c.cancel(id).unwrap();
+    let rest: Vec<Event> = c.events_of(id).map(|e| e.unwrap()).collect();
+    assert_eq!(
+        rest.last().unwrap().as_error().unwrap().code,
+        ErrorCode::Cancelled,
+        "{rest:?}"
+    );
+    assert!(eventually(Duration::from_secs(5), || state(&dir) == "idle"));
+
+    // A client killed mid-reply cancels its own generation.
+    let mut child = dir
+        .cpipe()
+        .args([
+            "chat",
+            "chat",
+            "--data",
+            "Write a very long story about a castle.",
+            "-j",
+            "max_tokens=4000",
+            "-j",
+            "temperature=0.8",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 40];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    assert_eq!(state(&dir), "inferring");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || state(&dir) == "idle"),
+        "generation went on"
+    );
+}
+
+#[test]
+fn eight_clients_at_once_each_get_their_own_complete_reply() {
+    let dir = TestDir::new("chat8");
+    let _server = start(&dir);
+    let questions: Vec<String> = (1..=8).map(|i| format!("What is {i} plus {i}?")).collect();
+    // Each reply alone, first: greedy decoding makes them reproducible.
+    let mut c = client(&dir);
+    let expected: Vec<String> = questions
+        .iter()
+        .map(|q| stream(&mut c, question(q)).0)
+        .collect();
+    drop(c);
+    let children: Vec<_> = questions
+        .iter()
+        .map(|q| {
+            let args = question(q).to_string();
+            dir.cpipe()
+                .args(["chat", "chat", "--text", "--timeout", "120", "-j", &args])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (child, want) in children.into_iter().zip(expected) {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout),
+            format!("{want}\n"),
+            "a reply was mixed with another"
+        );
+    }
+}
+
+#[test]
+fn states_go_loading_idle_inferring_idle_and_a_bad_model_is_reported() {
+    let dir = TestDir::new("chatstate");
+    let _server = dir.serve("chat", &["--model", "smollm2"]);
+    let mut c = client(&dir);
+    // A request sent while loading waits for the model instead of being lost.
+    let reply = c
+        .call("chat_blocking", json!({"data": "Say hi", "max_tokens": 3}))
+        .unwrap();
+    assert_eq!(reply[0].name(), "reply");
+    let mut seen = Vec::new();
+    while let Some(e) = c.try_next_event(Duration::from_millis(200)).unwrap() {
+        if e.name() == "state_changed" {
+            seen.push(e.str("state").unwrap().to_string());
+        }
+    }
+    assert!(
+        seen.ends_with(&["inferring".to_string(), "idle".to_string()]),
+        "{seen:?}"
+    );
+
+    let bad = TestDir::new("chatcorrupt");
+    let model = bad.path().join("broken.gguf");
+    std::fs::write(&model, b"GGUF not really").unwrap();
+    let _broken = bad.serve("chat", &["--model", model.to_str().unwrap()]);
+    assert!(eventually(Duration::from_secs(10), || {
+        json_lines(&bad.run(&["chat", "get_state"]))[0]["state"] == "error"
+    }));
+    let out = bad.run(&["chat", "chat", "--data", "hi"]);
+    assert_eq!(out.status.code(), Some(1));
+    let error = &json_lines(&out)[0];
+    assert_eq!(error["code"], "unavailable");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid GGUF"),
+        "{error}"
+    );
+
+    let out = bad.run(&["--serve", "chat", "--model", "/no/such/model.gguf"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        text(&out.stderr).contains("no such file"),
+        "{}",
+        text(&out.stderr)
+    );
+}
