@@ -126,22 +126,7 @@ pub enum Subcommand {
     /// Benchmarks that compare cpipe against anchors measured in the same run.
     Bench {
         #[command(subcommand)]
-        which: BenchKind,
-    },
-}
-
-/// The benchmarks.
-#[derive(Debug, clap::Subcommand)]
-pub enum BenchKind {
-    /// pipe-core round trip against a raw FIFO, a Unix socket and HTTP keep-alive; streamed
-    /// events per second to 1, 16 and 64 subscribers.
-    Pipes(bench::PipesBench),
-    /// One subscriber process of the pipes benchmark (internal).
-    #[command(hide = true)]
-    Subscriber {
-        /// Events to stream and verify.
-        #[arg(long)]
-        events: u64,
+        which: bench::BenchKind,
     },
 }
 
@@ -200,10 +185,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = if let Some(Subcommand::Bench { which }) = &cli.command {
-        match which {
-            BenchKind::Pipes(options) => bench::run(options).map_err(Failure::from),
-            BenchKind::Subscriber { events } => bench::subscriber(*events).map_err(Failure::from),
-        }
+        bench::run(which).map_err(Failure::from)
     } else if let Some(kind) = &cli.serve {
         serve::run(kind, &cli)
     } else if cli.list {

@@ -131,6 +131,8 @@ pub struct GenerationParams {
     pub seed: u64,
     /// Generation stops before any of these strings.
     pub stop: Vec<String>,
+    /// Keep generating past end-of-turn tokens (for benchmarks that need a fixed length).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerationParams {
@@ -144,6 +146,7 @@ impl Default for GenerationParams {
             repeat_last_n: 64,
             seed: 299792458,
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }
@@ -444,7 +447,7 @@ impl Llm {
             let token = sampler.sample(&logits)?;
             generated += 1;
             first_token_at.get_or_insert_with(Instant::now);
-            if self.eos.contains(&token) {
+            if !params.ignore_eos && self.eos.contains(&token) {
                 finish = FinishReason::Stop;
                 break;
             }

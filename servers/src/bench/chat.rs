@@ -1,0 +1,196 @@
+//! `cpipe bench chat`: the LLM engine against llama.cpp on the same GGUF and thread count
+//! (prompt processing at 128 and 512 tokens, generation of 128 tokens), time to first token of
+//! a short chat, and a warm server request against a fresh process that loads the model for
+//! one answer.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use models::llm::{ChatMessage, GenerationParams, Llm, Role};
+use pipe_core::{Client, ConnectOptions};
+use serde_json::{json, Value};
+
+/// Options of `cpipe bench chat`.
+#[derive(Debug, clap::Args)]
+pub struct ChatBench {
+    /// The model (as for `--serve chat --model`).
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// llama.cpp's llama-bench (default: what scripts/build-llama-bench.sh built).
+    #[arg(long, env = "LLAMA_BENCH")]
+    pub llama_bench: Option<PathBuf>,
+    /// Repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repetitions: usize,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// A prompt of exactly `n` tokens of ordinary text.
+fn prompt_tokens(llm: &Llm, n: usize) -> Result<Vec<u32>> {
+    let text = "The quick brown fox jumps over the lazy dog while the river runs to the sea. ";
+    let mut tokens = Vec::new();
+    while tokens.len() < n {
+        tokens.extend(llm.encode(text)?);
+    }
+    tokens.truncate(n);
+    Ok(tokens)
+}
+
+/// Our engine: (prompt tokens/s at 128, at 512, generation tokens/s, short-chat TTFT in ms).
+fn ours(path: &Path, repetitions: usize) -> Result<[f64; 4]> {
+    let mut llm = Llm::load(path, &models::device::best_device())?;
+    let one = GenerationParams {
+        max_tokens: 1,
+        ignore_eos: true,
+        ..GenerationParams::default()
+    };
+    let mut prefill = |n: usize| -> Result<f64> {
+        let prompt = prompt_tokens(&llm, n)?;
+        llm.generate(&prompt, &one, |_| ControlFlow::Continue(()))?; // warm-up
+        let mut rates = Vec::new();
+        for _ in 0..repetitions {
+            let usage = llm.generate(&prompt, &one, |_| ControlFlow::Continue(()))?;
+            rates.push(n as f64 / usage.time_to_first_token.as_secs_f64());
+        }
+        Ok(median(rates))
+    };
+    let pp128 = prefill(128)?;
+    let pp512 = prefill(512)?;
+    let generate = GenerationParams {
+        max_tokens: 129,
+        ignore_eos: true,
+        ..GenerationParams::default()
+    };
+    let start = prompt_tokens(&llm, 1)?;
+    let mut rates = Vec::new();
+    for _ in 0..repetitions {
+        let usage = llm.generate(&start, &generate, |_| ControlFlow::Continue(()))?;
+        rates.push(usage.tokens_per_second);
+    }
+    let tg128 = median(rates);
+    let chat = [
+        ChatMessage { role: Role::System, content: "You are a helpful assistant.".into() },
+        ChatMessage { role: Role::User, content: "What is the capital of France?".into() },
+    ];
+    let ttft_params = GenerationParams { max_tokens: 1, ..GenerationParams::default() };
+    let mut ttfts = Vec::new();
+    for _ in 0..repetitions.max(3) {
+        let usage = llm.chat(&chat, &ttft_params, |_| ControlFlow::Continue(()))?;
+        ttfts.push(usage.time_to_first_token.as_secs_f64() * 1000.0);
+    }
+    Ok([pp128, pp512, tg128, median(ttfts)])
+}
+
+/// llama-bench on the same file with the same threads: (pp128, pp512, tg128) tokens/s.
+fn llama_cpp(bin: &Path, model: &Path, threads: usize, repetitions: usize) -> Result<[f64; 3]> {
+    let out = Command::new(bin)
+        .args(["-m".as_ref(), model.as_os_str()])
+        .args(["-t", &threads.to_string(), "-p", "128,512", "-n", "128", "-r", &repetitions.to_string(), "-o", "json"])
+        .stderr(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    ensure!(out.status.success(), "llama-bench failed");
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).context("reading llama-bench's JSON")?;
+    let rate = |p: u64, g: u64| -> Result<f64> {
+        rows.iter()
+            .find(|r| r["n_prompt"] == p && r["n_gen"] == g)
+            .and_then(|r| r["avg_ts"].as_f64())
+            .with_context(|| format!("no pp{p}/tg{g} row from llama-bench"))
+    };
+    Ok([rate(128, 0)?, rate(512, 0)?, rate(0, 128)?])
+}
+
+/// Seconds for one `chat_blocking` answer from a warm server, and from a fresh process that
+/// starts, loads the model and answers once.
+fn warm_versus_fresh(model: &str, repetitions: usize) -> Result<(f64, f64)> {
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("cpipe-bench-chat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let question = json!({"messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16});
+    let one_answer = |warm: bool| -> Result<f64> {
+        let start = Instant::now();
+        let mut server = Command::new(&exe)
+            .args(["--serve", "chat", "--model", model, "--dir"])
+            .arg(&dir)
+            .stderr(Stdio::null())
+            .spawn()?;
+        let options = ConnectOptions { dir: dir.clone(), timeout: Some(Duration::from_secs(120)) };
+        let mut client = loop {
+            match Client::connect_with("chat", &options) {
+                Ok(c) => break c,
+                Err(_) if start.elapsed() < Duration::from_secs(30) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => bail!("the chat server did not start: {e}"),
+            }
+        };
+        let mut took = Vec::new();
+        if warm {
+            client.call("chat_blocking", question.clone())?; // loads the model
+            for _ in 0..repetitions {
+                let t = Instant::now();
+                client.call("chat_blocking", question.clone())?;
+                took.push(t.elapsed().as_secs_f64());
+            }
+        } else {
+            client.call("chat_blocking", question.clone())?;
+            took.push(start.elapsed().as_secs_f64());
+        }
+        let _ = client.call("stop", Value::Null);
+        drop(client);
+        server.wait()?;
+        Ok(median(took))
+    };
+    let warm = one_answer(true)?;
+    let fresh = median((0..repetitions).map(|_| one_answer(false)).collect::<Result<_>>()?);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((warm, fresh))
+}
+
+fn default_llama_bench() -> PathBuf {
+    let root = std::env::var_os("CPIPE_TOOLS").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cpipe/tools")
+    });
+    root.join("llama.cpp/build/bin/llama-bench")
+}
+
+/// Runs the benchmark and prints the tables.
+pub fn run(options: &ChatBench) -> Result<()> {
+    let repetitions = options.repetitions.max(1);
+    let source = crate::chat::model_source(&options.model)?;
+    let path = source.resolve()?;
+    let bench = options.llama_bench.clone().unwrap_or_else(default_llama_bench);
+    ensure!(
+        bench.exists(),
+        "llama-bench not found at {}: build it with scripts/build-llama-bench.sh (or pass --llama-bench)",
+        bench.display()
+    );
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("Model {} on {threads} threads, median of {repetitions}", path.display());
+    let [pp128, pp512, tg128, ttft] = ours(&path, repetitions)?;
+    let [a_pp128, a_pp512, a_tg128] = llama_cpp(&bench, &path, threads, repetitions)?;
+    println!("{:<28} {:>12} {:>12} {:>10}", "tokens/s", "cpipe", "llama.cpp", "ratio");
+    for (name, ours, anchor) in [
+        ("prompt processing, 128", pp128, a_pp128),
+        ("prompt processing, 512", pp512, a_pp512),
+        ("generation, 128", tg128, a_tg128),
+    ] {
+        println!("{name:<28} {ours:>12.1} {anchor:>12.1} {:>9.2}x", ours / anchor);
+    }
+    println!("time to first token, short chat (engine): {ttft:.1} ms");
+    let (warm, fresh) = warm_versus_fresh(&options.model, repetitions)?;
+    println!(
+        "one answer: warm server {:.0} ms, fresh process {:.0} ms ({:.1}x)",
+        warm * 1000.0,
+        fresh * 1000.0,
+        fresh / warm
+    );
+    Ok(())
+}

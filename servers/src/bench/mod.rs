@@ -1,0 +1,32 @@
+//! `cpipe bench`: benchmarks that measure cpipe against an anchor in the same run and print
+//! the ratios.
+
+pub mod chat;
+pub mod pipes;
+
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchKind {
+    /// pipe-core round trip against a raw FIFO, a Unix socket and HTTP keep-alive; streamed
+    /// events per second to 1, 16 and 64 subscribers.
+    Pipes(pipes::PipesBench),
+    /// The LLM engine against llama.cpp's llama-bench on the same GGUF and thread count, and a
+    /// warm server request against a fresh process.
+    Chat(chat::ChatBench),
+    /// One subscriber process of the pipes benchmark (internal).
+    #[command(hide = true)]
+    Subscriber {
+        /// Events to stream and verify.
+        #[arg(long)]
+        events: u64,
+    },
+}
+
+/// Runs the chosen benchmark.
+pub fn run(which: &BenchKind) -> anyhow::Result<()> {
+    match which {
+        BenchKind::Pipes(options) => pipes::run(options),
+        BenchKind::Chat(options) => chat::run(options),
+        BenchKind::Subscriber { events } => pipes::subscriber(*events),
+    }
+}
