@@ -16,6 +16,7 @@
 mod stream;
 mod template;
 mod tokenizer;
+mod transformer;
 
 use std::fs::File;
 use std::ops::ControlFlow;
@@ -26,7 +27,6 @@ use std::time::{Duration, Instant};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
 use tokenizers::Tokenizer;
 
 use stream::{Detokenizer, StopFilter};
@@ -235,25 +235,9 @@ pub struct Usage {
     pub finish_reason: FinishReason,
 }
 
-enum Weights {
-    Llama(quantized_llama::ModelWeights),
-    Qwen2(quantized_qwen2::ModelWeights),
-    Qwen3(quantized_qwen3::ModelWeights),
-}
-
-impl Weights {
-    fn forward(&mut self, input: &Tensor, position: usize) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Llama(m) => m.forward(input, position),
-            Self::Qwen2(m) => m.forward(input, position),
-            Self::Qwen3(m) => m.forward(input, position),
-        }
-    }
-}
-
 /// A loaded chat model: weights, tokenizer and chat template, resident until dropped.
 pub struct Llm {
-    weights: Weights,
+    weights: transformer::Transformer,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     device: Device,
@@ -319,32 +303,16 @@ impl Llm {
                 }
             }
         }
-        let load_error =
-            |e: candle_core::Error| read_error(format!("cannot load the weights ({e})"));
-        let (weights, context_length) = match architecture.as_str() {
-            "llama" => (
-                Weights::Llama(
-                    quantized_llama::ModelWeights::from_gguf(content, &mut file, device)
-                        .map_err(load_error)?,
-                ),
-                context_length.min(quantized_llama::MAX_SEQ_LEN),
-            ),
-            "qwen2" => (
-                Weights::Qwen2(
-                    quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)
-                        .map_err(load_error)?,
-                ),
-                context_length,
-            ),
-            "qwen3" => (
-                Weights::Qwen3(
-                    quantized_qwen3::ModelWeights::from_gguf(content, &mut file, device)
-                        .map_err(load_error)?,
-                ),
-                context_length,
-            ),
-            other => unreachable!("architecture {other} was checked above"),
-        };
+        // The rotary tables are sized to the context; cap absurd claims to keep them small.
+        let context_length = context_length.min(32_768);
+        let weights = transformer::Transformer::load(
+            &content,
+            &mut file,
+            device,
+            &architecture,
+            context_length,
+        )
+        .map_err(|e| read_error(format!("cannot load the weights ({e})")))?;
         tracing::info!(%name, %architecture, context_length, "model loaded");
         Ok(Self {
             weights,
@@ -429,11 +397,16 @@ impl Llm {
         let mut first_token_at = None;
         let mut finish = FinishReason::Length;
 
-        let mut input = Tensor::new(prompt, &self.device)?.unsqueeze(0)?;
+        // Every request runs its whole prompt: reusing cached keys and values of a shared
+        // prefix would run the rest through differently sized matrix products, whose rounding
+        // differs, and replies would then depend on the previous request.
+        let mut fed = prompt;
         let mut position = 0;
+        let mut last = [0u32];
         while generated < max_tokens {
+            let input = Tensor::new(fed, &self.device)?.unsqueeze(0)?;
             let logits = self.weights.forward(&input, position)?.squeeze(0)?;
-            position += input.dim(1)?;
+            position += fed.len();
             let logits = if params.repeat_penalty == 1.0 {
                 logits
             } else {
@@ -461,7 +434,8 @@ impl Llm {
                 finish = FinishReason::Stop;
                 break;
             }
-            input = Tensor::new(&[token], &self.device)?.unsqueeze(0)?;
+            last[0] = token;
+            fed = &last;
         }
         if finish != FinishReason::Stop || params.stop.is_empty() {
             let rest = stops.push(&detok.finish()?);

@@ -76,10 +76,19 @@ fn ours(path: &Path, repetitions: usize) -> Result<[f64; 4]> {
     }
     let tg128 = median(rates);
     let chat = [
-        ChatMessage { role: Role::System, content: "You are a helpful assistant.".into() },
-        ChatMessage { role: Role::User, content: "What is the capital of France?".into() },
+        ChatMessage {
+            role: Role::System,
+            content: "You are a helpful assistant.".into(),
+        },
+        ChatMessage {
+            role: Role::User,
+            content: "What is the capital of France?".into(),
+        },
     ];
-    let ttft_params = GenerationParams { max_tokens: 1, ..GenerationParams::default() };
+    let ttft_params = GenerationParams {
+        max_tokens: 1,
+        ..GenerationParams::default()
+    };
     let mut ttfts = Vec::new();
     for _ in 0..repetitions.max(3) {
         let usage = llm.chat(&chat, &ttft_params, |_| ControlFlow::Continue(()))?;
@@ -92,12 +101,24 @@ fn ours(path: &Path, repetitions: usize) -> Result<[f64; 4]> {
 fn llama_cpp(bin: &Path, model: &Path, threads: usize, repetitions: usize) -> Result<[f64; 3]> {
     let out = Command::new(bin)
         .args(["-m".as_ref(), model.as_os_str()])
-        .args(["-t", &threads.to_string(), "-p", "128,512", "-n", "128", "-r", &repetitions.to_string(), "-o", "json"])
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-p",
+            "128,512",
+            "-n",
+            "128",
+            "-r",
+            &repetitions.to_string(),
+            "-o",
+            "json",
+        ])
         .stderr(Stdio::null())
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
     ensure!(out.status.success(), "llama-bench failed");
-    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).context("reading llama-bench's JSON")?;
+    let rows: Vec<Value> =
+        serde_json::from_slice(&out.stdout).context("reading llama-bench's JSON")?;
     let rate = |p: u64, g: u64| -> Result<f64> {
         rows.iter()
             .find(|r| r["n_prompt"] == p && r["n_gen"] == g)
@@ -123,11 +144,16 @@ fn warm_versus_fresh(model: &str, repetitions: usize) -> Result<(f64, f64)> {
             .arg(&dir)
             .stderr(Stdio::null())
             .spawn()?;
-        let options = ConnectOptions { dir: dir.clone(), timeout: Some(Duration::from_secs(120)) };
+        let options = ConnectOptions {
+            dir: dir.clone(),
+            timeout: Some(Duration::from_secs(120)),
+        };
         let mut client = loop {
             match Client::connect_with("chat", &options) {
                 Ok(c) => break c,
-                Err(_) if start.elapsed() < Duration::from_secs(30) => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) if start.elapsed() < Duration::from_secs(30) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
                 Err(e) => bail!("the chat server did not start: {e}"),
             }
         };
@@ -149,15 +175,21 @@ fn warm_versus_fresh(model: &str, repetitions: usize) -> Result<(f64, f64)> {
         Ok(median(took))
     };
     let warm = one_answer(true)?;
-    let fresh = median((0..repetitions).map(|_| one_answer(false)).collect::<Result<_>>()?);
+    let fresh = median(
+        (0..repetitions)
+            .map(|_| one_answer(false))
+            .collect::<Result<_>>()?,
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok((warm, fresh))
 }
 
 fn default_llama_bench() -> PathBuf {
-    let root = std::env::var_os("CPIPE_TOOLS").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cpipe/tools")
-    });
+    let root = std::env::var_os("CPIPE_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cpipe/tools")
+        });
     root.join("llama.cpp/build/bin/llama-bench")
 }
 
@@ -166,23 +198,35 @@ pub fn run(options: &ChatBench) -> Result<()> {
     let repetitions = options.repetitions.max(1);
     let source = crate::chat::model_source(&options.model)?;
     let path = source.resolve()?;
-    let bench = options.llama_bench.clone().unwrap_or_else(default_llama_bench);
+    let bench = options
+        .llama_bench
+        .clone()
+        .unwrap_or_else(default_llama_bench);
     ensure!(
         bench.exists(),
         "llama-bench not found at {}: build it with scripts/build-llama-bench.sh (or pass --llama-bench)",
         bench.display()
     );
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("Model {} on {threads} threads, median of {repetitions}", path.display());
+    println!(
+        "Model {} on {threads} threads, median of {repetitions}",
+        path.display()
+    );
     let [pp128, pp512, tg128, ttft] = ours(&path, repetitions)?;
     let [a_pp128, a_pp512, a_tg128] = llama_cpp(&bench, &path, threads, repetitions)?;
-    println!("{:<28} {:>12} {:>12} {:>10}", "tokens/s", "cpipe", "llama.cpp", "ratio");
+    println!(
+        "{:<28} {:>12} {:>12} {:>10}",
+        "tokens/s", "cpipe", "llama.cpp", "ratio"
+    );
     for (name, ours, anchor) in [
         ("prompt processing, 128", pp128, a_pp128),
         ("prompt processing, 512", pp512, a_pp512),
         ("generation, 128", tg128, a_tg128),
     ] {
-        println!("{name:<28} {ours:>12.1} {anchor:>12.1} {:>9.2}x", ours / anchor);
+        println!(
+            "{name:<28} {ours:>12.1} {anchor:>12.1} {:>9.2}x",
+            ours / anchor
+        );
     }
     println!("time to first token, short chat (engine): {ttft:.1} ms");
     let (warm, fresh) = warm_versus_fresh(&options.model, repetitions)?;

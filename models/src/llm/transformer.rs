@@ -1,0 +1,358 @@
+//! The decoder of Llama-architecture, Qwen2 and Qwen3 GGUF models, in one file.
+//!
+//! Why not candle-transformers' own quantized models: they run every matrix product through
+//! candle's quantized vector-dot kernels, one prompt row at a time, which makes prompt
+//! processing several times slower than llama.cpp; and some formats (Q4_1, Q5_x) have no SIMD
+//! kernel at all. Here each weight keeps two forms:
+//! - a quantized one for generation (one row per step, memory-bound). Formats without a
+//!   SIMD kernel are repacked at load into Q8_0, which has one;
+//! - a dense f32 copy for prompt processing (many rows: a compute-bound GEMM), kept while the
+//!   whole dense model fits in [`DENSE_BUDGET_BYTES`].
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+
+/// Largest total size of the dense prompt-processing copies. Bigger models process prompts
+/// through the quantized kernels instead.
+pub const DENSE_BUDGET_BYTES: usize = 3 << 30;
+
+/// Matrix products with at least this many rows (prompt tokens) use the dense copy.
+const PROMPT_MIN_ROWS: usize = 2;
+
+/// How a GGUF lays out rotary embeddings.
+#[derive(Clone, Copy)]
+enum Rope {
+    /// llama.cpp permutes Llama's Q/K weights so that pairs are adjacent.
+    Interleaved,
+    /// Qwen's halves layout (GPT-NeoX style).
+    Halves,
+}
+
+/// A weight matrix in its generation and prompt-processing forms, with an optional bias.
+struct Linear {
+    quantized: QMatMul,
+    dense: Option<Tensor>,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.elem_count() / x.dim(D::Minus1)?;
+        let y = match &self.dense {
+            Some(w) if rows >= PROMPT_MIN_ROWS => x.broadcast_matmul(&w.t()?)?,
+            _ => self.quantized.forward(x)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+    }
+}
+
+struct Layer {
+    attn_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    /// Qwen3 normalises queries and keys per head.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    ffn_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    cache: Option<(Tensor, Tensor)>,
+}
+
+/// A loaded decoder with its key/value cache.
+pub(super) struct Transformer {
+    embeddings: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    output: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    rope: Rope,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    /// Positions the rotary tables cover.
+    pub(super) max_positions: usize,
+}
+
+/// Reads tensors from the file, tracking how much dense memory is handed out.
+struct Loader<'a, R> {
+    content: &'a gguf_file::Content,
+    reader: &'a mut R,
+    device: &'a Device,
+    dense: bool,
+}
+
+impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
+    fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        self.content.tensor(self.reader, name, self.device)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    fn vector(&mut self, name: &str) -> Result<Tensor> {
+        self.qtensor(name)?.dequantize(self.device)
+    }
+
+    fn norm(&mut self, name: &str, eps: f32) -> Result<RmsNorm> {
+        Ok(RmsNorm {
+            weight: self.vector(name)?,
+            eps,
+        })
+    }
+
+    fn linear_from(&mut self, q: QTensor, bias: Option<&str>) -> Result<Linear> {
+        let dense = if self.dense {
+            Some(q.dequantize(self.device)?)
+        } else {
+            None
+        };
+        // Formats without a SIMD vector-dot kernel are repacked into Q8_0, which has one.
+        let q = match q.dtype() {
+            GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1 => {
+                let values = match &dense {
+                    Some(d) => d.clone(),
+                    None => q.dequantize(self.device)?,
+                };
+                QTensor::quantize(&values, GgmlDType::Q8_0)?
+            }
+            _ => q,
+        };
+        let bias = match bias {
+            Some(name) if self.has(name) => Some(self.vector(name)?),
+            _ => None,
+        };
+        Ok(Linear {
+            quantized: QMatMul::from_qtensor(q)?,
+            dense,
+            bias,
+        })
+    }
+
+    fn linear(&mut self, name: &str, bias: Option<&str>) -> Result<Linear> {
+        let q = self.qtensor(name)?;
+        self.linear_from(q, bias)
+    }
+}
+
+fn meta(content: &gguf_file::Content, key: &str) -> Result<usize> {
+    match content.metadata.get(key) {
+        Some(v) => Ok(v.to_u32()? as usize),
+        None => candle_core::bail!("the GGUF lacks {key}"),
+    }
+}
+
+fn meta_f32(content: &gguf_file::Content, key: &str, default: f32) -> f32 {
+    content
+        .metadata
+        .get(key)
+        .and_then(|v| v.to_f32().ok())
+        .unwrap_or(default)
+}
+
+impl Transformer {
+    /// Loads a `llama`, `qwen2` or `qwen3` GGUF; `max_positions` bounds the context.
+    pub(super) fn load<R: std::io::Read + std::io::Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+        arch: &str,
+        max_positions: usize,
+    ) -> Result<Self> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let dim = meta(content, &key("embedding_length"))?;
+        let n_layer = meta(content, &key("block_count"))?;
+        let n_head = meta(content, &key("attention.head_count"))?;
+        let n_kv_head = meta(content, &key("attention.head_count_kv")).unwrap_or(n_head);
+        let head_dim = meta(content, &key("attention.key_length")).unwrap_or(dim / n_head);
+        let eps = meta_f32(content, &key("attention.layer_norm_rms_epsilon"), 1e-6);
+        let base = meta_f32(content, &key("rope.freq_base"), 10_000.0);
+        let rope = if arch == "llama" {
+            Rope::Interleaved
+        } else {
+            Rope::Halves
+        };
+
+        let dense_bytes: usize = content
+            .tensor_infos
+            .values()
+            .filter(|t| t.shape.dims().len() == 2)
+            .map(|t| t.shape.elem_count() * 4)
+            .sum();
+        let dense = matches!(device, Device::Cpu) && dense_bytes <= DENSE_BUDGET_BYTES;
+        if !dense {
+            tracing::info!(
+                "prompts run on the quantized kernels (a dense copy would take {} MiB)",
+                dense_bytes >> 20
+            );
+        }
+        let mut load = Loader {
+            content,
+            reader,
+            device,
+            dense,
+        };
+        let embedding_q = load.qtensor("token_embd.weight")?;
+        let embeddings = embedding_q.dequantize(device)?;
+        let output = if load.has("output.weight") {
+            load.linear("output.weight", None)?
+        } else {
+            load.linear_from(embedding_q, None)?
+        };
+        let norm = load.norm("output_norm.weight", eps)?;
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let p = |name: &str| format!("blk.{i}.{name}");
+            let q_norm_name = p("attn_q_norm.weight");
+            let (q_norm, k_norm) = if load.has(&q_norm_name) {
+                (
+                    Some(load.norm(&q_norm_name, eps)?),
+                    Some(load.norm(&p("attn_k_norm.weight"), eps)?),
+                )
+            } else {
+                (None, None)
+            };
+            layers.push(Layer {
+                attn_norm: load.norm(&p("attn_norm.weight"), eps)?,
+                q: load.linear(&p("attn_q.weight"), Some(&p("attn_q.bias")))?,
+                k: load.linear(&p("attn_k.weight"), Some(&p("attn_k.bias")))?,
+                v: load.linear(&p("attn_v.weight"), Some(&p("attn_v.bias")))?,
+                o: load.linear(&p("attn_output.weight"), None)?,
+                q_norm,
+                k_norm,
+                ffn_norm: load.norm(&p("ffn_norm.weight"), eps)?,
+                gate: load.linear(&p("ffn_gate.weight"), None)?,
+                up: load.linear(&p("ffn_up.weight"), None)?,
+                down: load.linear(&p("ffn_down.weight"), None)?,
+                cache: None,
+            });
+        }
+
+        let theta: Vec<f32> = (0..head_dim / 2)
+            .map(|i| 1.0 / base.powf(2.0 * i as f32 / head_dim as f32))
+            .collect();
+        let theta = Tensor::new(theta.as_slice(), device)?.reshape((1, head_dim / 2))?;
+        let positions = Tensor::arange(0, max_positions as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max_positions, 1))?;
+        let angles = positions.matmul(&theta)?;
+        Ok(Self {
+            embeddings,
+            layers,
+            norm,
+            output,
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+            rope,
+            n_head,
+            n_kv_head,
+            head_dim,
+            max_positions,
+        })
+    }
+
+    fn rotate(&self, x: &Tensor, position: usize) -> Result<Tensor> {
+        let seq = x.dim(2)?;
+        let cos = self.cos.narrow(0, position, seq)?;
+        let sin = self.sin.narrow(0, position, seq)?;
+        match self.rope {
+            Rope::Interleaved => candle_nn::rotary_emb::rope_i(&x.contiguous()?, &cos, &sin),
+            Rope::Halves => candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin),
+        }
+    }
+
+    /// Runs `tokens` (shape `[1, seq]`) starting at `position`, and returns the logits of the
+    /// last one. Position 0 starts a new sequence (the cache is dropped).
+    pub(super) fn forward(&mut self, tokens: &Tensor, position: usize) -> Result<Tensor> {
+        let (batch, seq) = tokens.dims2()?;
+        if position + seq > self.max_positions {
+            candle_core::bail!("position {} is past the context window", position + seq);
+        }
+        let mask = if seq > 1 {
+            // Row i may attend to cached positions and to new positions up to i.
+            let total = position + seq;
+            let values: Vec<f32> = (0..seq)
+                .flat_map(|i| {
+                    (0..total).map(move |j| {
+                        if j > position + i {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    })
+                })
+                .collect();
+            Some(Tensor::from_vec(values, (seq, total), tokens.device())?)
+        } else {
+            None
+        };
+        let mut x = self
+            .embeddings
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((batch, seq, ()))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let groups = self.n_head / self.n_kv_head;
+        let (n_head, n_kv_head, head_dim) = (self.n_head, self.n_kv_head, self.head_dim);
+        for layer_index in 0..self.layers.len() {
+            let layer = &self.layers[layer_index];
+            let h = layer.attn_norm.forward(&x)?;
+            let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+                t.reshape((batch, seq, n, head_dim))?.transpose(1, 2)
+            };
+            let mut q = heads(layer.q.forward(&h)?, n_head)?;
+            let mut k = heads(layer.k.forward(&h)?, n_kv_head)?;
+            let v = heads(layer.v.forward(&h)?, n_kv_head)?.contiguous()?;
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                q = qn.forward(&q)?;
+                k = kn.forward(&k)?;
+            }
+            let q = self.rotate(&q, position)?;
+            let k = self.rotate(&k, position)?;
+            let layer = &mut self.layers[layer_index];
+            let (k, v) = match (&layer.cache, position) {
+                (Some((ck, cv)), p) if p > 0 => {
+                    (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?)
+                }
+                _ => (k, v),
+            };
+            layer.cache = Some((k.clone(), v.clone()));
+            let k = candle_transformers::utils::repeat_kv(k, groups)?.contiguous()?;
+            let v = candle_transformers::utils::repeat_kv(v, groups)?.contiguous()?;
+            let mut scores = (q.matmul(&k.t()?)? * scale)?;
+            if let Some(mask) = &mask {
+                scores = scores.broadcast_add(mask)?;
+            }
+            let attention = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
+            let attention = attention
+                .transpose(1, 2)?
+                .reshape((batch, seq, n_head * head_dim))?;
+            let layer = &self.layers[layer_index];
+            x = (x + layer.o.forward(&attention)?)?;
+            let h = layer.ffn_norm.forward(&x)?;
+            let gated =
+                (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            x = (x + layer.down.forward(&gated)?)?;
+        }
+        let last = self.norm.forward(&x.narrow(1, seq - 1, 1)?)?;
+        self.output.forward(&last)?.squeeze(1)
+    }
+}
