@@ -92,12 +92,20 @@ fn to_tool_error(e: LlmError) -> ToolError {
 }
 
 /// Loads the model, then runs jobs until the server goes away.
-fn model_thread(source: ModelSource, server: ServerHandle, jobs: Receiver<Job>) {
+fn model_thread(
+    source: ModelSource,
+    tokenizer: Option<PathBuf>,
+    server: ServerHandle,
+    jobs: Receiver<Job>,
+) {
     let device = models::device::best_device();
     let loaded = source
         .resolve()
         .map_err(|e| e.to_string())
-        .and_then(|path| Llm::load(&path, &device).map_err(|e| e.to_string()));
+        .and_then(|path| {
+            Llm::load_with_tokenizer(&path, tokenizer.as_deref(), &device)
+                .map_err(|e| e.to_string())
+        });
     let mut llm = match loaded {
         Ok(llm) => llm,
         Err(message) => {
@@ -316,8 +324,13 @@ fn chat_args() -> Value {
     })
 }
 
-/// Binds the chat server and starts loading `source` in the background.
-pub fn build(builder: pipe_core::Builder, source: ModelSource) -> anyhow::Result<ToolServer> {
+/// Binds the chat server and starts loading `source` (with `tokenizer`, a `tokenizer.json`
+/// overriding the GGUF's own) in the background.
+pub fn build(
+    builder: pipe_core::Builder,
+    source: ModelSource,
+    tokenizer: Option<PathBuf>,
+) -> anyhow::Result<ToolServer> {
     let mut server = builder
         .description("LLM chat server: a resident GGUF model on candle, streaming tokens.")
         .help(HELP)
@@ -327,7 +340,7 @@ pub fn build(builder: pipe_core::Builder, source: ModelSource) -> anyhow::Result
     let handle = server.handle_ref();
     std::thread::Builder::new()
         .name("model".into())
-        .spawn(move || model_thread(source, handle, queue))?;
+        .spawn(move || model_thread(source, tokenizer, handle, queue))?;
 
     let stream_jobs = jobs.clone();
     server.handle(

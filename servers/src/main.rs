@@ -101,6 +101,11 @@ pub struct Cli {
     #[arg(long, value_name = "MODEL", default_value = chat::DEFAULT_HUB_MODEL)]
     pub model: String,
 
+    /// With --serve chat: a tokenizer.json to use instead of the one rebuilt from the GGUF
+    /// (needed for SentencePiece vocabularies such as Llama 2's and Mistral's).
+    #[arg(long, value_name = "PATH")]
+    pub tokenizer: Option<PathBuf>,
+
     /// With --serve: the name to serve under (default: the kind).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,

@@ -27,7 +27,7 @@ pub fn run(kind: &str, cli: &Cli) -> Result<(), Failure> {
             let builder = pipe_core::ToolServer::builder(name)
                 .dir(&cli.dir)
                 .limits(limits);
-            crate::chat::build(builder, source)?
+            crate::chat::build(builder, source, cli.tokenizer.clone())?
         }
         "echo" => {
             let mut server = echo::builder(name).dir(&cli.dir).limits(limits).bind()?;

@@ -249,8 +249,18 @@ pub struct Llm {
 }
 
 impl Llm {
-    /// Loads a GGUF file onto `device`.
+    /// Loads a GGUF file onto `device`, with the tokenizer rebuilt from its metadata.
     pub fn load(path: &Path, device: &Device) -> Result<Self, LlmError> {
+        Self::load_with_tokenizer(path, None, device)
+    }
+
+    /// Loads a GGUF file onto `device`, taking the tokenizer from a `tokenizer.json` when one is
+    /// given (needed for SentencePiece vocabularies, which GGUF metadata cannot rebuild).
+    pub fn load_with_tokenizer(
+        path: &Path,
+        tokenizer_json: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self, LlmError> {
         let read_error = |message: String| LlmError::Read {
             path: path.display().to_string(),
             message,
@@ -275,7 +285,11 @@ impl Llm {
         let context_length = meta_u32(&content, &format!("{architecture}.context_length"))
             .map(|n| n as usize)
             .unwrap_or(2048);
-        let tokenizer = tokenizer::from_gguf(&content)?;
+        let tokenizer = match tokenizer_json {
+            Some(json) => Tokenizer::from_file(json)
+                .map_err(|e| LlmError::Tokenizer(format!("cannot read {}: {e}", json.display())))?,
+            None => tokenizer::from_gguf(&content)?,
+        };
         let token_text = |key: &str| {
             meta_u32(&content, key)
                 .and_then(|id| tokenizer.id_to_token(id))
