@@ -159,16 +159,8 @@ fn garbage_on_the_shared_pipe_is_answered_not_fatal() {
         (Some("echo"), Some("split"))
     );
 
-    // A 10 MB line is refused with too_large, and the next request still works.
-    let mut big = format!("{{\"pid\": {pid}, \"cmd\": \"echo\", \"blob\": \"").into_bytes();
-    big.extend(std::iter::repeat_n(b'a', 10 << 20));
-    big.extend_from_slice(b"\"}\n");
-    let writer = {
-        let mut up = raw.upstream.try_clone().unwrap();
-        std::thread::spawn(move || std::io::Write::write_all(&mut up, &big).unwrap())
-    };
-    // The server rejects lines over its limit (16 MiB by default), so 10 MB passes: it
-    // must come back whole.
+    // A 10 MB line is under the default limit (16 MiB): it must come back whole.
+    let writer = send_big_echo(&raw, 10 << 20);
     let e = raw.next(Duration::from_secs(20)).unwrap();
     writer.join().unwrap();
     assert_eq!(e["event"], "echo");
@@ -178,19 +170,24 @@ fn garbage_on_the_shared_pipe_is_answered_not_fatal() {
     assert_eq!(raw.next(wait).unwrap()["event"], "pong");
 }
 
+/// Writes an echo request with a `blob` of `len` bytes from another thread (the pipe holds far
+/// less, so the write only completes while the server reads).
+fn send_big_echo(raw: &RawClient, len: usize) -> std::thread::JoinHandle<()> {
+    let pid = raw.pid;
+    let mut big = format!("{{\"pid\": {pid}, \"cmd\": \"echo\", \"blob\": \"").into_bytes();
+    big.extend(std::iter::repeat_n(b'a', len));
+    big.extend_from_slice(b"\"}\n");
+    let mut up = raw.upstream.try_clone().unwrap();
+    std::thread::spawn(move || std::io::Write::write_all(&mut up, &big).unwrap())
+}
+
 #[test]
 fn oversized_requests_get_too_large() {
     let dir = TestDir::new("toolarge");
     let _server = dir.serve("echo", &["--max-request-bytes", "1000000"]);
     let mut raw = RawClient::connect(dir.path(), "echo");
     let pid = raw.pid;
-    let mut big = format!("{{\"pid\": {pid}, \"cmd\": \"echo\", \"blob\": \"").into_bytes();
-    big.extend(std::iter::repeat_n(b'a', 10 << 20));
-    big.extend_from_slice(b"\"}\n");
-    let writer = {
-        let mut up = raw.upstream.try_clone().unwrap();
-        std::thread::spawn(move || std::io::Write::write_all(&mut up, &big).unwrap())
-    };
+    let writer = send_big_echo(&raw, 10 << 20);
     let e = raw.next(Duration::from_secs(20)).unwrap();
     writer.join().unwrap();
     assert_eq!(e["code"], "too_large");

@@ -121,7 +121,7 @@ fn raw_fifo(dir: &Path, cpu: usize) -> Result<RoundTrip> {
     mkfifo(&down)?;
     let (up2, down2) = (up.clone(), down.clone());
     std::thread::spawn(move || -> Result<()> {
-        pin_to(cpu)?;
+        run_on(&[cpu])?;
         let reader = BufReader::new(std::fs::File::open(&up2)?);
         let writer = std::fs::OpenOptions::new().write(true).open(&down2)?;
         echo_lines(reader, writer)
@@ -135,7 +135,7 @@ fn unix_socket(dir: &Path, cpu: usize) -> Result<RoundTrip> {
     let path = dir.join(format!("bench-{cpu}.sock"));
     let listener = UnixListener::bind(&path)?;
     std::thread::spawn(move || -> Result<()> {
-        pin_to(cpu)?;
+        run_on(&[cpu])?;
         let (stream, _) = listener.accept()?;
         echo_lines(BufReader::new(stream.try_clone()?), stream)
     });
@@ -171,7 +171,7 @@ fn http_keep_alive(cpu: usize) -> Result<RoundTrip> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     std::thread::spawn(move || -> Result<()> {
-        pin_to(cpu)?;
+        run_on(&[cpu])?;
         let (stream, _) = listener.accept()?;
         stream.set_nodelay(true)?;
         let mut writer = stream.try_clone()?;
@@ -303,24 +303,9 @@ pub fn run(options: &PipesBench) -> Result<()> {
     result
 }
 
-/// Restricts the calling thread (and threads it starts later) to one CPU.
-fn pin_to(cpu: usize) -> Result<()> {
+/// Restricts the calling thread (and the threads it starts later) to `cpus`.
+fn run_on(cpus: &[usize]) -> Result<()> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read and write it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        ensure!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0,
-            "cannot pin a thread to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
-/// Lets the calling thread run on all of `cpus` again.
-fn unpin(cpus: &[usize]) -> Result<()> {
-    // SAFETY: as in `pin_to`.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         for &cpu in cpus {
@@ -328,7 +313,7 @@ fn unpin(cpus: &[usize]) -> Result<()> {
         }
         ensure!(
             libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0,
-            "cannot unpin: {}",
+            "cannot pin a thread to CPUs {cpus:?}: {}",
             std::io::Error::last_os_error()
         );
     }
@@ -343,10 +328,10 @@ fn round_trips(dir: &Path, n: usize, client_cpu: usize, server_cpu: usize) -> Re
     echo::register(&mut server);
     let handle = server.handle_ref();
     let server_thread = std::thread::spawn(move || {
-        pin_to(server_cpu)?;
+        run_on(&[server_cpu])?;
         server.run().map_err(anyhow::Error::from)
     });
-    pin_to(client_cpu)?;
+    run_on(&[client_cpu])?;
     let connect = ConnectOptions {
         dir: dir.into(),
         ..ConnectOptions::default()
@@ -407,7 +392,7 @@ fn run_in(dir: &Path, options: &PipesBench) -> Result<()> {
     }
     // The throughput runs use every CPU.
     let all: Vec<usize> = (0..cpus).collect();
-    unpin(&all)?;
+    run_on(&all)?;
     let mut server = echo::builder("bench").dir(dir).bind()?;
     echo::register(&mut server);
     let handle = server.handle_ref();
