@@ -22,6 +22,8 @@ use crate::message::{pid_hint, ErrorCode, ToolError};
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 /// Most bytes read from one pipe per wake-up, so one busy client cannot starve the rest.
 const READ_BUDGET: usize = 1 << 20;
+/// How long the event pipe of a dead client is watched for its last reader to go.
+const DEAD_CLIENT_CLEANUP: Duration = Duration::from_secs(5);
 /// How long a stopping server waits for running handlers and unread events.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -47,6 +49,8 @@ pub(super) struct Listener {
     upstream_lines: LineBuffer,
     pub(super) request_pipes: HashMap<u32, RequestPipe>,
     buf: Vec<u8>,
+    /// Clients that died, whose event pipes are still to be removed.
+    dead_clients: Vec<(u32, Instant)>,
 }
 
 enum Ready {
@@ -65,6 +69,7 @@ impl Listener {
             upstream_lines: LineBuffer::new(max),
             request_pipes: HashMap::new(),
             buf: vec![0; 64 << 10],
+            dead_clients: Vec::new(),
         }
     }
 
@@ -213,7 +218,25 @@ impl Listener {
         }
     }
 
+    /// Removes event pipes of dead clients once nobody reads them; gives up after a while
+    /// (the pid may have been reused by a live reader).
+    fn remove_dead_client_pipes(&mut self) {
+        let paths = &self.shared.paths;
+        self.dead_clients.retain(|&(pid, since)| {
+            let path = paths.downstream(pid);
+            match fifo::has_reader(&path) {
+                Ok(false) => {
+                    fifo::remove_fifo(&path);
+                    false
+                }
+                Ok(true) => since.elapsed() < DEAD_CLIENT_CLEANUP,
+                Err(_) => false,
+            }
+        });
+    }
+
     fn sweep(&mut self) {
+        self.remove_dead_client_pipes();
         let stall = self.shared.limits.stall_timeout;
         let subscribers: Vec<_> = lock(&self.shared.subscribers).values().cloned().collect();
         for sub in subscribers {
@@ -248,11 +271,10 @@ impl Listener {
         }
         self.shared.cancel_client(pid, CancelReason::ClientGone);
         if reason == DropReason::Gone {
-            // A dead client cannot remove its own event pipe; named-pipes never did.
-            let path = self.shared.paths.downstream(pid);
-            if matches!(fifo::has_reader(&path), Ok(false)) {
-                fifo::remove_fifo(&path);
-            }
+            // A dead client cannot remove its own event pipe (named-pipes never did). Its
+            // process may still be closing its descriptors, so the sweep retries for a while.
+            self.dead_clients.push((pid, Instant::now()));
+            self.remove_dead_client_pipes();
         }
         match reason {
             DropReason::Unsubscribed | DropReason::Replaced | DropReason::ServerStopping => {
