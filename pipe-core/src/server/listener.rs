@@ -143,6 +143,9 @@ impl Listener {
                     let data = std::mem::take(&mut self.buf);
                     lines.push(&data[..n], |frame| self.on_frame(frame, Source::Shared));
                     self.buf = data;
+                    if n < self.buf.len() {
+                        break; // drained; poll says when more arrives
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -175,6 +178,9 @@ impl Listener {
                         self.on_frame(frame, Source::Private(pid))
                     });
                     self.buf = data;
+                    if n < self.buf.len() {
+                        break; // drained; poll reports more data, or the writer closing
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,
