@@ -49,6 +49,10 @@ fn in_tmp(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Serialises the tests: a named-pipes server scans every FIFO under /tmp when it starts and
+/// dies if one vanishes during the scan, as the other test's pipes do.
+static IN_TMP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A server name unique to this run, since named-pipes always uses /tmp.
 fn unique(tag: &str) -> String {
     format!("cpipe-compat-{tag}-{}", std::process::id())
@@ -56,6 +60,7 @@ fn unique(tag: &str) -> String {
 
 #[test]
 fn named_pipes_tool_clients_work_against_our_server() {
+    let _serial = IN_TMP.lock().unwrap_or_else(|p| p.into_inner());
     let python = python();
     let name = unique("ours");
     let mut server = Command::new(cpipe_bin())
@@ -122,6 +127,7 @@ fn named_pipes_tool_clients_work_against_our_server() {
 
 #[test]
 fn our_client_works_against_a_named_pipes_server() {
+    let _serial = IN_TMP.lock().unwrap_or_else(|p| p.into_inner());
     let python = python();
     let name = unique("theirs");
     let mut server = Command::new(&python)
@@ -134,7 +140,11 @@ fn our_client_works_against_a_named_pipes_server() {
     std::io::BufReader::new(server.stdout.take().unwrap())
         .read_line(&mut ready)
         .unwrap();
-    assert_eq!(ready.trim(), "ready");
+    if ready.trim() != "ready" {
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        panic!("the named-pipes server did not start: {stderr}");
+    }
 
     let run = in_tmp;
     let out = run(&[&name, "ping"]);

@@ -26,7 +26,10 @@ impl TestDir {
     pub fn new(tag: &str) -> Self {
         static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("cpipe-test-{tag}-{}-{n}", std::process::id()));
+        // Not under /tmp: a named-pipes server scans all of /tmp at start and trips over
+        // pipes that other tests create and remove meanwhile.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("cpipe-test-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
