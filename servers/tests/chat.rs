@@ -285,6 +285,38 @@ fn states_go_loading_idle_inferring_idle_and_a_bad_model_is_reported() {
         "{error}"
     );
 
+    // A hub model that is not cached, offline: the server says so instead of hanging.
+    let hub = TestDir::new("chathub");
+    let mut cmd = hub.cpipe();
+    cmd.args([
+        "--serve",
+        "chat",
+        "--model",
+        "cpipe-test/absent-GGUF:absent.gguf",
+    ])
+    .env("HF_HUB_OFFLINE", "1")
+    .env("HF_HOME", hub.path().join("hf"))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut offline = Server {
+        child: cmd.spawn().unwrap(),
+        name: "chat".into(),
+    };
+    assert!(eventually(Duration::from_secs(10), || {
+        hub.run(&["chat", "get_state"]).status.success()
+            && json_lines(&hub.run(&["chat", "get_state"]))[0]["state"] == "error"
+    }));
+    let out = hub.run(&["chat", "chat", "--data", "hi"]);
+    let error = &json_lines(&out)[0];
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not in the Hugging Face cache"),
+        "{error}"
+    );
+    offline.kill();
+
     let out = bad.run(&["--serve", "chat", "--model", "/no/such/model.gguf"]);
     assert_eq!(out.status.code(), Some(5));
     assert!(
