@@ -15,6 +15,9 @@ use clap::Parser;
 /// Exit codes, shown in `--help`.
 const EXIT_CODES: &str = "\
 Examples:
+  cpipe --serve chat --model smollm2 &         a resident LLM (installed by scripts/fetch-models.sh)
+  cpipe chat chat --text --data 'What is the capital of France?'
+  cpipe chat chat -j 'messages=[{\"role\":\"user\",\"content\":\"Hi\"}]' -j max_tokens=64
   cpipe --serve echo &                         start the protocol test server
   cpipe echo ping                              {\"event\":\"pong\",...}
   cpipe echo echo -j msg=hello -j n=3          fields merged into the request
