@@ -61,6 +61,8 @@ pub struct Client {
     timeout: Option<Duration>,
     /// The server speaks plain named-pipes 0.4: no ids, no `end`.
     legacy: bool,
+    /// `unsubscribe` was sent already.
+    unsubscribed: bool,
     buf: Vec<u8>,
 }
 
@@ -146,6 +148,7 @@ impl Client {
             next_id: 1,
             timeout: options.timeout,
             legacy: true,
+            unsubscribed: false,
             buf: vec![0; 64 << 10],
         };
         client.subscribe()?;
@@ -235,6 +238,22 @@ impl Client {
             events.push(event);
         }
         Ok(events)
+    }
+
+    /// Unsubscribes and, against a cpipe server, waits (up to the timeout) for the server to
+    /// confirm; then releases the connection. Dropping a client unsubscribes without waiting.
+    pub fn unsubscribe(mut self) -> Result<()> {
+        if self.legacy {
+            // named-pipes answers nothing to unsubscribe.
+            let line = json!({"pid": self.pid, "cmd": "unsubscribe"});
+            self.write_line(&line, false)?;
+        } else {
+            for event in self.request("unsubscribe", Value::Null)? {
+                event?;
+            }
+        }
+        self.unsubscribed = true;
+        Ok(())
     }
 
     /// Asks the server to cancel request `id`. Its events end with a `cancelled` error.
@@ -398,10 +417,12 @@ fn forget(upstream: &Path) {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // Best effort and non-blocking: a dead server must not hang us here.
-        let line = format!("{{\"pid\":{},\"cmd\":\"unsubscribe\"}}\n", self.pid);
-        let pipe = self.request_pipe.as_ref().unwrap_or(&self.upstream);
-        let _ = (&*pipe).write(line.as_bytes());
+        if !self.unsubscribed {
+            // Best effort and non-blocking: a dead server must not hang us here.
+            let line = format!("{{\"pid\":{},\"cmd\":\"unsubscribe\"}}\n", self.pid);
+            let pipe = self.request_pipe.as_ref().unwrap_or(&self.upstream);
+            let _ = (&*pipe).write(line.as_bytes());
+        }
         fifo::remove_fifo(&self.paths.downstream(self.pid));
         forget(&self.paths.upstream());
     }

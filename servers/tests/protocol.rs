@@ -65,6 +65,15 @@ fn builtins_and_echo_answer_like_named_pipes() {
             "{builtin} missing"
         );
     }
+
+    c.unsubscribe().unwrap();
+    assert_eq!(
+        subscribers(&dir, "echo"),
+        1,
+        "only the CLI asking is subscribed"
+    );
+    let event_pipe = dir.path().join(format!("tool-echo-{}", std::process::id()));
+    assert!(!event_pipe.exists());
 }
 
 #[test]

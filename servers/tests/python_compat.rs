@@ -170,6 +170,7 @@ fn our_client_works_against_a_named_pipes_server() {
             client.call("get_state", Value::Null).unwrap()[0].str("state"),
             Some("running")
         );
+        client.unsubscribe().unwrap();
     }
 
     let list = run(&["--list", "--json"]);
