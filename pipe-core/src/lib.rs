@@ -12,6 +12,8 @@
 //!
 //! Processes using this crate must not die of `SIGPIPE`; Rust binaries ignore it by default.
 
+#![warn(missing_docs)]
+
 pub mod audio;
 mod client;
 pub mod discovery;
