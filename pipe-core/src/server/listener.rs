@@ -75,17 +75,22 @@ impl Listener {
 
     pub(super) fn run(mut self) -> Result<()> {
         let mut last_sweep = Instant::now();
+        let (mut fds, mut sources) = (Vec::new(), Vec::new());
         while !self.shared.stopping.load(Ordering::Acquire) {
-            let (mut fds, sources) = self.poll_set();
+            self.poll_set(&mut fds, &mut sources);
             let timeout = SWEEP_EVERY.saturating_sub(last_sweep.elapsed());
             fifo::poll(&mut fds, Some(timeout))
                 .map_err(|e| Error::io("poll on the server's pipes failed", e))?;
-            for (pfd, source) in fds.iter().zip(sources) {
+            let woken = fds[0].revents != 0;
+            for (pfd, source) in fds.iter().zip(sources.drain(..)) {
                 if pfd.revents != 0 {
                     self.on_ready(source, pfd.revents);
                 }
             }
-            self.reap_closed();
+            // Closing a subscriber always wakes the listener, so only then is there any to reap.
+            if woken {
+                self.reap_closed();
+            }
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 self.sweep();
                 last_sweep = Instant::now();
@@ -95,11 +100,10 @@ impl Listener {
         Ok(())
     }
 
-    fn poll_set(&self) -> (Vec<libc::pollfd>, Vec<Ready>) {
-        let subscribers: Vec<_> = lock(&self.shared.subscribers).values().cloned().collect();
-        let n = 2 + self.request_pipes.len() + subscribers.len();
-        let mut fds = Vec::with_capacity(n);
-        let mut sources = Vec::with_capacity(n);
+    /// Fills `fds` and `sources` (the waker first) with what to poll for.
+    fn poll_set(&self, fds: &mut Vec<libc::pollfd>, sources: &mut Vec<Ready>) {
+        fds.clear();
+        sources.clear();
         fds.push(pollfd(self.shared.waker.fd(), libc::POLLIN));
         sources.push(Ready::Waker);
         fds.push(pollfd(self.upstream.as_raw_fd(), libc::POLLIN));
@@ -108,13 +112,12 @@ impl Listener {
             fds.push(pollfd(pipe.file.as_raw_fd(), libc::POLLIN));
             sources.push(Ready::RequestPipe(pid));
         }
-        for sub in subscribers {
+        for sub in lock(&self.shared.subscribers).values() {
             // POLLERR arrives without asking when the reader is gone.
             let events = if sub.has_backlog() { libc::POLLOUT } else { 0 };
             fds.push(pollfd(sub.fd(), events));
-            sources.push(Ready::EventPipe(sub));
+            sources.push(Ready::EventPipe(Arc::clone(sub)));
         }
-        (fds, sources)
     }
 
     fn on_ready(&mut self, source: Ready, revents: libc::c_short) {
