@@ -10,7 +10,7 @@ cpipe=target/release/cpipe
 demo_dir=$(mktemp -d /tmp/cpipe-demo.XXXXXX)
 export CPIPE_DIR="$demo_dir"
 
-"$cpipe" --serve chat --model smollm2 &
+"$cpipe" --serve chat --model smollm2 --system "You are a helpful assistant." &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$demo_dir"' EXIT
 for _ in $(seq 100); do "$cpipe" chat ping --timeout 1 >/dev/null 2>&1 && break; sleep 0.1; done

@@ -276,11 +276,23 @@ fn usage_json(usage: &Usage) -> Value {
 /// Queues a job and hands each piece to `on_text`; returns the usage.
 fn run_job(
     jobs: &Sender<Job>,
+    system: Option<&str>,
     req: &Request,
     out: &Responder,
     mut on_text: impl FnMut(String) -> Result<(), ToolError>,
 ) -> Result<Usage, ToolError> {
-    let messages = parse_messages(req)?;
+    let mut messages = parse_messages(req)?;
+    if let Some(system) = system {
+        if !messages.iter().any(|m| m.role == Role::System) {
+            messages.insert(
+                0,
+                ChatMessage {
+                    role: Role::System,
+                    content: system.into(),
+                },
+            );
+        }
+    }
     let params = parse_params(req)?;
     let (tx, rx) = mpsc::sync_channel(256);
     let cancel = out.cancel_token();
@@ -324,13 +336,24 @@ fn chat_args() -> Value {
     })
 }
 
-/// Binds the chat server and starts loading `source` (with `tokenizer`, a `tokenizer.json`
-/// overriding the GGUF's own) in the background.
-pub fn build(
-    builder: pipe_core::Builder,
-    source: ModelSource,
-    tokenizer: Option<PathBuf>,
-) -> anyhow::Result<ToolServer> {
+/// How the chat server is set up.
+pub struct ChatOptions {
+    /// The model file.
+    pub source: ModelSource,
+    /// A `tokenizer.json` overriding the GGUF's own vocabulary.
+    pub tokenizer: Option<PathBuf>,
+    /// The system prompt for conversations that bring none (else the model's template decides).
+    pub system: Option<String>,
+}
+
+/// Binds the chat server and starts loading the model in the background.
+pub fn build(builder: pipe_core::Builder, options: ChatOptions) -> anyhow::Result<ToolServer> {
+    let ChatOptions {
+        source,
+        tokenizer,
+        system,
+    } = options;
+    let stream_system = system.clone();
     let mut server = builder
         .description("LLM chat server: a resident GGUF model on candle, streaming tokens.")
         .help(HELP)
@@ -348,7 +371,7 @@ pub fn build(
             .args(chat_args())
             .emits(&["token", "done"]),
         move |req, out| {
-            let usage = run_job(&stream_jobs, req, out, |text| {
+            let usage = run_job(&stream_jobs, stream_system.as_deref(), req, out, |text| {
                 out.emit(Event::new("token").with("text", text).with("done", false))?;
                 Ok(())
             })?;
@@ -374,7 +397,7 @@ pub fn build(
         .emits(&["reply"]),
         move |req, out| {
             let mut reply = String::new();
-            let usage = run_job(&jobs, req, out, |text| {
+            let usage = run_job(&jobs, system.as_deref(), req, out, |text| {
                 reply.push_str(&text);
                 Ok(())
             })?;

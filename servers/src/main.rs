@@ -15,7 +15,8 @@ use clap::Parser;
 /// Exit codes, shown in `--help`.
 const EXIT_CODES: &str = "\
 Examples:
-  cpipe --serve chat --model smollm2 &         a resident LLM (installed by scripts/fetch-models.sh)
+  cpipe --serve chat --model smollm2 --system 'You are a helpful assistant.' &
+                                               a resident LLM (installed by scripts/fetch-models.sh)
   cpipe chat chat --text --data 'What is the capital of France?'
   cpipe chat chat -j 'messages=[{\"role\":\"user\",\"content\":\"Hi\"}]' -j max_tokens=64
   cpipe --serve echo &                         start the protocol test server
@@ -108,6 +109,11 @@ pub struct Cli {
     /// (needed for SentencePiece vocabularies such as Llama 2's and Mistral's).
     #[arg(long, value_name = "PATH")]
     pub tokenizer: Option<PathBuf>,
+
+    /// With --serve chat: the system prompt for conversations that bring none (by default the
+    /// model's chat template decides, and some insert a long one of their own).
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
 
     /// With --serve: the name to serve under (default: the kind).
     #[arg(long, value_name = "NAME")]

@@ -27,7 +27,14 @@ pub fn run(kind: &str, cli: &Cli) -> Result<(), Failure> {
             let builder = pipe_core::ToolServer::builder(name)
                 .dir(&cli.dir)
                 .limits(limits);
-            crate::chat::build(builder, source, cli.tokenizer.clone())?
+            crate::chat::build(
+                builder,
+                crate::chat::ChatOptions {
+                    source,
+                    tokenizer: cli.tokenizer.clone(),
+                    system: cli.system.clone(),
+                },
+            )?
         }
         "echo" => {
             let mut server = echo::builder(name).dir(&cli.dir).limits(limits).bind()?;

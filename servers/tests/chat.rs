@@ -11,7 +11,15 @@ use pipe_core::{Client, ConnectOptions, ErrorCode, Event, Step};
 use serde_json::{json, Value};
 
 fn start(dir: &TestDir) -> Server {
-    let server = dir.serve("chat", &["--model", "smollm2"]);
+    let server = dir.serve(
+        "chat",
+        &[
+            "--model",
+            "smollm2",
+            "--system",
+            "You are a helpful assistant.",
+        ],
+    );
     assert!(
         eventually(Duration::from_secs(60), || state(dir) == "idle"),
         "the model did not load: state {}",
@@ -78,17 +86,16 @@ fn answers_streams_and_blocks_consistently() {
     assert_eq!(reply[0].name(), "reply");
     assert_eq!(reply[0].str("text").unwrap(), streamed);
 
-    // The CLI, with the question as plain data.
+    // The CLI, with the question as plain data: the server's --system prompt applies.
     let out = dir.run(&[
         "chat",
         "chat",
         "--text",
         "--data",
-        "What is the capital of France? Answer in one word.",
-        "-j",
-        "max_tokens=20",
+        "What is the capital of France?",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Paris"), "{}", text(&out.stdout));
 
     // max_tokens and stop sequences.
     let mut args = question("Count from 1 to 30, separated by commas.");
