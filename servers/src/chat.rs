@@ -138,18 +138,27 @@ fn model_thread(
         }
         server.set_state("inferring");
         let out = job.out.clone();
-        let result = llm.chat(&job.messages, &job.params, |text| {
-            if job.cancel.is_cancelled() {
-                return ControlFlow::Break(());
-            }
-            if !text.is_empty() && out.send(Piece::Text(text.to_string())).is_err() {
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        });
+        // A panic inside the engine fails this request, not the server.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            llm.chat(&job.messages, &job.params, |text| {
+                if job.cancel.is_cancelled() {
+                    return ControlFlow::Break(());
+                }
+                if !text.is_empty() && out.send(Piece::Text(text.to_string())).is_err() {
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            })
+        }));
         let _ = job.out.send(match result {
-            Ok(usage) => Piece::Done(usage),
-            Err(e) => Piece::Failed(to_tool_error(e)),
+            Ok(Ok(usage)) => Piece::Done(usage),
+            Ok(Err(e)) => Piece::Failed(to_tool_error(e)),
+            Err(_) => {
+                tracing::error!("the engine crashed on a request");
+                Piece::Failed(ToolError::internal(
+                    "the model crashed on this request; the server is still running",
+                ))
+            }
         });
         server.set_state("idle");
     }
