@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 use models::device::Device;
-use models::llm::{ChatMessage, FinishReason, GenerationParams, Llm, LlmError, Role};
+use models::llm::{ChatMessage, FinishReason, GenerationParams, Llm, LlmError};
 
 /// The default chat model: `CPIPE_CHAT_MODEL`, else the fetch script's location.
 fn model_path() -> PathBuf {
@@ -36,10 +36,7 @@ fn llm() -> std::sync::MutexGuard<'static, Llm> {
 }
 
 fn user(text: &str) -> Vec<ChatMessage> {
-    vec![ChatMessage {
-        role: Role::User,
-        content: text.into(),
-    }]
+    vec![ChatMessage::user(text)]
 }
 
 fn run(
@@ -68,14 +65,8 @@ fn greedy_answer_names_paris() {
     // The GGUF's template adds a long default system prompt when none is given, which throws
     // this 135M model (llama.cpp answers the same); a plain one is what clients send.
     let messages = vec![
-        ChatMessage {
-            role: Role::System,
-            content: "You are a helpful assistant.".into(),
-        },
-        ChatMessage {
-            role: Role::User,
-            content: "What is the capital of France?".into(),
-        },
+        ChatMessage::system("You are a helpful assistant."),
+        ChatMessage::user("What is the capital of France?"),
     ];
     let (text, usage) = run(&mut llm, &messages, &params);
     assert!(text.contains("Paris"), "{text:?}");

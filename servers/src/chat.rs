@@ -293,13 +293,7 @@ fn run_job(
     let mut messages = parse_messages(req)?;
     if let Some(system) = system {
         if !messages.iter().any(|m| m.role == Role::System) {
-            messages.insert(
-                0,
-                ChatMessage {
-                    role: Role::System,
-                    content: system.into(),
-                },
-            );
+            messages.insert(0, ChatMessage::system(system));
         }
     }
     let params = parse_params(req)?;

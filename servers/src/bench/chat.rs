@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use models::llm::{ChatMessage, GenerationParams, Llm, Role};
+use models::llm::{ChatMessage, GenerationParams, Llm};
 use pipe_core::{Client, ConnectOptions};
 use serde_json::{json, Value};
 
@@ -76,14 +76,8 @@ fn ours(path: &Path, repetitions: usize) -> Result<[f64; 4]> {
     }
     let tg128 = median(rates);
     let chat = [
-        ChatMessage {
-            role: Role::System,
-            content: "You are a helpful assistant.".into(),
-        },
-        ChatMessage {
-            role: Role::User,
-            content: "What is the capital of France?".into(),
-        },
+        ChatMessage::system("You are a helpful assistant."),
+        ChatMessage::user("What is the capital of France?"),
     ];
     let ttft_params = GenerationParams {
         max_tokens: 1,
