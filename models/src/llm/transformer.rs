@@ -12,6 +12,8 @@
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
+use super::tokenizer::meta_u32;
+
 /// Largest total size of the dense prompt-processing copies. Bigger models process prompts
 /// through the quantized kernels instead.
 pub const DENSE_BUDGET_BYTES: usize = 3 << 30;
@@ -155,8 +157,8 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
 }
 
 fn meta(content: &gguf_file::Content, key: &str) -> Result<usize> {
-    match content.metadata.get(key) {
-        Some(v) => Ok(v.to_u32()? as usize),
+    match meta_u32(content, key) {
+        Some(n) => Ok(n as usize),
         None => candle_core::bail!("the GGUF lacks {key}"),
     }
 }
