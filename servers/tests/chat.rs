@@ -190,24 +190,16 @@ fn cancel_and_client_death_stop_generation() {
     assert!(eventually(Duration::from_secs(5), || state(&dir) == "idle"));
 
     // A client killed mid-reply cancels its own generation.
-    let mut child = dir
-        .cpipe()
-        .args([
-            "chat",
-            "chat",
-            "--data",
-            "Write a very long story about a castle.",
-            "-j",
-            "max_tokens=4000",
-            "-j",
-            "temperature=0.8",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 40];
-    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    let mut child = dir.streaming(&[
+        "chat",
+        "chat",
+        "--data",
+        "Write a very long story about a castle.",
+        "-j",
+        "max_tokens=4000",
+        "-j",
+        "temperature=0.8",
+    ]);
     assert_eq!(state(&dir), "inferring");
     child.kill().unwrap();
     child.wait().unwrap();

@@ -244,15 +244,7 @@ fn cancel_stops_a_stream_with_a_cancelled_error() {
 fn a_killed_client_is_noticed_and_its_stream_stopped() {
     let dir = TestDir::new("killed");
     let _server = dir.serve("echo", &[]);
-    let mut child = dir
-        .cpipe()
-        .args(["echo", "stream", "-j", "n=100000000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 64];
-    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    let mut child = dir.streaming(&["echo", "stream", "-j", "n=100000000"]);
     assert_eq!(subscribers(&dir, "echo"), 2);
     child.kill().unwrap();
     child.wait().unwrap();

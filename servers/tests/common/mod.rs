@@ -55,6 +55,25 @@ impl TestDir {
             .unwrap()
     }
 
+    /// Starts `cpipe ARGS` (a streaming request) and returns once it has printed output.
+    pub fn streaming(&self, args: &[&str]) -> Child {
+        let mut child = self
+            .cpipe()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 32];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut first)
+            .unwrap();
+        child
+    }
+
     /// Starts `cpipe --serve KIND ARGS` and waits until it answers ping.
     pub fn serve(&self, kind: &str, args: &[&str]) -> Server {
         let name = args
