@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what cpipe's build and tests need on a fresh Debian machine: system packages
-# (when run as root and missing) and a Python venv with named-pipes 0.4.0 for the
-# compatibility tests. Idempotent; safe to run again.
+# (when run as root and missing) and a Python venv with the peers the compatibility
+# tests drive. Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,8 +23,13 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import importlib.metadata as m; assert m.version('named-pipes') == '0.4.0'" 2>/dev/null; then
-  echo "setup: installing named-pipes==0.4.0 into .venv"
-  .venv/bin/pip install --quiet --disable-pip-version-check named-pipes==0.4.0
-fi
+# The peers the compatibility tests drive: named-pipes (the protocol's reference library)
+# and the official MCP SDK (a client of `cpipe mcp`).
+for pin in named-pipes==0.4.0 mcp==2.3.0; do
+  pkg=${pin%%==*} version=${pin##*==}
+  if ! .venv/bin/python -c "import importlib.metadata as m; assert m.version('$pkg') == '$version'" 2>/dev/null; then
+    echo "setup: installing $pin into .venv"
+    .venv/bin/pip install --quiet --disable-pip-version-check "$pin"
+  fi
+done
 echo "setup: ok (CPIPE_PYTHON=$PWD/.venv/bin/python)"

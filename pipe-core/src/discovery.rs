@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::client::{Client, ConnectOptions};
 use crate::error::{Error, Result};
 use crate::fifo;
+use crate::message::Event;
 use crate::paths::{self, ToolPaths};
 
 /// Whether a server answers.
@@ -43,6 +44,19 @@ pub struct ServerInfo {
     pub subscribers: Option<u64>,
 }
 
+impl ServerInfo {
+    /// Records what the server's `state` event (its `get_state` answer) says: it is alive,
+    /// in that state, with that many subscribers and that pid.
+    pub fn apply_state(&mut self, event: &Event) {
+        self.status = Liveness::Alive;
+        self.state = event.str("state").map(String::from);
+        self.subscribers = event.get("subscribers").and_then(Value::as_u64);
+        if let Some(pid) = event.get("pid").and_then(Value::as_u64) {
+            self.pid = u32::try_from(pid).ok();
+        }
+    }
+}
+
 /// Tool pipes in `dir`: `(file name, path)` of every FIFO whose name starts with `tool-`.
 fn tool_fifos(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
@@ -63,22 +77,27 @@ fn tool_fifos(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(found)
 }
 
-/// Lists the servers in `dir`, asking each live one for its state within `timeout`.
-pub fn list_servers(dir: &Path, timeout: Duration) -> Result<Vec<ServerInfo>> {
+/// The server pipes in `dir` (not the clients' pipes): `(tool name, path)`, sorted by name.
+pub fn server_pipes(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let fifos = tool_fifos(dir)?;
     let names: Vec<&str> = fifos.iter().map(|(n, _)| n.as_str()).collect();
-    let mut servers = Vec::new();
-    for (file_name, path) in &fifos {
-        let is_client_pipe = paths::parse_client_pipe(file_name).is_some_and(|(server, _)| {
-            names.contains(&format!("{}{server}", paths::PREFIX).as_str())
-        });
-        if is_client_pipe {
-            continue;
-        }
-        let name = &file_name[paths::PREFIX.len()..];
-        servers.push(probe(dir, name, path, timeout));
-    }
-    Ok(servers)
+    Ok(fifos
+        .iter()
+        .filter(|(file_name, _)| {
+            !paths::parse_client_pipe(file_name).is_some_and(|(server, _)| {
+                names.contains(&format!("{}{server}", paths::PREFIX).as_str())
+            })
+        })
+        .map(|(file_name, path)| (file_name[paths::PREFIX.len()..].to_string(), path.clone()))
+        .collect())
+}
+
+/// Lists the servers in `dir`, asking each live one for its state within `timeout`.
+pub fn list_servers(dir: &Path, timeout: Duration) -> Result<Vec<ServerInfo>> {
+    Ok(server_pipes(dir)?
+        .iter()
+        .map(|(name, path)| probe(dir, name, path, timeout))
+        .collect())
 }
 
 fn probe(dir: &Path, name: &str, path: &Path, timeout: Duration) -> ServerInfo {
@@ -103,12 +122,7 @@ fn probe(dir: &Path, name: &str, path: &Path, timeout: Duration) -> ServerInfo {
         Client::connect_with(name, &options).and_then(|mut c| c.call("get_state", Value::Null));
     if let Ok(events) = state {
         if let Some(event) = events.iter().find(|e| e.name() == "state") {
-            info.status = Liveness::Alive;
-            info.state = event.str("state").map(String::from);
-            info.subscribers = event.get("subscribers").and_then(Value::as_u64);
-            if let Some(pid) = event.get("pid").and_then(Value::as_u64) {
-                info.pid = u32::try_from(pid).ok();
-            }
+            info.apply_state(event);
         }
     }
     if info.pid.is_none() {

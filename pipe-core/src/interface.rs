@@ -17,6 +17,9 @@ pub struct CommandSpec {
     pub args: Value,
     /// The events the command emits to its client.
     pub emits: Vec<String>,
+    /// One of the commands every server answers itself (`ping`, `get_state`, ...), marked
+    /// so that programs listing a server's own commands can leave them out.
+    pub builtin: bool,
 }
 
 impl CommandSpec {
@@ -27,6 +30,7 @@ impl CommandSpec {
             summary: summary.into(),
             args: json!({"type": "object"}),
             emits: Vec::new(),
+            builtin: false,
         }
     }
 
@@ -44,12 +48,16 @@ impl CommandSpec {
 
     /// The command as it appears in `get_interface`.
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut json = json!({
             "name": self.name,
             "summary": self.summary,
             "args": self.args,
             "emits": self.emits,
-        })
+        });
+        if self.builtin {
+            json["builtin"] = true.into();
+        }
+        json
     }
 
     /// Checks a request's fields against the declared arguments.

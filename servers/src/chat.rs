@@ -32,18 +32,8 @@ const OFFLINE_MODELS: [(&str, &str, &str); 2] = [
     ),
 ];
 
-/// What `get_help` answers.
-const HELP: &str = "\
-chat: a resident LLM (GGUF on candle) that streams its replies.
-  chat           {\"messages\":[{\"role\":\"user\",\"content\":\"...\"}]} streams token events
-                 {\"event\":\"token\",\"text\":...,\"done\":false}, then a done:true token with
-                 usage; requests with an id also get {\"event\":\"done\",\"usage\":...}.
-  chat_blocking  the same, answered with one {\"event\":\"reply\",\"text\":...}.
-  Messages may also be given as data: a list of messages, {\"messages\":[...]}, or a plain
-  string (one user message). Options: max_tokens, temperature (0 = greedy), top_p, top_k,
-  repeat_penalty, seed, stop (string or list).
-  cancel {\"target\":ID} stops a generation within one token.
-Try: cpipe chat chat --data 'What is the capital of France?' --text";
+/// What `get_help` answers: this server's part of the cpipe skill (skills/cpipe/).
+const HELP: &str = include_str!("../../skills/cpipe/chat.md");
 
 /// Where offline models live: `CPIPE_MODELS`, else `~/.cache/cpipe/models`.
 pub fn models_dir() -> PathBuf {

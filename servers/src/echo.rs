@@ -4,13 +4,8 @@
 use pipe_core::{CommandSpec, Event, ToolServer};
 use serde_json::json;
 
-/// What `get_help` answers.
-const HELP: &str = "\
-echo: a test server for the cpipe protocol.
-  echo    answers {\"event\":\"echo\", ...every field of the request}.
-  stream  with n and text: n token events {\"event\":\"token\",\"text\":TEXT,\"done\":false,\"i\":k},
-          then {\"event\":\"token\",\"text\":\"\",\"done\":true}. Cancellable.
-Try: cpipe echo echo -j msg=hi    cpipe echo stream -j n=3 -j text=hi --text";
+/// What `get_help` answers: this server's part of the cpipe skill (skills/cpipe/).
+const HELP: &str = include_str!("../../skills/cpipe/echo.md");
 
 /// Registers the echo server's commands.
 pub fn register(server: &mut ToolServer) {

@@ -1,8 +1,9 @@
 //! `cpipe --list`, `--pid` and `--clear`: what is in the pipe directory.
 
+use std::path::Path;
 use std::time::Duration;
 
-use pipe_core::discovery::{self, Liveness};
+use pipe_core::discovery::{self, Liveness, ServerInfo};
 
 use crate::query::timeout;
 use crate::{Cli, Failure};
@@ -19,36 +20,44 @@ pub fn list(cli: &Cli) -> Result<(), Failure> {
         println!("{text}");
         return Ok(());
     }
+    print!("{}", table(&servers, &cli.dir));
+    Ok(())
+}
+
+/// The servers as a table, with a hint when some are orphaned.
+pub fn table(servers: &[ServerInfo], dir: &Path) -> String {
     if servers.is_empty() {
-        println!("No servers in {}.", cli.dir.display());
-        return Ok(());
+        return format!("No servers in {}.\n", dir.display());
     }
-    println!(
-        "{:<16} {:<12} {:>8} {:>11}  {:<12} PIPE",
+    let mut out = format!(
+        "{:<16} {:<12} {:>8} {:>11}  {:<12} PIPE\n",
         "NAME", "STATE", "PID", "SUBSCRIBERS", "STATUS"
     );
-    for s in &servers {
-        let status = match s.status {
-            Liveness::Alive => "alive",
-            Liveness::Unresponsive => "unresponsive",
-            Liveness::Orphaned => "orphaned",
-        };
-        println!(
-            "{:<16} {:<12} {:>8} {:>11}  {:<12} {}",
+    for s in servers {
+        out += &format!(
+            "{:<16} {:<12} {:>8} {:>11}  {:<12} {}\n",
             s.name,
             s.state.as_deref().unwrap_or("-"),
             s.pid.map_or("-".into(), |p| p.to_string()),
             s.subscribers.map_or("-".into(), |n| n.to_string()),
-            status,
+            status_name(s.status),
             s.path.display()
         );
     }
     if servers.iter().any(|s| s.status == Liveness::Orphaned) {
-        println!(
-            "\nOrphaned pipes belong to servers that are gone: remove them with cpipe --clear."
-        );
+        out +=
+            "\nOrphaned pipes belong to servers that are gone: remove them with cpipe --clear.\n";
     }
-    Ok(())
+    out
+}
+
+/// How `--list` names a liveness.
+pub fn status_name(status: Liveness) -> &'static str {
+    match status {
+        Liveness::Alive => "alive",
+        Liveness::Unresponsive => "unresponsive",
+        Liveness::Orphaned => "orphaned",
+    }
 }
 
 /// Prints every tool pipe with the processes that hold it open.

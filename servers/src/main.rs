@@ -4,8 +4,10 @@ mod bench;
 mod chat;
 mod echo;
 mod listing;
+mod mcp;
 mod query;
 mod serve;
+mod text;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -142,6 +144,13 @@ pub enum Subcommand {
         #[command(subcommand)]
         which: bench::BenchKind,
     },
+    /// Serve the live tool servers to an AI agent as Model Context Protocol tools, over
+    /// stdin/stdout. Register it with an MCP client, e.g. `claude mcp add cpipe -- cpipe mcp`.
+    Mcp {
+        /// Directory holding the pipes.
+        #[arg(long, env = "CPIPE_DIR", default_value = pipe_core::paths::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
 }
 
 /// Failures, mapped to exit codes.
@@ -200,6 +209,8 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = if let Some(Subcommand::Bench { which }) = &cli.command {
         bench::run(which).map_err(Failure::from)
+    } else if let Some(Subcommand::Mcp { dir }) = &cli.command {
+        mcp::run(dir.clone()).map_err(Failure::from)
     } else if let Some(kind) = &cli.serve {
         serve::run(kind, &cli)
     } else if cli.list {

@@ -9,6 +9,7 @@ use anyhow::Context;
 use pipe_core::{Client, ConnectOptions, Event, Fields, Step};
 use serde_json::Value;
 
+use crate::text::TextWriter;
 use crate::{Cli, Failure};
 
 /// How often a waiting request checks for Ctrl-C.
@@ -60,63 +61,38 @@ fn request_fields(cli: &Cli) -> Result<Fields, Failure> {
 
 /// Prints events as JSON lines, or as plain text the way named-pipes' cpipe does.
 struct Printer {
-    text: bool,
-    /// Whether streamed text was printed without a final newline.
-    mid_line: bool,
+    text: Option<TextWriter>,
 }
 
 impl Printer {
     fn print(&mut self, event: &Event) -> std::io::Result<()> {
         let mut out = std::io::stdout().lock();
-        if let Some(error) = event.as_error() {
-            if self.text {
-                self.end_line(&mut out)?;
-                eprintln!("cpipe: error ({}): {}", error.code, error.message);
-                return Ok(());
-            }
-        }
-        if !self.text {
+        let Some(writer) = &mut self.text else {
             writeln!(out, "{event}")?;
             return out.flush();
+        };
+        let mut text = String::new();
+        if let Some(error) = event.as_error() {
+            writer.end_line(&mut text);
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+            eprintln!("cpipe: error ({}): {}", error.code, error.message);
+            return Ok(());
         }
-        if event.get("done").is_some() {
-            if let Some(text) = event.str("text") {
-                write!(out, "{text}")?;
-                self.mid_line = !text.is_empty() || self.mid_line;
-                if event.get("done").and_then(Value::as_bool) == Some(true) {
-                    self.end_line(&mut out)?;
-                }
-                return out.flush();
-            }
-        }
-        if event.name() == "done" {
-            // The usage summary that closes a stream; JSON mode shows it.
-            return out.flush();
-        }
-        self.end_line(&mut out)?;
-        let payload: Fields = event
-            .fields()
-            .iter()
-            .filter(|(k, _)| *k != "event" && *k != "id")
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        match payload.len() {
-            0 => writeln!(out, "{}", event.name())?,
-            1 => match payload.values().next() {
-                Some(Value::String(s)) => writeln!(out, "{s}")?,
-                Some(v) => writeln!(out, "{v}")?,
-                None => {}
-            },
-            _ => writeln!(out, "{}", Value::Object(payload))?,
-        }
+        writer.push(event, &mut text);
+        out.write_all(text.as_bytes())?;
         out.flush()
     }
 
-    fn end_line(&mut self, out: &mut impl Write) -> std::io::Result<()> {
-        if std::mem::take(&mut self.mid_line) {
-            writeln!(out)?;
+    /// Closes a line left open by streamed text.
+    fn finish(&mut self) -> std::io::Result<()> {
+        let mut text = String::new();
+        if let Some(writer) = &mut self.text {
+            writer.end_line(&mut text);
         }
-        Ok(())
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        out.flush()
     }
 }
 
@@ -141,8 +117,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     let mut client = Client::connect_with(target, &options)?;
     let server = client.server_path();
     let mut printer = Printer {
-        text: cli.text,
-        mid_line: false,
+        text: cli.text.then(TextWriter::default),
     };
     let mut failed = false;
     let mut last_event = Instant::now();
@@ -166,9 +141,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
                 if interrupted.load(Ordering::Relaxed) {
                     let id = events.id();
                     let _ = client.cancel(id);
-                    printer
-                        .end_line(&mut std::io::stdout())
-                        .context("writing output")?;
+                    printer.finish().context("writing output")?;
                     eprintln!("cpipe: interrupted; cancelled the request");
                     return Err(Failure::Interrupted);
                 }
@@ -187,6 +160,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
             Err(e) => return Err(e.into()),
         }
     }
+    printer.finish().context("writing output")?;
     if failed {
         Err(Failure::Remote)
     } else {

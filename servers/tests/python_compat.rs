@@ -16,28 +16,7 @@ use pipe_core::{Client, ConnectOptions};
 use serde_json::{json, Value};
 
 fn python() -> String {
-    let python = std::env::var("CPIPE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let check = Command::new(&python)
-        .args([
-            "-c",
-            "import importlib.metadata as m; print(m.version('named-pipes'))",
-        ])
-        .output();
-    match check {
-        Ok(out) if out.status.success() && text(&out.stdout).trim() == "0.4.0" => python,
-        _ => panic!(
-            "these tests need named-pipes 0.4.0 in {python}: run scripts/setup-test-deps.sh \
-             and set CPIPE_PYTHON=.venv/bin/python (.ci/run does both)"
-        ),
-    }
-}
-
-fn script(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
+    python_with("named-pipes", "0.4.0")
 }
 
 /// Runs `cpipe ARGS --dir /tmp`.

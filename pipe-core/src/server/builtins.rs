@@ -15,7 +15,7 @@ use crate::{fifo, PROTOCOL_VERSION};
 /// The commands every server answers itself.
 pub(crate) fn builtin_specs() -> Vec<CommandSpec> {
     let no_args = json!({"type": "object"});
-    vec![
+    let specs = vec![
         CommandSpec::new(
             "subscribe",
             "Start receiving events on <dir>/tool-<name>-<pid>.",
@@ -58,7 +58,14 @@ pub(crate) fn builtin_specs() -> Vec<CommandSpec> {
             "Stop the server; subscribers get state_changed: stopping.",
         )
         .args(no_args),
-    ]
+    ];
+    specs
+        .into_iter()
+        .map(|spec| CommandSpec {
+            builtin: true,
+            ..spec
+        })
+        .collect()
 }
 
 impl Listener {

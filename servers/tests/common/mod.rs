@@ -258,3 +258,31 @@ impl RawClient {
         }
     }
 }
+
+/// A Python that has `package==version` installed: `CPIPE_PYTHON`, else `python3`.
+/// scripts/setup-test-deps.sh makes one (.venv) and `.ci/run` sets CPIPE_PYTHON to it.
+pub fn python_with(package: &str, version: &str) -> String {
+    let python = std::env::var("CPIPE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let check = Command::new(&python)
+        .args([
+            "-c",
+            &format!("import importlib.metadata as m; print(m.version('{package}'))"),
+        ])
+        .output();
+    match check {
+        Ok(out) if out.status.success() && text(&out.stdout).trim() == version => python,
+        _ => panic!(
+            "this test needs {package}=={version} in {python}: run scripts/setup-test-deps.sh \
+             and set CPIPE_PYTHON=.venv/bin/python (.ci/run does both)"
+        ),
+    }
+}
+
+/// The path of a helper script in tests/python.
+pub fn script(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
