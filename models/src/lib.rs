@@ -3,6 +3,8 @@
 //! crate can wire it to any transport.
 //!
 //! - [`llm`]: chat models in quantized GGUF files, on candle.
+//! - [`tts`]: text-to-speech with Piper voices, phonemized by espeak-ng.
+//! - [`onnx`]: ONNX Runtime, loaded at run time, for the ONNX models.
 //! - [`source`]: where model files come from (a local path, or the Hugging Face hub).
 //! - [`device`]: the compute device, GPU when built with `cuda` or `metal`.
 
@@ -10,4 +12,6 @@
 
 pub mod device;
 pub mod llm;
+pub mod onnx;
 pub mod source;
+pub mod tts;
