@@ -35,25 +35,12 @@ const OFFLINE_MODELS: [(&str, &str, &str); 2] = [
 /// What `get_help` answers: this server's part of the cpipe skill (skills/cpipe/).
 const HELP: &str = include_str!("../../skills/cpipe/chat.md");
 
-/// Where offline models live: `CPIPE_MODELS`, else `~/.cache/cpipe/models`.
-pub fn models_dir() -> PathBuf {
-    match std::env::var_os("CPIPE_MODELS") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
-            .join(".cache/cpipe/models"),
-    }
-}
-
 /// Turns `--model` into a source: an offline short name, a path, or a hub reference.
 pub fn model_source(model: &str) -> anyhow::Result<ModelSource> {
     if let Some((_, file, fetch)) = OFFLINE_MODELS.iter().find(|(name, ..)| *name == model) {
-        let path = models_dir().join(file);
-        anyhow::ensure!(
-            path.exists(),
-            "the offline model '{model}' is not installed at {}: run scripts/fetch-models.sh {fetch}",
-            path.display()
-        );
-        return Ok(ModelSource::Local(path));
+        return Ok(ModelSource::Local(crate::assets::offline(
+            model, file, fetch,
+        )?));
     }
     Ok(ModelSource::parse(model)?)
 }

@@ -1,5 +1,6 @@
 //! `cpipe`: talk to tool servers over named pipes, list them, and serve them.
 
+mod assets;
 mod bench;
 mod chat;
 mod echo;
@@ -8,6 +9,7 @@ mod mcp;
 mod query;
 mod serve;
 mod text;
+mod tts;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +23,9 @@ Examples:
                                                a resident LLM (installed by scripts/fetch-models.sh)
   cpipe chat chat --text --data 'What is the capital of France?'
   cpipe chat chat -j 'messages=[{\"role\":\"user\",\"content\":\"Hi\"}]' -j max_tokens=64
+  cpipe --serve tts --voice joe --playback none --wav /tmp/speech.wav &
+                                               a resident voice, recording to a WAV file
+  cpipe tts text --data 'Hello there. ' ; cpipe tts flush
   cpipe --serve echo &                         start the protocol test server
   cpipe echo ping                              {\"event\":\"pong\",...}
   cpipe echo echo -j msg=hello -j n=3          fields merged into the request
@@ -97,7 +102,8 @@ pub struct Cli {
     #[arg(long)]
     pub json: bool,
 
-    /// Run a server of this kind: chat (a resident LLM) or echo (the protocol test server).
+    /// Run a server of this kind: chat (a resident LLM), tts (a resident Piper voice) or echo
+    /// (the protocol test server).
     #[arg(long, value_name = "KIND")]
     pub serve: Option<String>,
 
@@ -116,6 +122,22 @@ pub struct Cli {
     /// model's chat template decides, and some insert a long one of their own).
     #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
+
+    /// With --serve tts: the Piper voice. `joe` (en_US-joe-medium, installed by
+    /// scripts/fetch-models.sh piper), a local NAME.onnx (NAME.onnx.json beside it), or a voice
+    /// on the Hugging Face hub as owner/repo:path/NAME.onnx.
+    #[arg(long, value_name = "VOICE", default_value = tts::DEFAULT_HUB_VOICE)]
+    pub voice: String,
+
+    /// With --serve tts: where speech is played. auto: the speakers if there is an audio
+    /// device, else nowhere (said in the log); speaker: the speakers or fail; none: nowhere.
+    /// Speech is timed either way, for speech_start / speech_end.
+    #[arg(long, value_enum, default_value = "auto", value_name = "WHERE")]
+    pub playback: tts::PlaybackMode,
+
+    /// With --serve tts: record everything spoken to this WAV file.
+    #[arg(long, value_name = "FILE")]
+    pub wav: Option<PathBuf>,
 
     /// With --serve: the name to serve under (default: the kind).
     #[arg(long, value_name = "NAME")]

@@ -36,6 +36,21 @@ pub fn run(kind: &str, cli: &Cli) -> Result<(), Failure> {
                 },
             )?
         }
+        "tts" => {
+            let voice = crate::assets::piper_voice(&cli.voice)?;
+            let builder = pipe_core::ToolServer::builder(name)
+                .dir(&cli.dir)
+                .limits(limits);
+            crate::tts::build(
+                builder,
+                crate::tts::TtsOptions {
+                    voice,
+                    runtime: Some(crate::assets::onnx_runtime()),
+                    playback: cli.playback,
+                    wav: cli.wav.clone(),
+                },
+            )?
+        }
         "echo" => {
             let mut server = echo::builder(name).dir(&cli.dir).limits(limits).bind()?;
             echo::register(&mut server);
@@ -43,7 +58,7 @@ pub fn run(kind: &str, cli: &Cli) -> Result<(), Failure> {
         }
         other => {
             return Err(Failure::Usage(format!(
-                "unknown server kind '{other}'; available: chat, echo"
+                "unknown server kind '{other}'; available: chat, tts, echo"
             )))
         }
     };

@@ -1,0 +1,504 @@
+//! `cpipe --serve tts`: a resident Piper voice. Text arrives in pieces (LLM tokens), is cut
+//! into sentences per client, and each sentence is synthesized as soon as it is complete, then
+//! played, streamed back to its client as audio events, or both.
+
+mod playback;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use models::tts::{PiperVoice, SentenceSplitter, SpeakOptions};
+use pipe_core::audio::AudioChunk;
+use pipe_core::{
+    CancelToken, CommandSpec, ErrorCode, Event, Fields, Request, Responder, ServerHandle,
+    ToolError, ToolServer,
+};
+use serde_json::{json, Value};
+
+use playback::Playback;
+pub use playback::PlaybackMode;
+
+/// What `get_help` answers: this server's part of the cpipe skill (skills/cpipe/).
+const HELP: &str = include_str!("../../../skills/cpipe/tts.md");
+/// The voice real users get by default: fetched once from the Hugging Face hub.
+pub const DEFAULT_HUB_VOICE: &str =
+    "rhasspy/piper-voices:en/en_US/lessac/medium/en_US-lessac-medium.onnx";
+
+/// How the tts server is set up.
+pub struct TtsOptions {
+    /// The voice's `.onnx` (its `.onnx.json` beside it).
+    pub voice: PathBuf,
+    /// The ONNX Runtime library (else `ORT_DYLIB_PATH`).
+    pub runtime: Option<PathBuf>,
+    /// Where speech is played.
+    pub playback: PlaybackMode,
+    /// A WAV file recording everything played.
+    pub wav: Option<PathBuf>,
+}
+
+/// One sentence for the synthesis thread.
+struct Job {
+    client: Option<u32>,
+    text: String,
+    speaker: Option<String>,
+    speed: Option<f32>,
+    epoch: u64,
+    cancel: CancelToken,
+    out: SyncSender<Piece>,
+}
+
+/// What the synthesis thread sends back for a job.
+enum Piece {
+    Audio { samples: Vec<f32>, rate: u32 },
+    Done,
+    Failed(ToolError),
+}
+
+/// Per-client text waiting for its sentence to end.
+type Buffers = Arc<Mutex<HashMap<Option<u32>, SentenceSplitter>>>;
+
+/// Binds the tts server and starts loading the voice in the background.
+pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result<ToolServer> {
+    let mut server = builder
+        .description(
+            "Text-to-speech server: a resident Piper voice, speaking sentences as they arrive.",
+        )
+        .help(HELP)
+        .initial_state("loading")
+        .bind()?;
+    let handle = server.handle_ref();
+    let playback = Playback::start(options.playback, options.wav.clone(), handle.clone())?;
+    let voice_name = voice_name(&options.voice);
+    let (jobs, queue) = mpsc::channel::<Job>();
+    {
+        let playback = playback.clone();
+        std::thread::Builder::new()
+            .name("voice".into())
+            .spawn(move || voice_thread(options, handle, playback, queue))?;
+    }
+    let buffers: Buffers = Arc::default();
+    let speaker = Speaker {
+        jobs,
+        playback: playback.clone(),
+        voice_name,
+    };
+
+    let (s, b) = (speaker.clone(), Arc::clone(&buffers));
+    server.handle(
+        CommandSpec::new(
+            "text",
+            "Adds text (e.g. LLM tokens) to your buffer; each sentence is spoken as soon as it is complete.",
+        )
+        .args(speak_args(json!({"data": {"type": "string", "description": "The text to add."}}), &[]))
+        .emits(&["audio"]),
+        move |req, out| {
+            let text = match req.get("data").or_else(|| req.get("text")) {
+                None | Some(Value::Null) => "",
+                Some(Value::String(s)) => s.as_str(),
+                Some(other) => {
+                    return Err(ToolError::invalid(format!("text: data must be a string, got {other}")))
+                }
+            };
+            let sentences = lock(&b).entry(req.pid).or_default().push(text);
+            let options = s.options(req, false)?;
+            for sentence in sentences {
+                s.speak(req, out, &sentence, &options)?;
+            }
+            Ok(())
+        },
+    );
+    let (s, b) = (speaker.clone(), Arc::clone(&buffers));
+    server.handle(
+        CommandSpec::new(
+            "flush",
+            "Speaks whatever is left in your buffer (send it at the end of a text stream).",
+        )
+        .args(speak_args(json!({}), &[]))
+        .emits(&["audio"]),
+        move |req, out| {
+            let rest = lock(&b).get_mut(&req.pid).and_then(SentenceSplitter::flush);
+            let options = s.options(req, false)?;
+            if let Some(sentence) = rest {
+                s.speak(req, out, &sentence, &options)?;
+            }
+            Ok(())
+        },
+    );
+    let s = speaker.clone();
+    server.handle(
+        CommandSpec::new(
+            "synthesize",
+            "Speaks a whole text and returns its audio (not played unless play is true).",
+        )
+        .args(speak_args(
+            json!({
+                "text": {"type": "string", "description": "The text to speak (or give it as data)."},
+                "data": {"type": "string"},
+                "wav": {"type": "string", "description": "Also write the audio to this WAV file (a path on the server's machine)."}
+            }),
+            &[],
+        ))
+        .emits(&["audio", "synthesized"]),
+        move |req, out| {
+            let text = req.opt_str("text")?.or(req.opt_str("data")?).ok_or_else(|| {
+                ToolError::invalid("synthesize: give the text as \"text\" (or \"data\")")
+            })?;
+            let options = s.options(req, true)?;
+            let wav = req.opt_str("wav")?.map(PathBuf::from);
+            let mut splitter = SentenceSplitter::default();
+            let mut sentences = splitter.push(text);
+            sentences.extend(splitter.flush());
+            let mut all = Vec::new();
+            for sentence in &sentences {
+                all.extend(s.speak(req, out, sentence, &options)?);
+            }
+            let rate = s.playback.rate().unwrap_or(0);
+            if let Some(path) = &wav {
+                write_wav(path, rate, &all).map_err(|e| {
+                    ToolError::invalid(format!("cannot write {}: {e}", path.display()))
+                })?;
+            }
+            out.emit(
+                Event::new("synthesized")
+                    .with("sentences", sentences.len())
+                    .with("samples", all.len())
+                    .with("rate", rate)
+                    .with("seconds", (all.len() as f64 / rate.max(1) as f64 * 1000.0).round() / 1000.0)
+                    .with("wav", wav.map(|p| p.display().to_string())),
+            )?;
+            Ok(())
+        },
+    );
+    let p = playback.clone();
+    server.handle_inline(
+        CommandSpec::new("is_speaking", "Whether speech is playing.").emits(&["is_speaking"]),
+        move |_req, out| {
+            out.emit(Event::new("is_speaking").with("speaking", p.is_speaking()))?;
+            Ok(())
+        },
+    );
+    let (p, b) = (playback, buffers);
+    server.handle_inline(
+        CommandSpec::new(
+            "stop_speaking",
+            "Barge-in: silences speech at once and drops all queued text (the protocol's stop stops the server).",
+        )
+        .emits(&["speech_stopped"]),
+        move |_req, out| {
+            p.stop();
+            lock(&b).values_mut().for_each(SentenceSplitter::clear);
+            out.emit(Event::new("speech_stopped"))?;
+            Ok(())
+        },
+    );
+    Ok(server)
+}
+
+/// What handlers share to get sentences spoken.
+#[derive(Clone)]
+struct Speaker {
+    jobs: Sender<Job>,
+    playback: Playback,
+    voice_name: String,
+}
+
+/// Per-request choices.
+struct RequestOptions {
+    speak: SpeakOptions,
+    speaker: Option<String>,
+    /// Send the audio to the client as audio events.
+    audio: bool,
+    /// Play it on the server.
+    play: bool,
+}
+
+impl Speaker {
+    /// Reads voice, speaker, speed, audio and play from the request.
+    fn options(&self, req: &Request, one_shot: bool) -> Result<RequestOptions, ToolError> {
+        if let Some(voice) = req.opt_str("voice")? {
+            if voice != self.voice_name {
+                return Err(ToolError::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "unknown voice '{voice}': this server speaks with '{}' (start another \
+                         server with --voice for a second voice)",
+                        self.voice_name
+                    ),
+                ));
+            }
+        }
+        let speaker = match req.get("speaker") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(other) => {
+                return Err(ToolError::invalid(format!(
+                    "speaker must be a name or a number, got {other}"
+                )))
+            }
+        };
+        let speed = req.opt_f64("speed")?.map(|s| s as f32);
+        Ok(RequestOptions {
+            speak: SpeakOptions {
+                speaker: None,
+                speed,
+            },
+            speaker,
+            audio: req.opt_bool("audio")?.unwrap_or(one_shot),
+            play: req.opt_bool("play")?.unwrap_or(!one_shot),
+        })
+    }
+
+    /// Synthesizes one sentence for `req`: plays it and/or emits its audio as it comes.
+    /// Returns the samples.
+    fn speak(
+        &self,
+        req: &Request,
+        out: &Responder,
+        sentence: &str,
+        options: &RequestOptions,
+    ) -> Result<Vec<f32>, ToolError> {
+        let epoch = self.playback.epoch();
+        let on_its_way = options.play.then(|| self.playback.expect());
+        let (tx, rx) = mpsc::sync_channel(16);
+        let cancel = out.cancel_token();
+        self.jobs
+            .send(Job {
+                client: req.pid,
+                text: sentence.into(),
+                speaker: options.speaker.clone(),
+                speed: options.speak.speed,
+                epoch,
+                cancel: cancel.clone(),
+                out: tx,
+            })
+            .map_err(|_| ToolError::new(ErrorCode::Unavailable, "the voice thread has stopped"))?;
+        let mut all = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Piece::Audio { samples, rate }) => {
+                    if options.audio {
+                        let pcm: Vec<i16> = samples.iter().map(|s| (s * 32767.0) as i16).collect();
+                        out.emit(
+                            AudioChunk::from_i16(rate, 1, &pcm)
+                                .to_event()
+                                .with("text", sentence),
+                        )?;
+                    }
+                    if options.play
+                        && !self
+                            .playback
+                            .play(samples.clone(), rate, epoch, || cancel.is_cancelled())
+                    {
+                        return Err(stopped());
+                    }
+                    all.extend(samples);
+                }
+                Ok(Piece::Done) => break,
+                Ok(Piece::Failed(error)) => return Err(error),
+                Err(RecvTimeoutError::Timeout) => out.check()?,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(ToolError::internal("the voice thread stopped mid-sentence"))
+                }
+            }
+        }
+        drop(on_its_way);
+        Ok(all)
+    }
+}
+
+fn stopped() -> ToolError {
+    ToolError::new(
+        ErrorCode::Cancelled,
+        "speech was stopped (stop_speaking) before this text was spoken",
+    )
+}
+
+/// Loads the voice, then synthesizes sentences, taking clients in turn.
+fn voice_thread(
+    options: TtsOptions,
+    server: ServerHandle,
+    playback: Playback,
+    jobs: Receiver<Job>,
+) {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut voice = match PiperVoice::load(&options.voice, options.runtime.as_deref(), threads) {
+        Ok(voice) => voice,
+        Err(e) => {
+            let message = e.to_string();
+            tracing::error!("cannot load the voice: {message}");
+            server.set_state("error");
+            server.set_config(Fields::from_iter([(
+                "error".into(),
+                message.clone().into(),
+            )]));
+            for job in jobs {
+                let _ = job.out.send(Piece::Failed(ToolError::new(
+                    ErrorCode::Unavailable,
+                    format!("the voice failed to load: {message}"),
+                )));
+            }
+            return;
+        }
+    };
+    playback.set_rate(voice.sample_rate());
+    server.set_config(Fields::from_iter([
+        ("voice".into(), voice.name().into()),
+        ("path".into(), options.voice.display().to_string().into()),
+        ("sample_rate".into(), voice.sample_rate().into()),
+        ("language".into(), voice.language().into()),
+        ("speakers".into(), json!(voice.speakers())),
+        ("playback".into(), playback.device.to_string().into()),
+        (
+            "wav".into(),
+            json!(options.wav.map(|p| p.display().to_string())),
+        ),
+    ]));
+    server.set_state("idle");
+    let mut queues = FairQueue::default();
+    loop {
+        if queues.is_empty() {
+            match jobs.recv() {
+                Ok(job) => queues.push(job),
+                Err(_) => return,
+            }
+        }
+        while let Ok(job) = jobs.try_recv() {
+            queues.push(job);
+        }
+        let Some(job) = queues.pop() else { continue };
+        if job.cancel.is_cancelled() || job.epoch != playback.epoch() {
+            let _ = job.out.send(Piece::Failed(stopped()));
+            continue;
+        }
+        server.set_state("synthesizing");
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            synthesize(&mut voice, &job, &playback)
+        }));
+        let _ = job.out.send(match result {
+            Ok(Ok(())) => Piece::Done,
+            Ok(Err(e)) => Piece::Failed(e),
+            Err(_) => Piece::Failed(ToolError::internal(
+                "the voice crashed on this text; the server is still running",
+            )),
+        });
+        if queues.is_empty() {
+            server.set_state("idle");
+        }
+    }
+}
+
+/// Speaks one job's sentence piece by piece, sending each piece's audio as it is made.
+fn synthesize(voice: &mut PiperVoice, job: &Job, playback: &Playback) -> Result<(), ToolError> {
+    let speaker = match &job.speaker {
+        Some(s) => Some(
+            voice
+                .speaker(s)
+                .map_err(|e| ToolError::new(ErrorCode::NotFound, e.to_string()))?,
+        ),
+        None => None,
+    };
+    if let Some(speed) = job.speed {
+        if !(0.1..=10.0).contains(&speed) {
+            return Err(ToolError::invalid(format!(
+                "speed must be between 0.1 and 10 (1 is normal), got {speed}"
+            )));
+        }
+    }
+    let options = SpeakOptions {
+        speaker,
+        speed: job.speed,
+    };
+    let pieces = voice
+        .phonemize(&job.text)
+        .map_err(|e| ToolError::internal(e.to_string()))?;
+    for phonemes in pieces {
+        if job.cancel.is_cancelled() || job.epoch != playback.epoch() {
+            return Err(stopped());
+        }
+        let samples = voice
+            .speak_phonemes(&phonemes, &options)
+            .map_err(|e| ToolError::internal(e.to_string()))?;
+        let piece = Piece::Audio {
+            samples,
+            rate: voice.sample_rate(),
+        };
+        if job.out.send(piece).is_err() {
+            return Ok(()); // the request went away
+        }
+    }
+    Ok(())
+}
+
+/// Jobs queued per client, served in turn so one client's long text never starves another.
+#[derive(Default)]
+struct FairQueue {
+    queues: VecDeque<(Option<u32>, VecDeque<Job>)>,
+}
+
+impl FairQueue {
+    fn push(&mut self, job: Job) {
+        match self.queues.iter_mut().find(|(c, _)| *c == job.client) {
+            Some((_, queue)) => queue.push_back(job),
+            None => self.queues.push_back((job.client, VecDeque::from([job]))),
+        }
+    }
+
+    /// The next job of the client whose turn it is.
+    fn pop(&mut self) -> Option<Job> {
+        let (client, mut queue) = self.queues.pop_front()?;
+        let job = queue.pop_front();
+        if !queue.is_empty() {
+            self.queues.push_back((client, queue));
+        }
+        job
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+}
+
+/// The argument schema of a speaking command: its own fields plus the shared options.
+fn speak_args(own: Value, required: &[&str]) -> Value {
+    let mut properties = json!({
+        "voice": {"type": "string", "description": "Must be the loaded voice (see get_config)."},
+        "speaker": {"type": ["string", "integer"], "description": "Speaker name or id, for multi-speaker voices."},
+        "speed": {"type": "number", "minimum": 0.1, "maximum": 10, "description": "Speaking rate; 1 is normal, 2 twice as fast."},
+        "audio": {"type": "boolean", "description": "Send the audio back to you as audio events (default: false for text/flush, true for synthesize)."},
+        "play": {"type": "boolean", "description": "Play it on the server (default: true for text/flush, false for synthesize)."}
+    });
+    if let (Some(all), Value::Object(own)) = (properties.as_object_mut(), own) {
+        all.extend(own);
+    }
+    json!({"type": "object", "required": required, "properties": properties})
+}
+
+fn voice_name(path: &Path) -> String {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.trim_end_matches(".onnx").to_string())
+        .unwrap_or_default()
+}
+
+/// Writes mono float samples as a 16-bit WAV.
+pub fn write_wav(path: &Path, rate: u32, samples: &[f32]) -> Result<(), hound::Error> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wav = hound::WavWriter::create(path, spec)?;
+    for s in samples {
+        wav.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)?;
+    }
+    wav.finalize()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
