@@ -102,10 +102,11 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
                     return Err(ToolError::invalid(format!("text: data must be a string, got {other}")))
                 }
             };
+            let epoch = s.playback.epoch();
             let sentences = lock(&b).entry(req.pid).or_default().push(text);
             let options = s.options(req, false)?;
             for sentence in sentences {
-                s.speak(req, out, &sentence, &options)?;
+                s.speak(req, out, &sentence, &options, epoch)?;
             }
             Ok(())
         },
@@ -119,10 +120,11 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
         .args(speak_args(json!({}), &[]))
         .emits(&["audio"]),
         move |req, out| {
+            let epoch = s.playback.epoch();
             let rest = lock(&b).get_mut(&req.pid).and_then(SentenceSplitter::flush);
             let options = s.options(req, false)?;
             if let Some(sentence) = rest {
-                s.speak(req, out, &sentence, &options)?;
+                s.speak(req, out, &sentence, &options, epoch)?;
             }
             Ok(())
         },
@@ -151,9 +153,10 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
             let mut splitter = SentenceSplitter::default();
             let mut sentences = splitter.push(text);
             sentences.extend(splitter.flush());
+            let epoch = s.playback.epoch();
             let mut all = Vec::new();
             for sentence in &sentences {
-                all.extend(s.speak(req, out, sentence, &options)?);
+                all.extend(s.speak(req, out, sentence, &options, epoch)?);
             }
             let rate = s.playback.rate().unwrap_or(0);
             if let Some(path) = &wav {
@@ -253,15 +256,19 @@ impl Speaker {
     }
 
     /// Synthesizes one sentence for `req`: plays it and/or emits its audio as it comes.
-    /// Returns the samples.
+    /// Returns the samples. `epoch` is the barge-in epoch the request began in: a
+    /// `stop_speaking` since then drops the sentence.
     fn speak(
         &self,
         req: &Request,
         out: &Responder,
         sentence: &str,
         options: &RequestOptions,
+        epoch: u64,
     ) -> Result<Vec<f32>, ToolError> {
-        let epoch = self.playback.epoch();
+        if epoch != self.playback.epoch() {
+            return Err(stopped());
+        }
         let on_its_way = options.play.then(|| self.playback.expect());
         let (tx, rx) = mpsc::sync_channel(16);
         let cancel = out.cancel_token();
