@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod pipes;
+pub mod tts;
 
 /// The benchmarks.
 #[derive(Debug, clap::Subcommand)]
@@ -13,6 +14,9 @@ pub enum BenchKind {
     /// The LLM engine against llama.cpp's llama-bench on the same GGUF and thread count, and a
     /// warm server request against a fresh process.
     Chat(chat::ChatBench),
+    /// The tts server against piper-tts on the same voice and sentences: real-time factor,
+    /// time to first audio; streamed first audio; with --pipeline, chat → tts to first word.
+    Tts(tts::TtsBench),
     /// One subscriber process of the pipes benchmark (internal).
     #[command(hide = true)]
     Subscriber {
@@ -27,6 +31,7 @@ pub fn run(which: &BenchKind) -> anyhow::Result<()> {
     match which {
         BenchKind::Pipes(options) => pipes::run(options),
         BenchKind::Chat(options) => chat::run(options),
+        BenchKind::Tts(options) => tts::run(options),
         BenchKind::Subscriber { events } => pipes::subscriber(*events),
     }
 }
