@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in pkg-config python3-venv; do
+# pkg-config and libasound2-dev: ALSA for audio playback (rodio/cpal); libespeak-ng-dev: the
+# phonemizer of the tts server (brings espeak-ng-data).
+for pkg in pkg-config python3-venv libasound2-dev libespeak-ng-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
