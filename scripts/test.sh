@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 scripts/setup-test-deps.sh
 scripts/fetch-models.sh smollm2
 scripts/fetch-models.sh piper
+scripts/fetch-models.sh whisper
 export CPIPE_PYTHON="$PWD/.venv/bin/python"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -3,6 +3,7 @@
 //! crate can wire it to any transport.
 //!
 //! - [`llm`]: chat models in quantized GGUF files, on candle.
+//! - [`stt`]: speech-to-text with Whisper (whisper.cpp), Silero VAD, and a CTranslate2 importer.
 //! - [`tts`]: text-to-speech with Piper voices, phonemized by espeak-ng.
 //! - [`onnx`]: ONNX Runtime, loaded at run time, for the ONNX models.
 //! - [`source`]: where model files come from (a local path, or the Hugging Face hub).
@@ -14,4 +15,5 @@ pub mod device;
 pub mod llm;
 pub mod onnx;
 pub mod source;
+pub mod stt;
 pub mod tts;

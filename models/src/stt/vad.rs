@@ -1,0 +1,240 @@
+//! Voice activity detection with Silero VAD (its ONNX model, on ONNX Runtime): the probability
+//! that each 32 ms window of 16 kHz audio is speech, and the cutting of a live stream into
+//! utterances.
+
+use std::path::Path;
+
+use ort::session::Session;
+use ort::value::Tensor;
+
+use super::SttError;
+use crate::onnx;
+
+/// Samples per window at 16 kHz.
+pub const WINDOW: usize = 512;
+/// Samples of the previous window the model also sees.
+const CONTEXT: usize = 64;
+
+/// A loaded Silero VAD with its recurrent state.
+pub struct SileroVad {
+    session: Session,
+    state: Vec<f32>,
+    context: Vec<f32>,
+}
+
+impl std::fmt::Debug for SileroVad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SileroVad")
+    }
+}
+
+impl SileroVad {
+    /// Loads `silero_vad.onnx` with ONNX Runtime from `runtime` (else `ORT_DYLIB_PATH`).
+    pub fn load(model: &Path, runtime: Option<&Path>) -> Result<Self, SttError> {
+        let environment = onnx::environment(runtime)?;
+        let session = onnx::session(environment, model, 1)?;
+        Ok(Self {
+            session,
+            state: vec![0.0; 2 * 128],
+            context: vec![0.0; CONTEXT],
+        })
+    }
+
+    /// Forgets the audio seen so far.
+    pub fn reset(&mut self) {
+        self.state.fill(0.0);
+        self.context.fill(0.0);
+    }
+
+    /// The probability that one window of [`WINDOW`] samples is speech.
+    pub fn probability(&mut self, window: &[f32]) -> Result<f32, SttError> {
+        assert_eq!(
+            window.len(),
+            WINDOW,
+            "Silero VAD takes windows of {WINDOW} samples"
+        );
+        let mut input = Vec::with_capacity(CONTEXT + WINDOW);
+        input.extend_from_slice(&self.context);
+        input.extend_from_slice(window);
+        let run = |e: ort::Error| SttError::Vad(e.to_string());
+        let outputs = self
+            .session
+            .run(ort::inputs![
+                "input" => Tensor::from_array(([1usize, CONTEXT + WINDOW], input)).map_err(run)?,
+                "state" => Tensor::from_array(([2usize, 1, 128], self.state.clone())).map_err(run)?,
+                "sr" => Tensor::from_array(([0usize; 0], vec![16_000i64])).map_err(run)?,
+            ])
+            .map_err(run)?;
+        let (_, probability) = outputs["output"].try_extract_tensor::<f32>().map_err(run)?;
+        let probability = probability.first().copied().unwrap_or(0.0);
+        let (_, state) = outputs["stateN"].try_extract_tensor::<f32>().map_err(run)?;
+        self.state.copy_from_slice(state);
+        self.context.copy_from_slice(&window[WINDOW - CONTEXT..]);
+        Ok(probability)
+    }
+}
+
+/// How speech is told from silence.
+#[derive(Debug, Clone, Copy)]
+pub struct VadSettings {
+    /// Probability above which a window is speech.
+    pub threshold: f32,
+    /// Silence that ends an utterance, in ms.
+    pub min_silence_ms: u32,
+    /// Shortest utterance kept, in ms.
+    pub min_speech_ms: u32,
+    /// Audio kept before the speech starts, in ms (so first syllables are not cut).
+    pub pad_ms: u32,
+    /// Longest utterance before it is cut, in seconds.
+    pub max_utterance_s: f32,
+}
+
+impl Default for VadSettings {
+    fn default() -> Self {
+        Self {
+            threshold: 0.5,
+            min_silence_ms: 500,
+            min_speech_ms: 250,
+            pad_ms: 200,
+            max_utterance_s: 30.0,
+        }
+    }
+}
+
+/// What feeding audio to a [`Segmenter`] produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VadEvent {
+    /// Speech began, `at` seconds into the stream.
+    SpeechStart {
+        /// Seconds into the stream.
+        at: f32,
+    },
+    /// An utterance ended: its audio (16 kHz mono), and where it starts and ends.
+    Utterance {
+        /// Seconds into the stream where it starts.
+        start: f32,
+        /// Seconds into the stream where it ends.
+        end: f32,
+        /// Its samples.
+        samples: Vec<f32>,
+    },
+}
+
+/// Cuts a live 16 kHz stream into utterances.
+#[derive(Debug)]
+pub struct Segmenter {
+    vad: SileroVad,
+    settings: VadSettings,
+    pending: Vec<f32>,
+    /// Samples seen so far (the stream clock).
+    position: usize,
+    /// Recent audio before speech, for padding.
+    before: std::collections::VecDeque<f32>,
+    speech: Option<Speech>,
+}
+
+#[derive(Debug)]
+struct Speech {
+    start: usize,
+    samples: Vec<f32>,
+    silent_windows: usize,
+    speech_windows: usize,
+}
+
+impl Segmenter {
+    /// A segmenter over `vad`.
+    pub fn new(vad: SileroVad, settings: VadSettings) -> Self {
+        Self {
+            vad,
+            settings,
+            pending: Vec::new(),
+            position: 0,
+            before: Default::default(),
+            speech: None,
+        }
+    }
+
+    /// The utterance in progress so far (for partial transcripts), if speech is going on.
+    pub fn current(&self) -> Option<(f32, &[f32])> {
+        self.speech
+            .as_ref()
+            .map(|s| (s.start as f32 / 16_000.0, s.samples.as_slice()))
+    }
+
+    /// Feeds 16 kHz mono samples; returns what happened.
+    pub fn push(&mut self, samples: &[f32]) -> Result<Vec<VadEvent>, SttError> {
+        self.pending.extend_from_slice(samples);
+        let mut events = Vec::new();
+        let pad = (self.settings.pad_ms as usize * 16).max(WINDOW);
+        let end_after = (self.settings.min_silence_ms as usize * 16).div_ceil(WINDOW);
+        let max_len = (self.settings.max_utterance_s * 16_000.0) as usize;
+        let mut offset = 0;
+        while self.pending.len() - offset >= WINDOW {
+            let window = &self.pending[offset..offset + WINDOW];
+            offset += WINDOW;
+            let is_speech = self.vad.probability(window)? >= self.settings.threshold;
+            let window_start = self.position;
+            self.position += WINDOW;
+            match &mut self.speech {
+                None if is_speech => {
+                    let padding: Vec<f32> = self.before.drain(..).collect();
+                    let start = window_start - padding.len();
+                    let mut samples = padding;
+                    samples.extend_from_slice(window);
+                    events.push(VadEvent::SpeechStart {
+                        at: start as f32 / 16_000.0,
+                    });
+                    self.speech = Some(Speech {
+                        start,
+                        samples,
+                        silent_windows: 0,
+                        speech_windows: 1,
+                    });
+                }
+                None => {
+                    self.before.extend(window.iter().copied());
+                    while self.before.len() > pad {
+                        self.before.pop_front();
+                    }
+                }
+                Some(speech) => {
+                    speech.samples.extend_from_slice(window);
+                    if is_speech {
+                        speech.silent_windows = 0;
+                        speech.speech_windows += 1;
+                    } else {
+                        speech.silent_windows += 1;
+                    }
+                    if speech.silent_windows >= end_after || speech.samples.len() >= max_len {
+                        events.extend(self.finish());
+                    }
+                }
+            }
+        }
+        self.pending.drain(..offset);
+        Ok(events)
+    }
+
+    /// Ends the stream: the utterance in progress, if any, is complete.
+    pub fn flush(&mut self) -> Vec<VadEvent> {
+        self.finish().into_iter().collect()
+    }
+
+    fn finish(&mut self) -> Option<VadEvent> {
+        let speech = self.speech.take()?;
+        let min_windows = (self.settings.min_speech_ms as usize * 16).div_ceil(WINDOW);
+        // Trim most of the trailing silence, keeping the padding.
+        let keep_silence = (self.settings.pad_ms as usize * 16).div_ceil(WINDOW);
+        let trim = speech.silent_windows.saturating_sub(keep_silence) * WINDOW;
+        let mut samples = speech.samples;
+        samples.truncate(samples.len().saturating_sub(trim));
+        if speech.speech_windows < min_windows {
+            return None; // a click, not speech
+        }
+        Some(VadEvent::Utterance {
+            start: speech.start as f32 / 16_000.0,
+            end: (speech.start + samples.len()) as f32 / 16_000.0,
+            samples,
+        })
+    }
+}
