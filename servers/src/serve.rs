@@ -51,6 +51,24 @@ pub fn run(kind: &str, cli: &Cli) -> Result<(), Failure> {
                 },
             )?
         }
+        "stt" => {
+            let builder = pipe_core::ToolServer::builder(name)
+                .dir(&cli.dir)
+                .limits(limits);
+            crate::stt::build(
+                builder,
+                crate::stt::SttOptions {
+                    model: crate::assets::whisper_model(&cli.whisper)?,
+                    vad: match &cli.vad {
+                        Some(path) => path.clone(),
+                        None => crate::assets::offline("silero-vad", "silero_vad.onnx", "whisper")?,
+                    },
+                    runtime: crate::assets::onnx_runtime(),
+                    language: cli.language.clone(),
+                    listen: crate::assets::listen_source(&cli.listen)?,
+                },
+            )?
+        }
         "echo" => {
             let mut server = echo::builder(name).dir(&cli.dir).limits(limits).bind()?;
             echo::register(&mut server);
@@ -58,7 +76,7 @@ pub fn run(kind: &str, cli: &Cli) -> Result<(), Failure> {
         }
         other => {
             return Err(Failure::Usage(format!(
-                "unknown server kind '{other}'; available: chat, tts, echo"
+                "unknown server kind '{other}'; available: chat, tts, stt, echo"
             )))
         }
     };

