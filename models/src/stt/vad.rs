@@ -93,7 +93,7 @@ impl Default for VadSettings {
     fn default() -> Self {
         Self {
             threshold: 0.5,
-            min_silence_ms: 500,
+            min_silence_ms: 300,
             min_speech_ms: 250,
             pad_ms: 200,
             max_utterance_s: 30.0,

@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod pipes;
+pub mod stt;
 pub mod tts;
 
 /// The benchmarks.
@@ -17,6 +18,9 @@ pub enum BenchKind {
     /// The tts server against piper-tts on the same voice and sentences: real-time factor,
     /// time to first audio; streamed first audio; with --pipeline, chat → tts to first word.
     Tts(tts::TtsBench),
+    /// The stt server against whisper.cpp's CLI (same GGML) and faster-whisper int8 (same
+    /// CTranslate2 folder): real-time factor on the same clips; end of speech → transcript.
+    Stt(stt::SttBench),
     /// One subscriber process of the pipes benchmark (internal).
     #[command(hide = true)]
     Subscriber {
@@ -32,6 +36,7 @@ pub fn run(which: &BenchKind) -> anyhow::Result<()> {
         BenchKind::Pipes(options) => pipes::run(options),
         BenchKind::Chat(options) => chat::run(options),
         BenchKind::Tts(options) => tts::run(options),
+        BenchKind::Stt(options) => stt::run(options),
         BenchKind::Subscriber { events } => pipes::subscriber(*events),
     }
 }

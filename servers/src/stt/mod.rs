@@ -28,6 +28,8 @@ pub use source::{list_devices, read_wav, Source};
 const HELP: &str = include_str!("../../../skills/cpipe/stt.md");
 /// The model real users get by default: fetched once from the Hugging Face hub.
 pub const DEFAULT_HUB_MODEL: &str = "ggerganov/whisper.cpp:ggml-base.en.bin";
+/// The longest stretch of audio transcribed in one call (Whisper's window is 30 s).
+const MAX_SPAN: usize = 28 * SAMPLE_RATE as usize;
 /// How often partial text is sent while an utterance goes on.
 const PARTIAL_EVERY: Duration = Duration::from_secs(1);
 
@@ -45,9 +47,21 @@ pub struct SttOptions {
     pub listen: Option<Source>,
 }
 
+/// What a transcription is for, which decides its priority and speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A client's audio: full accuracy.
+    Request,
+    /// The final text of a live utterance: first in line, encoder fitted to the audio.
+    Final,
+    /// Partial text of a live utterance: last in line, encoder fitted to the audio.
+    Partial,
+}
+
 /// A transcription for the Whisper thread.
 struct Job {
     samples: Vec<f32>,
+    purpose: Purpose,
     reply: SyncSender<Result<Vec<Segment>, ToolError>>,
 }
 
@@ -117,9 +131,14 @@ struct Transcriber {
 
 impl Transcriber {
     /// Queues audio for transcription; the result arrives on the returned receiver.
-    fn submit(&self, samples: Vec<f32>) -> Result<Answer, ToolError> {
+    fn submit(&self, samples: Vec<f32>, purpose: Purpose) -> Result<Answer, ToolError> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.jobs.send(Job { samples, reply }).map_err(|_| {
+        let job = Job {
+            samples,
+            purpose,
+            reply,
+        };
+        self.jobs.send(job).map_err(|_| {
             ToolError::new(ErrorCode::Unavailable, "the Whisper thread has stopped")
         })?;
         Ok(answer)
@@ -131,7 +150,7 @@ impl Transcriber {
         samples: Vec<f32>,
         out: Option<&Responder>,
     ) -> Result<Vec<Segment>, ToolError> {
-        let answer = self.submit(samples)?;
+        let answer = self.submit(samples, Purpose::Request)?;
         loop {
             match answer.recv_timeout(Duration::from_millis(100)) {
                 Ok(result) => return result,
@@ -237,7 +256,7 @@ impl Shared {
                     } => {
                         self.server
                             .broadcast(&Event::new("speech_end").with("at", round(end)));
-                        if let Ok(result) = self.transcriber.submit(samples) {
+                        if let Ok(result) = self.transcriber.submit(samples, Purpose::Final) {
                             let _ = publish.send(Pending::Final { result, start, end });
                         }
                     }
@@ -247,7 +266,7 @@ impl Shared {
                 since_partial += chunk.len();
                 if since_partial >= partial_every && !partial_busy.swap(true, Ordering::AcqRel) {
                     since_partial = 0;
-                    match self.transcriber.submit(samples.to_vec()) {
+                    match self.transcriber.submit(samples.to_vec(), Purpose::Partial) {
                         Ok(result) => {
                             let _ = publish.send(Pending::Partial { result, start });
                         }
@@ -283,6 +302,11 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// The sample index of a time in seconds, within `len`.
+fn to_index(seconds: f32, len: usize) -> usize {
+    ((seconds * SAMPLE_RATE as f32) as usize).min(len)
 }
 
 fn round(seconds: f32) -> f64 {
@@ -399,6 +423,7 @@ pub fn build(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result
                 }
                 None => pushed_audio(req)?,
             };
+            let vad_started = std::time::Instant::now();
             let mut segmenter = s.segmenter()?;
             let mut utterances = Vec::new();
             for chunk in audio.chunks(SAMPLE_RATE as usize) {
@@ -406,15 +431,26 @@ pub fn build(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result
                 utterances.extend(segmenter.push(chunk).map_err(to_tool_error)?);
             }
             utterances.extend(segmenter.flush());
+            // Whisper reads 30-second windows: transcribe neighbouring utterances together, as
+            // spans of the original audio up to that long, rather than one call each.
+            let mut spans: Vec<(usize, usize)> = Vec::new();
+            for event in utterances {
+                if let VadEvent::Utterance { start, end, .. } = event {
+                    let (a, b) = (to_index(start, audio.len()), to_index(end, audio.len()));
+                    match spans.last_mut() {
+                        Some(last) if b - last.0 <= MAX_SPAN => last.1 = b,
+                        _ => spans.push((a, b)),
+                    }
+                }
+            }
+            tracing::debug!("transcribe: VAD took {:?}", vad_started.elapsed());
             let mut texts = Vec::new();
             let mut segments = Vec::new();
-            for event in utterances {
-                if let VadEvent::Utterance { start, samples, .. } = event {
-                    let found = s.transcriber.transcribe(samples, Some(out))?;
-                    texts.push(joined(&found));
-                    if let Value::Array(list) = segments_json(&found, start) {
-                        segments.extend(list);
-                    }
+            for (a, b) in spans {
+                let found = s.transcriber.transcribe(audio[a..b].to_vec(), Some(out))?;
+                texts.push(joined(&found));
+                if let Value::Array(list) = segments_json(&found, a as f32 / SAMPLE_RATE as f32) {
+                    segments.extend(list);
                 }
             }
             out.emit(
@@ -533,11 +569,34 @@ fn whisper_thread(
             tracing::error!("cannot listen to {source}: {}", e.message);
         }
     }
-    for job in jobs {
+    let mut waiting: Vec<Job> = Vec::new();
+    loop {
+        if waiting.is_empty() {
+            match jobs.recv() {
+                Ok(job) => waiting.push(job),
+                Err(_) => return,
+            }
+        }
+        waiting.extend(jobs.try_iter());
+        // Live finals first, then requests in order, partials last.
+        let next = waiting
+            .iter()
+            .position(|j| j.purpose == Purpose::Final)
+            .or_else(|| waiting.iter().position(|j| j.purpose == Purpose::Request))
+            .unwrap_or(0);
+        let job = waiting.remove(next);
         server.set_state("transcribing");
+        let started = std::time::Instant::now();
+        let live = job.purpose != Purpose::Request;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            whisper.transcribe(&job.samples, options.language.as_deref())
+            whisper.transcribe_with(&job.samples, options.language.as_deref(), live)
         }));
+        tracing::debug!(
+            "whisper ({:?}): {:.2} s of audio in {:?}",
+            job.purpose,
+            job.samples.len() as f32 / SAMPLE_RATE as f32,
+            started.elapsed()
+        );
         let _ = job.reply.send(match result {
             Ok(Ok(segments)) => Ok(segments),
             Ok(Err(SttError::Language(m))) => Err(ToolError::invalid(m)),

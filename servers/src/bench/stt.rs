@@ -1,0 +1,353 @@
+//! `cpipe bench stt`: the stt server against whisper.cpp's own CLI on the same GGML file and
+//! against faster-whisper (int8) on the same CTranslate2 folder, on the same clips; then the
+//! delay from the end of a live utterance to its final transcript.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use models::stt::{audio::to_16k_mono, word_error_rate};
+use pipe_core::{Client, ConnectOptions};
+use serde_json::{json, Value};
+
+use crate::stt::read_wav;
+
+/// Options of `cpipe bench stt`.
+#[derive(Debug, clap::Args)]
+pub struct SttBench {
+    /// The CTranslate2 (faster-whisper) folder; it is also imported to GGML for cpipe and
+    /// whisper.cpp.
+    #[arg(long, default_value = "tiny.en")]
+    pub model: String,
+    /// whisper.cpp's CLI (default: what scripts/build-whisper-cli.sh built).
+    #[arg(long, env = "WHISPER_CLI")]
+    pub whisper_cli: Option<PathBuf>,
+    /// A Python with faster-whisper installed (scripts/bench-stt.sh makes one).
+    #[arg(long, env = "CPIPE_BENCH_PYTHON", default_value = ".venv/bin/python")]
+    pub python: PathBuf,
+    /// Repetitions of each clip (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repetitions: usize,
+}
+
+/// Times faster-whisper on each clip: prints one JSON line per clip.
+const FASTER_WHISPER: &str = r#"
+import json, sys, time
+from faster_whisper import WhisperModel
+folder, clips, reps, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+model = WhisperModel(folder, device="cpu", compute_type="int8", cpu_threads=threads)
+list(model.transcribe(clips[0], beam_size=1)[0])
+for clip in clips:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        segments, _ = model.transcribe(clip, beam_size=1, language="en")
+        text = " ".join(s.text.strip() for s in segments)
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"clip": clip, "seconds": sorted(times)[len(times) // 2], "text": text}), flush=True)
+"#;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn default_whisper_cli() -> PathBuf {
+    let root = std::env::var_os("CPIPE_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cpipe/tools")
+        });
+    root.join("whisper.cpp/build/bin/whisper-cli")
+}
+
+/// Writes 16 kHz mono 16-bit audio.
+fn write_16k(path: &Path, samples: &[f32]) -> Result<()> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec)?;
+    for s in samples {
+        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)?;
+    }
+    w.finalize()?;
+    Ok(())
+}
+
+/// The clips: JFK, and sentences spoken by flite, as 16 kHz mono files, with what they say.
+fn clips(dir: &Path) -> Result<Vec<(PathBuf, String, f64)>> {
+    let jfk = crate::assets::offline("jfk.wav", "jfk.wav", "whisper")?;
+    let mut clips = vec![(
+        jfk,
+        "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.".to_string(),
+    )];
+    for (i, text) in [
+        "Please open the window and let the fresh air in.",
+        "The meeting moved to Thursday afternoon, so we have two more days to finish the report.",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let raw = dir.join(format!("flite{i}.wav"));
+        let status = Command::new("flite")
+            .args(["-voice", "slt", "-t", text, "-o"])
+            .arg(&raw)
+            .status()
+            .context("running flite (apt-get install flite)")?;
+        ensure!(status.success(), "flite failed");
+        clips.push((raw, text.to_string()));
+    }
+    clips
+        .into_iter()
+        .enumerate()
+        .map(|(i, (path, text))| {
+            let (samples, rate, channels) = read_wav(&path)?;
+            let audio = to_16k_mono(&samples, rate, channels);
+            let out = dir.join(format!("clip{i}.wav"));
+            write_16k(&out, &audio)?;
+            Ok((out, text, audio.len() as f64 / 16_000.0))
+        })
+        .collect()
+}
+
+/// whisper-cli's processing time (its total minus model loading), in seconds.
+fn whisper_cpp(cli: &Path, model: &Path, clip: &Path, threads: usize) -> Result<(f64, String)> {
+    let out = Command::new(cli)
+        .args([
+            "-m".as_ref(),
+            model.as_os_str(),
+            "-f".as_ref(),
+            clip.as_os_str(),
+        ])
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-bs",
+            "1",
+            "-bo",
+            "1",
+            "-nt",
+            "-l",
+            "en",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("running {}", cli.display()))?;
+    ensure!(
+        out.status.success(),
+        "whisper-cli failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    let ms = |label: &str| -> Result<f64> {
+        let line = log
+            .lines()
+            .find(|l| l.contains(label))
+            .with_context(|| format!("no '{label}' in whisper-cli's timings"))?;
+        let value = line.split('=').nth(1).unwrap_or("").trim();
+        Ok(value
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .parse::<f64>()?)
+    };
+    let took = (ms("total time")? - ms("load time")?) / 1000.0;
+    Ok((
+        took,
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    ))
+}
+
+fn faster_whisper(
+    python: &Path,
+    folder: &Path,
+    clips: &[PathBuf],
+    reps: usize,
+    threads: usize,
+) -> Result<Vec<(f64, String)>> {
+    let out = Command::new(python)
+        .args(["-c", FASTER_WHISPER])
+        .arg(folder)
+        .arg(serde_json::to_string(clips)?)
+        .arg(reps.to_string())
+        .arg(threads.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    ensure!(
+        out.status.success(),
+        "faster-whisper failed: install it with scripts/bench-stt.sh (or pass --python)"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l)?;
+            Ok((
+                v["seconds"].as_f64().unwrap_or(f64::NAN),
+                v["text"].as_str().unwrap_or("").to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The delay from the end of a live utterance (a clip played as the microphone) to its
+/// transcript, in seconds.
+fn end_to_transcript(client: &mut Client, clip: &Path, speech_end: f64) -> Result<f64> {
+    let started = Instant::now();
+    let reply = client.call("listen", json!({"file": clip}))?;
+    ensure!(
+        reply.iter().any(|e| e.name() == "listening"),
+        "listen failed"
+    );
+    loop {
+        let Some(event) = client.try_next_event(Duration::from_secs(30))? else {
+            bail!("no transcript within 30 s");
+        };
+        if event.name() == "transcript" {
+            return Ok(started.elapsed().as_secs_f64() - speech_end);
+        }
+    }
+}
+
+/// Runs the benchmark and prints the tables.
+pub fn run(options: &SttBench) -> Result<()> {
+    let repetitions = options.repetitions.max(1);
+    let folder = if options.model == "tiny.en" {
+        crate::assets::offline("tiny.en", "faster-whisper-tiny.en", "whisper")?
+    } else {
+        PathBuf::from(&options.model)
+    };
+    let ggml = crate::assets::whisper_model(&folder.to_string_lossy())?;
+    let cli = options
+        .whisper_cli
+        .clone()
+        .unwrap_or_else(default_whisper_cli);
+    ensure!(
+        cli.exists(),
+        "whisper-cli not found at {}: build it with scripts/build-whisper-cli.sh (or pass --whisper-cli)",
+        cli.display()
+    );
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dir = std::env::temp_dir().join(format!("cpipe-bench-stt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let clips = clips(&dir)?;
+
+    let mut server = Command::new(std::env::current_exe()?)
+        .args(["--serve", "stt", "--listen", "none", "--whisper"])
+        .arg(&ggml)
+        .arg("--dir")
+        .arg(&dir)
+        .stderr(Stdio::null())
+        .spawn()?;
+    let options_c = ConnectOptions {
+        dir: dir.clone(),
+        timeout: Some(Duration::from_secs(120)),
+    };
+    let start = Instant::now();
+    let mut client = loop {
+        match Client::connect_with("stt", &options_c) {
+            Ok(c) => break c,
+            Err(_) if start.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => bail!("the stt server did not start: {e}"),
+        }
+    };
+    while client.call("get_state", Value::Null)?[0].str("state") != Some("idle") {
+        ensure!(
+            start.elapsed() < Duration::from_secs(120),
+            "the stt server never loaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    client.call("transcribe", json!({"wav": clips[0].0}))?; // warm-up
+
+    let paths: Vec<PathBuf> = clips.iter().map(|c| c.0.clone()).collect();
+    let anchor = faster_whisper(&options.python, &folder, &paths, repetitions, threads)?;
+    println!(
+        "Model {} on {threads} threads, greedy decoding, median of {repetitions}",
+        ggml.display()
+    );
+    println!(
+        "{:<6} {:>7} | {:>9} {:>11} {:>6} | {:>14} {:>6} | {:>5} {:>5} {:>5}",
+        "clip",
+        "audio s",
+        "RTF cpipe",
+        "whisper.cpp",
+        "ratio",
+        "faster-whisper",
+        "ratio",
+        "WER",
+        "w.cpp",
+        "f-w"
+    );
+    let (mut ours_all, mut cpp_all, mut fw_all) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (clip, text, seconds)) in clips.iter().enumerate() {
+        let mut took = Vec::new();
+        let mut heard = String::new();
+        for _ in 0..repetitions {
+            let t = Instant::now();
+            let events = client.call("transcribe", json!({"wav": clip}))?;
+            took.push(t.elapsed().as_secs_f64());
+            heard = events[0].str("text").unwrap_or("").to_string();
+        }
+        let mut cpp = Vec::new();
+        let mut cpp_text = String::new();
+        for _ in 0..repetitions {
+            let (t, text) = whisper_cpp(&cli, &ggml, clip, threads)?;
+            cpp.push(t);
+            cpp_text = text;
+        }
+        let (ours, cpp) = (median(took) / seconds, median(cpp) / seconds);
+        let fw = anchor[i].0 / seconds;
+        ours_all.push(ours);
+        cpp_all.push(cpp);
+        fw_all.push(fw);
+        println!(
+            "{:<6} {seconds:>7.2} | {ours:>9.3} {cpp:>11.3} {:>5.2}x | {fw:>14.3} {:>5.2}x | {:>5.2} {:>5.2} {:>5.2}",
+            i + 1,
+            ours / cpp,
+            ours / fw,
+            word_error_rate(text, &heard),
+            word_error_rate(text, &cpp_text),
+            word_error_rate(text, &anchor[i].1),
+        );
+    }
+    let (ours, cpp, fw) = (median(ours_all), median(cpp_all), median(fw_all));
+    println!(
+        "real-time factor (median over clips): cpipe {ours:.3}, whisper.cpp {cpp:.3} ({:.2}x), faster-whisper int8 {fw:.3} ({:.2}x); below 1 is faster",
+        ours / cpp,
+        ours / fw
+    );
+
+    // Latency: a 5-second utterance played as the microphone, then silence.
+    let (samples, _, _) = read_wav(&clips[2].0)?;
+    let mut utterance = vec![0.0f32; 8_000];
+    utterance.extend(&samples);
+    let speech_end = utterance
+        .iter()
+        .rposition(|s| s.abs() > 0.01)
+        .unwrap_or(utterance.len()) as f64
+        / 16_000.0;
+    utterance.extend(vec![0.0; 48_000]);
+    let live = dir.join("live.wav");
+    write_16k(&live, &utterance)?;
+    let delays: Vec<f64> = (0..repetitions)
+        .map(|_| end_to_transcript(&mut client, &live, speech_end).map(|s| s * 1000.0))
+        .collect::<Result<_>>()?;
+    println!(
+        "live: final transcript {:.0} ms after the end of a {:.1} s utterance (target < 500 ms)",
+        median(delays),
+        speech_end - 0.5
+    );
+    let _ = client.call("stop", Value::Null);
+    drop(client);
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
