@@ -3,21 +3,16 @@
 //! nodejs-whisper; sentences spoken by flite). `scripts/fetch-models.sh whisper` installs
 //! them all.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use common::models_dir;
 use models::stt::{self, Segmenter, SileroVad, VadEvent, VadSettings, Whisper};
 
 const JFK: &str = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.";
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("CPIPE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/cpipe/models")
-        })
-}
 
 fn asset(name: &str) -> PathBuf {
     let path = models_dir().join(name);

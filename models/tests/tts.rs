@@ -1,17 +1,12 @@
 //! The Piper engine on the real en_US-joe-medium voice (installed by
 //! `scripts/fetch-models.sh piper`, with the ONNX Runtime library beside it).
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::models_dir;
 use models::tts::{PiperVoice, SpeakOptions, TtsError};
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("CPIPE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/cpipe/models")
-        })
-}
 
 fn joe() -> PiperVoice {
     let dir = models_dir();

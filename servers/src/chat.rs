@@ -86,18 +86,9 @@ fn model_thread(
     let mut llm = match loaded {
         Ok(llm) => llm,
         Err(message) => {
-            tracing::error!("cannot load the model: {message}");
-            server.set_state("error");
-            server.set_config(Fields::from_iter([(
-                "error".into(),
-                message.clone().into(),
-            )]));
-            for job in jobs {
-                let _ = job.out.send(Piece::Failed(ToolError::new(
-                    ErrorCode::Unavailable,
-                    format!("the model failed to load: {message}"),
-                )));
-            }
+            crate::loading::failed(&server, "model", &message, jobs, |job, error| {
+                let _ = job.out.send(Piece::Failed(error));
+            });
             return;
         }
     };

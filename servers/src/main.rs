@@ -5,6 +5,7 @@ mod bench;
 mod chat;
 mod echo;
 mod listing;
+mod loading;
 mod mcp;
 mod query;
 mod serve;

@@ -11,7 +11,7 @@ use pipe_core::{Client, ConnectOptions, ErrorCode, Event, Step};
 use serde_json::{json, Value};
 
 fn start(dir: &TestDir) -> Server {
-    let server = dir.serve(
+    dir.serve_loaded(
         "chat",
         &[
             "--model",
@@ -19,29 +19,15 @@ fn start(dir: &TestDir) -> Server {
             "--system",
             "You are a helpful assistant.",
         ],
-    );
-    assert!(
-        eventually(Duration::from_secs(60), || state(dir) == "idle"),
-        "the model did not load: state {}",
-        state(dir)
-    );
-    server
+    )
 }
 
 fn state(dir: &TestDir) -> String {
-    let out = dir.run(&["chat", "get_state"]);
-    json_lines(&out)[0]["state"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
+    dir.state_of("chat")
 }
 
 fn client(dir: &TestDir) -> Client {
-    let options = ConnectOptions {
-        dir: dir.path().into(),
-        timeout: Some(Duration::from_secs(60)),
-    };
-    Client::connect_with("chat", &options).unwrap()
+    dir.client_of("chat", Duration::from_secs(60))
 }
 
 fn question(q: &str) -> Value {

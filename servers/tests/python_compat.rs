@@ -167,3 +167,39 @@ fn our_client_works_against_a_named_pipes_server() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(server.wait().unwrap().success());
 }
+
+/// named-pipes' tts client flow (text in pieces, flush, wait for the speech to end) against
+/// our tts server on the real joe voice, headless.
+#[test]
+fn named_pipes_tts_client_works_against_our_tts_server() {
+    let _serial = IN_TMP.lock().unwrap_or_else(|p| p.into_inner());
+    let python = python();
+    let name = unique("tts");
+    let mut server = Command::new(cpipe_bin())
+        .args(["--serve", "tts", "--voice", "joe", "--playback", "none"])
+        .args(["--name", &name, "--dir", "/tmp"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(30), || {
+        let out = in_tmp(&[&name, "get_state", "--timeout", "1"]);
+        out.status.success() && text(&out.stdout).contains("\"idle\"")
+    }));
+    let out = Command::new(&python)
+        .args([script("tts_client.py"), name.clone()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python client failed: {}",
+        text(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        seen,
+        json!(["speech_start", "speech_end", {"is_speaking": false}]),
+        "{seen}"
+    );
+    assert!(in_tmp(&[&name, "stop"]).status.success());
+    assert!(server.wait().unwrap().success());
+}

@@ -11,18 +11,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use models::stt::word_error_rate;
 use pipe_core::audio::AudioChunk;
-use pipe_core::{Client, ConnectOptions, ErrorCode};
+use pipe_core::{Client, ErrorCode};
 use serde_json::{json, Value};
 
 const JFK: &str = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.";
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("CPIPE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/cpipe/models")
-        })
-}
 
 fn jfk_wav() -> PathBuf {
     let path = models_dir().join("jfk.wav");
@@ -31,29 +23,15 @@ fn jfk_wav() -> PathBuf {
 }
 
 fn start(dir: &TestDir) -> Server {
-    let server = dir.serve("stt", &["--whisper", "tiny.en", "--listen", "none"]);
-    assert!(
-        eventually(Duration::from_secs(120), || state(dir) == "idle"),
-        "the model did not load: state {}",
-        state(dir)
-    );
-    server
+    dir.serve_loaded("stt", &["--whisper", "tiny.en", "--listen", "none"])
 }
 
 fn state(dir: &TestDir) -> String {
-    let out = dir.run(&["stt", "get_state"]);
-    json_lines(&out)[0]["state"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
+    dir.state_of("stt")
 }
 
 fn client(dir: &TestDir) -> Client {
-    let options = ConnectOptions {
-        dir: dir.path().into(),
-        timeout: Some(Duration::from_secs(120)),
-    };
-    Client::connect_with("stt", &options).unwrap()
+    dir.client_of("stt", Duration::from_secs(120))
 }
 
 /// 16-bit samples of a WAV file, with its rate and channels.
@@ -222,10 +200,7 @@ fn a_file_as_microphone_streams_transcripts_to_subscribers() {
 fn tts_speech_round_trips_through_stt() {
     let dir = TestDir::new("stt-roundtrip");
     let _stt = start(&dir);
-    let _tts = dir.serve("tts", &["--voice", "joe", "--playback", "none"]);
-    assert!(eventually(Duration::from_secs(30), || {
-        json_lines(&dir.run(&["tts", "get_state"]))[0]["state"] == "idle"
-    }));
+    let _tts = dir.serve_loaded("tts", &["--voice", "joe", "--playback", "none"]);
     let sentence = "The quick brown fox jumps over the lazy dog. Named pipes carry the words between programs.";
     let wav = dir.path().join("spoken.wav");
     let out = dir.run(&[

@@ -8,35 +8,21 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use pipe_core::audio::AudioChunk;
-use pipe_core::{Client, ConnectOptions, ErrorCode, Event, Step};
+use pipe_core::{Client, ErrorCode, Event, Step};
 use serde_json::{json, Value};
 
 fn start(dir: &TestDir, extra: &[&str]) -> Server {
     let mut args = vec!["--voice", "joe", "--playback", "none"];
     args.extend_from_slice(extra);
-    let server = dir.serve("tts", &args);
-    assert!(
-        eventually(Duration::from_secs(30), || state(dir) == "idle"),
-        "the voice did not load: state {}",
-        state(dir)
-    );
-    server
+    dir.serve_loaded("tts", &args)
 }
 
 fn state(dir: &TestDir) -> String {
-    let out = dir.run(&["tts", "get_state"]);
-    json_lines(&out)[0]["state"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
+    dir.state_of("tts")
 }
 
 fn client(dir: &TestDir) -> Client {
-    let options = ConnectOptions {
-        dir: dir.path().into(),
-        timeout: Some(Duration::from_secs(60)),
-    };
-    Client::connect_with("tts", &options).unwrap()
+    dir.client_of("tts", Duration::from_secs(60))
 }
 
 fn samples(event: &Event) -> (u32, Vec<f32>) {

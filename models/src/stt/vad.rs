@@ -154,10 +154,12 @@ impl Segmenter {
         }
     }
 
-    /// The utterance in progress so far (for partial transcripts), if speech is going on.
+    /// The utterance in progress so far (for partial transcripts), while its speaker is
+    /// talking: not in a pause, which may be its end (its final transcript is near).
     pub fn current(&self) -> Option<(f32, &[f32])> {
         self.speech
             .as_ref()
+            .filter(|s| s.silent_windows == 0)
             .map(|s| (s.start as f32 / 16_000.0, s.samples.as_slice()))
     }
 

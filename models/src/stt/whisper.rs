@@ -80,18 +80,6 @@ impl Whisper {
         samples: &[f32],
         language: Option<&str>,
     ) -> Result<Vec<Segment>, SttError> {
-        self.transcribe_with(samples, language, false)
-    }
-
-    /// Like [`Whisper::transcribe`]; with `fit_context`, the encoder sees only as much of its
-    /// 30-second window as the audio fills (plus a margin), which makes short utterances several
-    /// times faster to transcribe, for live use, at a small cost in accuracy.
-    pub fn transcribe_with(
-        &mut self,
-        samples: &[f32],
-        language: Option<&str>,
-        fit_context: bool,
-    ) -> Result<Vec<Segment>, SttError> {
         // whisper.cpp needs at least a second of audio to decode reliably: pad with silence.
         let mut audio = samples.to_vec();
         if audio.len() < SAMPLE_RATE as usize {
@@ -115,13 +103,6 @@ impl Whisper {
         params.set_print_realtime(false);
         params.set_print_special(false);
         params.set_print_timestamps(false);
-        if fit_context {
-            // 50 encoder positions per second of audio, and a margin against cut words.
-            let positions = (audio.len() as f64 / SAMPLE_RATE as f64 * 50.0).ceil() as i32 + 128;
-            if positions < 1500 {
-                params.set_audio_ctx(positions);
-            }
-        }
         self.state
             .full(params, &audio)
             .map_err(|e| SttError::Transcribe(e.to_string()))?;

@@ -1,6 +1,14 @@
 //! `cpipe bench`: benchmarks that measure cpipe against an anchor in the same run and print
 //! the ratios.
 
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use pipe_core::{Client, ConnectOptions};
+use serde_json::Value;
+
 pub mod chat;
 pub mod pipes;
 pub mod stt;
@@ -38,5 +46,55 @@ pub fn run(which: &BenchKind) -> anyhow::Result<()> {
         BenchKind::Tts(options) => tts::run(options),
         BenchKind::Stt(options) => stt::run(options),
         BenchKind::Subscriber { events } => pipes::subscriber(*events),
+    }
+}
+
+/// A server of this binary in a private directory, stopped on drop.
+pub struct BenchServer {
+    child: Child,
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn serve(dir: &Path, args: &[&str]) -> Result<BenchServer> {
+    let child = Command::new(std::env::current_exe()?)
+        .arg("--serve")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(BenchServer { child })
+}
+
+/// Connects to `name` once it has loaded its model (state `idle`).
+pub fn connect_ready(dir: &Path, name: &str) -> Result<Client> {
+    let options = ConnectOptions {
+        dir: dir.into(),
+        timeout: Some(Duration::from_secs(60)),
+    };
+    let start = Instant::now();
+    let mut client = loop {
+        match Client::connect_with(name, &options) {
+            Ok(c) => break c,
+            Err(_) if start.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => bail!("the {name} server did not start: {e}"),
+        }
+    };
+    loop {
+        let state = client.call("get_state", Value::Null)?;
+        match state.first().and_then(|e| e.str("state")) {
+            Some("idle") => return Ok(client),
+            Some("error") => bail!("the {name} server failed to load its model"),
+            _ if start.elapsed() > Duration::from_secs(60) => bail!("{name} never became idle"),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
     }
 }

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use models::stt::{audio::to_16k_mono, word_error_rate};
-use pipe_core::{Client, ConnectOptions};
+use pipe_core::Client;
 use serde_json::{json, Value};
 
+use super::{connect_ready, serve};
 use crate::stt::read_wav;
 
 /// Options of `cpipe bench stt`.
@@ -237,34 +238,9 @@ pub fn run(options: &SttBench) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let clips = clips(&dir)?;
 
-    let mut server = Command::new(std::env::current_exe()?)
-        .args(["--serve", "stt", "--listen", "none", "--whisper"])
-        .arg(&ggml)
-        .arg("--dir")
-        .arg(&dir)
-        .stderr(Stdio::null())
-        .spawn()?;
-    let options_c = ConnectOptions {
-        dir: dir.clone(),
-        timeout: Some(Duration::from_secs(120)),
-    };
-    let start = Instant::now();
-    let mut client = loop {
-        match Client::connect_with("stt", &options_c) {
-            Ok(c) => break c,
-            Err(_) if start.elapsed() < Duration::from_secs(30) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => bail!("the stt server did not start: {e}"),
-        }
-    };
-    while client.call("get_state", Value::Null)?[0].str("state") != Some("idle") {
-        ensure!(
-            start.elapsed() < Duration::from_secs(120),
-            "the stt server never loaded"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let ggml_arg = ggml.to_string_lossy().into_owned();
+    let _server = serve(&dir, &["stt", "--listen", "none", "--whisper", &ggml_arg])?;
+    let mut client = connect_ready(&dir, "stt")?;
     client.call("transcribe", json!({"wav": clips[0].0}))?; // warm-up
 
     let paths: Vec<PathBuf> = clips.iter().map(|c| c.0.clone()).collect();
@@ -346,8 +322,6 @@ pub fn run(options: &SttBench) -> Result<()> {
         speech_end - 0.5
     );
     let _ = client.call("stop", Value::Null);
-    drop(client);
-    let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

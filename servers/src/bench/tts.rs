@@ -4,12 +4,14 @@
 //! from request to first word.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+
+use super::{connect_ready, serve};
 use pipe_core::audio::AudioChunk;
-use pipe_core::{Client, ConnectOptions, Event};
+use pipe_core::{Client, Event};
 use serde_json::{json, Value};
 
 /// Options of `cpipe bench tts`.
@@ -64,56 +66,6 @@ struct Run {
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
-}
-
-/// A server of this binary in a private directory, stopped on drop.
-struct BenchServer {
-    child: Child,
-}
-
-impl Drop for BenchServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(dir: &Path, args: &[&str]) -> Result<BenchServer> {
-    let child = Command::new(std::env::current_exe()?)
-        .arg("--serve")
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
-        .stderr(Stdio::null())
-        .spawn()?;
-    Ok(BenchServer { child })
-}
-
-/// Connects to `name` once it has loaded its model (state `idle`).
-fn connect_ready(dir: &Path, name: &str) -> Result<Client> {
-    let options = ConnectOptions {
-        dir: dir.into(),
-        timeout: Some(Duration::from_secs(60)),
-    };
-    let start = Instant::now();
-    let mut client = loop {
-        match Client::connect_with(name, &options) {
-            Ok(c) => break c,
-            Err(_) if start.elapsed() < Duration::from_secs(30) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => bail!("the {name} server did not start: {e}"),
-        }
-    };
-    loop {
-        let state = client.call("get_state", Value::Null)?;
-        match state.first().and_then(|e| e.str("state")) {
-            Some("idle") => return Ok(client),
-            Some("error") => bail!("the {name} server failed to load its model"),
-            _ if start.elapsed() > Duration::from_secs(60) => bail!("{name} never became idle"),
-            _ => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
 }
 
 fn audio_seconds(event: &Event) -> Result<f64> {

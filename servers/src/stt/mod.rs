@@ -47,14 +47,14 @@ pub struct SttOptions {
     pub listen: Option<Source>,
 }
 
-/// What a transcription is for, which decides its priority and speed.
+/// What a transcription is for, which decides its place in line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
-    /// A client's audio: full accuracy.
+    /// A client's audio.
     Request,
-    /// The final text of a live utterance: first in line, encoder fitted to the audio.
+    /// The final text of a live utterance: first in line.
     Final,
-    /// Partial text of a live utterance: last in line, encoder fitted to the audio.
+    /// Partial text of a live utterance: last in line.
     Partial,
 }
 
@@ -540,19 +540,9 @@ fn whisper_thread(
     let mut whisper = match loaded {
         Ok(w) => w,
         Err(e) => {
-            let message = e.to_string();
-            tracing::error!("cannot load: {message}");
-            server.set_state("error");
-            server.set_config(Fields::from_iter([(
-                "error".into(),
-                message.clone().into(),
-            )]));
-            for job in jobs {
-                let _ = job.reply.send(Err(ToolError::new(
-                    ErrorCode::Unavailable,
-                    format!("the model failed to load: {message}"),
-                )));
-            }
+            crate::loading::failed(&server, "model", &e.to_string(), jobs, |job, error| {
+                let _ = job.reply.send(Err(error));
+            });
             return;
         }
     };
@@ -587,9 +577,8 @@ fn whisper_thread(
         let job = waiting.remove(next);
         server.set_state("transcribing");
         let started = std::time::Instant::now();
-        let live = job.purpose != Purpose::Request;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            whisper.transcribe_with(&job.samples, options.language.as_deref(), live)
+            whisper.transcribe(&job.samples, options.language.as_deref())
         }));
         tracing::debug!(
             "whisper ({:?}): {:.2} s of audio in {:?}",

@@ -335,19 +335,9 @@ fn voice_thread(
     let mut voice = match PiperVoice::load(&options.voice, options.runtime.as_deref(), threads) {
         Ok(voice) => voice,
         Err(e) => {
-            let message = e.to_string();
-            tracing::error!("cannot load the voice: {message}");
-            server.set_state("error");
-            server.set_config(Fields::from_iter([(
-                "error".into(),
-                message.clone().into(),
-            )]));
-            for job in jobs {
-                let _ = job.out.send(Piece::Failed(ToolError::new(
-                    ErrorCode::Unavailable,
-                    format!("the voice failed to load: {message}"),
-                )));
-            }
+            crate::loading::failed(&server, "voice", &e.to_string(), jobs, |job, error| {
+                let _ = job.out.send(Piece::Failed(error));
+            });
             return;
         }
     };

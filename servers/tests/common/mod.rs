@@ -107,6 +107,48 @@ impl TestDir {
     }
 }
 
+impl TestDir {
+    /// Starts `cpipe --serve KIND ARGS` and waits until its model has loaded (state `idle`).
+    pub fn serve_loaded(&self, kind: &str, args: &[&str]) -> Server {
+        let server = self.serve(kind, args);
+        let name = server.name.clone();
+        assert!(
+            eventually(Duration::from_secs(120), || self.state_of(&name) == "idle"),
+            "the {kind} server did not load its model: state {}",
+            self.state_of(&name)
+        );
+        server
+    }
+
+    /// Server `name`'s state, as `get_state` answers it.
+    pub fn state_of(&self, name: &str) -> String {
+        let out = self.run(&[name, "get_state"]);
+        json_lines(&out)
+            .first()
+            .and_then(|e| e["state"].as_str())
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// A client of server `name` that waits up to `timeout` for each reply.
+    pub fn client_of(&self, name: &str, timeout: Duration) -> pipe_core::Client {
+        let options = pipe_core::ConnectOptions {
+            dir: self.0.clone(),
+            timeout: Some(timeout),
+        };
+        pipe_core::Client::connect_with(name, &options).unwrap()
+    }
+}
+
+/// Where the offline models are: `CPIPE_MODELS`, else where scripts/fetch-models.sh puts them.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("CPIPE_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/cpipe/models")
+        })
+}
+
 impl Drop for TestDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
