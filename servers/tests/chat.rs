@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use pipe_core::{Client, ConnectOptions, ErrorCode, Event, Step};
+use pipe_core::{Client, ErrorCode, Event, Step};
 use serde_json::{json, Value};
 
 fn start(dir: &TestDir) -> Server {
