@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::models_dir;
 use models::tts::{PiperVoice, SpeakOptions, TtsError};
 
