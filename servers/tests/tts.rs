@@ -258,3 +258,39 @@ fn a_missing_audio_device_is_a_clear_error_when_playback_is_required() {
     assert!(message.contains("no audio output device"), "{message}");
     assert!(message.contains("--playback none"), "{message}");
 }
+
+/// A subscriber that asks gets the audio of everything spoken, whoever sent the text; one
+/// that does not ask gets none.
+#[test]
+fn subscribers_that_ask_get_everyones_audio() {
+    let dir = TestDir::new("tts-listeners");
+    let _server = start(&dir, &[]);
+    let mut listener = client(&dir);
+    let reply = listener.call("subscribe_audio", Value::Null).unwrap();
+    assert_eq!(reply[0].get("on"), Some(&json!(true)));
+    // Another process speaks, without asking for audio itself.
+    let out = dir.run(&["tts", "text", "--data", "Hello there. ", "-j", "play=false"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).is_empty(),
+        "the speaker did not ask for audio"
+    );
+    let mut heard = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while heard.is_none() && Instant::now() < deadline {
+        if let Some(e) = listener.try_next_event(Duration::from_millis(100)).unwrap() {
+            if e.name() == "audio" {
+                heard = Some(e);
+            }
+        }
+    }
+    let heard = heard.expect("the listener got no audio");
+    assert_eq!(heard.str("text"), Some("Hello there."));
+    let (rate, audio) = samples(&heard);
+    assert_eq!(rate, 22_050);
+    assert!(rms(&audio) > 0.05);
+    let off = listener
+        .call("subscribe_audio", json!({"on": false}))
+        .unwrap();
+    assert_eq!(off[0].get("on"), Some(&json!(false)));
+}

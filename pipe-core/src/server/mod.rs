@@ -573,6 +573,16 @@ impl ServerHandle {
         self.0.broadcast(event);
     }
 
+    /// Sends `event` to subscriber `pid` alone, without waiting (for events a client asked to
+    /// receive outside its own requests). Returns false if it is not subscribed, or could not
+    /// take the event and was dropped.
+    pub fn send_to(&self, pid: u32, event: &Event) -> bool {
+        match self.0.subscriber(Some(pid)) {
+            Some(sub) => sub.send(&event.to_line(), Wait::Never).is_ok(),
+            None => false,
+        }
+    }
+
     /// How many clients are subscribed.
     pub fn subscriber_count(&self) -> usize {
         lock(&self.0.subscribers).len()

@@ -84,6 +84,8 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
         jobs,
         playback: playback.clone(),
         voice_name,
+        listeners: Arc::default(),
+        server: server.handle_ref(),
     };
 
     let (s, b) = (speaker.clone(), Arc::clone(&buffers));
@@ -175,6 +177,29 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
             Ok(())
         },
     );
+    let s = speaker.clone();
+    server.handle_inline(
+        CommandSpec::new(
+            "subscribe_audio",
+            "Sends you the audio of everything spoken from now on, as audio events (on: false stops).",
+        )
+        .args(json!({"type": "object", "properties": {"on": {"type": "boolean"}}}))
+        .emits(&["audio_subscribed"]),
+        move |req, out| {
+            let on = req.opt_bool("on")?.unwrap_or(true);
+            let pid = req.pid.ok_or_else(|| {
+                ToolError::invalid("subscribe_audio needs your pid: subscribe first")
+            })?;
+            let mut listeners = lock(&s.listeners);
+            if on {
+                listeners.insert(pid);
+            } else {
+                listeners.remove(&pid);
+            }
+            out.emit(Event::new("audio_subscribed").with("on", on))?;
+            Ok(())
+        },
+    );
     let p = playback.clone();
     server.handle_inline(
         CommandSpec::new("is_speaking", "Whether speech is playing.").emits(&["is_speaking"]),
@@ -206,6 +231,9 @@ struct Speaker {
     jobs: Sender<Job>,
     playback: Playback,
     voice_name: String,
+    /// Clients that asked for the audio of everything spoken.
+    listeners: Arc<Mutex<std::collections::HashSet<u32>>>,
+    server: ServerHandle,
 }
 
 /// Per-request choices.
@@ -287,13 +315,24 @@ impl Speaker {
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(Piece::Audio { samples, rate }) => {
-                    if options.audio {
+                    let listeners: Vec<u32> = lock(&self.listeners)
+                        .iter()
+                        .copied()
+                        .filter(|pid| !(options.audio && req.pid == Some(*pid)))
+                        .collect();
+                    if options.audio || !listeners.is_empty() {
                         let pcm: Vec<i16> = samples.iter().map(|s| (s * 32767.0) as i16).collect();
-                        out.emit(
-                            AudioChunk::from_i16(rate, 1, &pcm)
-                                .to_event()
-                                .with("text", sentence),
-                        )?;
+                        let event = AudioChunk::from_i16(rate, 1, &pcm)
+                            .to_event()
+                            .with("text", sentence);
+                        for pid in listeners {
+                            if !self.server.send_to(pid, &event) {
+                                lock(&self.listeners).remove(&pid); // gone, or not reading
+                            }
+                        }
+                        if options.audio {
+                            out.emit(event)?;
+                        }
                     }
                     if options.play
                         && !self
