@@ -5,6 +5,7 @@
 # server transcribe that reply back, lists the servers, and stops them. Uses a private pipe directory so it never disturbs running servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/install-system-deps.sh
 scripts/fetch-models.sh smollm2
 scripts/fetch-models.sh piper
 scripts/fetch-models.sh whisper

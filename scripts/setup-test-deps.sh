@@ -1,26 +1,11 @@
 #!/usr/bin/env bash
-# Installs what cpipe's build and tests need on a fresh Debian machine: system packages
-# (when run as root and missing) and a Python venv with the peers the compatibility
-# tests drive. Idempotent; safe to run again.
+# Installs what cpipe's build and tests need on a fresh Debian machine: the system packages
+# (scripts/install-system-deps.sh) and a Python venv with the peers the compatibility tests
+# drive. Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_apt=()
-# pkg-config and libasound2-dev: ALSA for audio playback (rodio/cpal); libespeak-ng-dev: the
-# phonemizer of the tts server (brings espeak-ng-data); cmake: builds whisper.cpp; flite:
-# speaks test sentences for the stt tests.
-for pkg in pkg-config python3-venv libasound2-dev libespeak-ng-dev cmake flite; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
-done
-if ((${#need_apt[@]})); then
-  if [ "$(id -u)" = 0 ]; then
-    echo "setup: installing ${need_apt[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-  else
-    echo "setup: missing Debian packages: ${need_apt[*]} (install them with sudo apt-get install)" >&2
-  fi
-fi
+scripts/install-system-deps.sh
 
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
