@@ -179,12 +179,7 @@ fn warm_versus_fresh(model: &str, repetitions: usize) -> Result<(f64, f64)> {
 }
 
 fn default_llama_bench() -> PathBuf {
-    let root = std::env::var_os("CPIPE_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cpipe/tools")
-        });
-    root.join("llama.cpp/build/bin/llama-bench")
+    super::tools_dir().join("llama.cpp/build/bin/llama-bench")
 }
 
 /// Runs the benchmark and prints the tables.

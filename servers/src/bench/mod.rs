@@ -38,6 +38,16 @@ pub enum BenchKind {
     },
 }
 
+/// Where the anchors' build scripts put them: `CPIPE_TOOLS`, else `~/.cache/cpipe/tools`.
+pub fn tools_dir() -> std::path::PathBuf {
+    std::env::var_os("CPIPE_TOOLS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/cpipe/tools")
+        })
+}
+
 /// Runs the chosen benchmark.
 pub fn run(which: &BenchKind) -> anyhow::Result<()> {
     match which {

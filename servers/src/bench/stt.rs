@@ -55,12 +55,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn default_whisper_cli() -> PathBuf {
-    let root = std::env::var_os("CPIPE_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cpipe/tools")
-        });
-    root.join("whisper.cpp/build/bin/whisper-cli")
+    super::tools_dir().join("whisper.cpp/build/bin/whisper-cli")
 }
 
 /// Writes 16 kHz mono 16-bit audio.
