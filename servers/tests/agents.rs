@@ -13,7 +13,12 @@ use serde_json::{json, Value};
 
 const MCP_SDK_VERSION: &str = "2.3.0";
 
+/// One at a time: the skill's test loads a chat model, which on a small machine would slow the
+/// MCP clients' servers past their timeouts.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run_sdk_client(mode: &str) {
+    let _one_at_a_time = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     let python = python_with("mcp", MCP_SDK_VERSION);
     let dir = TestDir::new(&format!("mcp-{mode}"));
     let _echo = dir.serve("echo", &[]);
@@ -119,6 +124,7 @@ fn skill_blocks(lang: &str) -> Vec<String> {
 /// Every shell command in the skill, run as written against live echo and chat servers.
 #[test]
 fn skill_commands_run_as_written() {
+    let _one_at_a_time = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     let dir = TestDir::new("skill");
     let mut echo = dir.serve("echo", &[]);
     let _chat = dir.serve(

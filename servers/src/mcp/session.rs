@@ -13,8 +13,9 @@ use serde_json::Value;
 
 use crate::text::TextWriter;
 
-/// How long any one pipe operation may take: a stuck server must never hang the agent.
-pub const PIPE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long any one pipe operation may take: a stuck server must never hang the agent, and a
+/// busy machine must not make a live one look dead.
+pub const PIPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the pump waits for an event before letting others use the connection.
 const PUMP_WAIT: Duration = Duration::from_millis(20);
 /// Text kept per log before the oldest is dropped.

@@ -24,8 +24,6 @@ const MAX_CALL_SECS: f64 = 3600.0;
 const MAX_READ_WAIT_SECS: f64 = 60.0;
 /// How long `stop_server` waits for a server to go.
 const STOP_WAIT: Duration = Duration::from_secs(5);
-/// How long listing waits for each server's state.
-const PROBE: Duration = Duration::from_secs(1);
 /// Commands an agent must not send itself: the connection is `cpipe mcp`'s.
 const MANAGED: [(&str, &str); 4] = [
     ("subscribe", "cpipe mcp subscribes to each server itself"),
@@ -291,7 +289,7 @@ impl Tools {
     /// Every tool: the fixed ones, then one per command of each live cpipe server.
     pub fn list(&self) -> Vec<Value> {
         let mut tools = fixed_tools();
-        let servers = discovery::list_servers(self.sessions.dir(), PROBE).unwrap_or_default();
+        let servers = self.servers().unwrap_or_default();
         let mut generated = self.generated.lock().unwrap_or_else(|p| p.into_inner());
         generated.retain(|name, _| servers.iter().any(|s| &s.name == name));
         for server in servers.iter().filter(|s| s.status != Liveness::Orphaned) {
@@ -299,27 +297,40 @@ impl Tools {
                 .get(&server.name)
                 .is_some_and(|(pid, _)| pid.is_some() && *pid == server.pid);
             if !fresh {
-                let commands = self.server_tools(&server.name);
-                generated.insert(server.name.clone(), (server.pid, commands));
+                match self.server_tools(&server.name) {
+                    Some(commands) => {
+                        generated.insert(server.name.clone(), (server.pid, commands));
+                    }
+                    // Not reachable in time: list it without its own tools, and ask again at
+                    // the next tools/list rather than remembering it has none.
+                    None => continue,
+                }
             }
             tools.extend(generated[&server.name].1.iter().cloned());
         }
         tools
     }
 
-    /// The generated tools of one server (none for servers without `get_interface`).
-    fn server_tools(&self, name: &str) -> Vec<Value> {
+    /// The generated tools of one server: none for servers without `get_interface` (such as
+    /// named-pipes servers); `None` if it could not be asked in time.
+    fn server_tools(&self, name: &str) -> Option<Vec<Value>> {
         let valid = |s: &str| {
             !s.is_empty()
                 && s.len() <= 128
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
         };
-        let Ok(interface) = self.interface(name) else {
-            return Vec::new();
+        let session = self.sessions.connect(name).ok()?;
+        let interface = match session.control("get_interface") {
+            Ok(events) => events.into_iter().find(|e| e.name() == "interface")?,
+            Err(pipe_core::Error::Remote { .. }) => return Some(Vec::new()),
+            Err(e) => {
+                tracing::warn!("cannot read the interface of '{name}': {e}");
+                return None;
+            }
         };
         let commands = interface.get("commands").and_then(Value::as_array);
-        commands
+        let tools = commands
             .into_iter()
             .flatten()
             .filter(|c| c.get("builtin").and_then(Value::as_bool) != Some(true))
@@ -341,7 +352,8 @@ impl Tools {
                     "inputSchema": schema,
                 }))
             })
-            .collect()
+            .collect();
+        Some(tools)
     }
 
     /// Runs tool `name`; `stop` is set if the agent cancels the call.
@@ -429,16 +441,10 @@ impl Tools {
 
     fn list_servers(&self) -> Outcome {
         let dir = self.sessions.dir();
-        let mut servers = match discovery::list_servers(dir, PROBE) {
+        let servers = match self.servers() {
             Ok(s) => s,
             Err(e) => return Outcome::error(format!("cannot list servers: {e}")),
         };
-        // list_servers cannot connect where we hold a connection: ask through ours.
-        for server in &mut servers {
-            if let Some(session) = self.sessions.existing(&server.name).filter(|s| s.is_open()) {
-                fill_state(server, &session);
-            }
-        }
         let reclaimed = discovery::clear_orphans(dir).unwrap_or_default();
         let mut text = listing::table(&servers, dir);
         if !reclaimed.is_empty() {
@@ -465,6 +471,34 @@ impl Tools {
             text,
             json!({"servers": list, "reclaimed": reclaimed, "dir": dir}),
         )
+    }
+
+    /// The servers in the pipe directory, each asked for its state through this process's own
+    /// connection to it (the protocol allows a process one connection per server, so probing
+    /// with a second one would fail while a tool call holds the first).
+    fn servers(&self) -> pipe_core::Result<Vec<ServerInfo>> {
+        let pipes = discovery::server_pipes(self.sessions.dir())?;
+        Ok(pipes
+            .into_iter()
+            .map(|(name, path)| {
+                let alive = matches!(pipe_core::has_reader(&path), Ok(true));
+                let mut info = ServerInfo {
+                    name,
+                    path,
+                    status: Liveness::Orphaned,
+                    state: None,
+                    pid: None,
+                    subscribers: None,
+                };
+                if alive {
+                    info.status = Liveness::Unresponsive;
+                    if let Ok(session) = self.sessions.connect(&info.name) {
+                        fill_state(&mut info, &session);
+                    }
+                }
+                info
+            })
+            .collect())
     }
 
     fn session(&self, server: &str) -> Result<std::sync::Arc<Session>, Outcome> {

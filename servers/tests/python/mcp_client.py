@@ -149,7 +149,12 @@ async def main():
                     while not changes:
                         await anyio.sleep(0.1)
                 check(True, "notifications/tools/list_changed reports the new server's tools")
-            names = {t.name for t in (await client.list_tools()).tools}
+            # The server may still be starting when its pipe appears: list again until it answers.
+            for _ in range(20):
+                names = {t.name for t in (await client.list_tools()).tools}
+                if "late.stream" in names:
+                    break
+                await anyio.sleep(0.5)
             check("late.stream" in names, "the new server's commands are listed")
             stopped = await client.call_tool("stop_server", {"server": "late"})
             check(stopped.structured_content["stopped"], "stop_server stops it")
