@@ -154,6 +154,12 @@ impl Segmenter {
         }
     }
 
+    /// Gives back the VAD, its state forgotten, for another stream.
+    pub fn into_vad(mut self) -> SileroVad {
+        self.vad.reset();
+        self.vad
+    }
+
     /// The utterance in progress so far (for partial transcripts), while its speaker is
     /// talking: not in a pause, which may be its end (its final transcript is near).
     pub fn current(&self) -> Option<(f32, &[f32])> {

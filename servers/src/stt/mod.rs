@@ -145,20 +145,12 @@ impl Transcriber {
     }
 
     /// Transcribes audio, waiting for the result (and for `out`'s cancellation).
-    fn transcribe(
-        &self,
-        samples: Vec<f32>,
-        out: Option<&Responder>,
-    ) -> Result<Vec<Segment>, ToolError> {
+    fn transcribe(&self, samples: Vec<f32>, out: &Responder) -> Result<Vec<Segment>, ToolError> {
         let answer = self.submit(samples, Purpose::Request)?;
         loop {
             match answer.recv_timeout(Duration::from_millis(100)) {
                 Ok(result) => return result,
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Some(out) = out {
-                        out.check()?;
-                    }
-                }
+                Err(RecvTimeoutError::Timeout) => out.check()?,
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(ToolError::internal(
                         "the Whisper thread stopped mid-transcription",
@@ -180,13 +172,24 @@ struct Shared {
     live: Arc<Mutex<Option<source::Running>>>,
     /// Per-client streams of pushed audio.
     pushed: Arc<Mutex<HashMap<Option<u32>, Segmenter>>>,
+    /// Loaded VADs not in use: each stream needs its own state, but not its own load.
+    idle_vads: Arc<Mutex<Vec<SileroVad>>>,
 }
 
 impl Shared {
+    /// A segmenter for a new stream, on an idle VAD when there is one.
     fn segmenter(&self) -> Result<Segmenter, ToolError> {
-        let vad = SileroVad::load(&self.vad, Some(&self.runtime))
-            .map_err(|e| ToolError::new(ErrorCode::Unavailable, e.to_string()))?;
+        let vad = match lock(&self.idle_vads).pop() {
+            Some(vad) => vad,
+            None => SileroVad::load(&self.vad, Some(&self.runtime))
+                .map_err(|e| ToolError::new(ErrorCode::Unavailable, e.to_string()))?,
+        };
         Ok(Segmenter::new(vad, VadSettings::default()))
+    }
+
+    /// Returns a finished stream's VAD for the next one.
+    fn recycle(&self, segmenter: Segmenter) {
+        lock(&self.idle_vads).push(segmenter.into_vad());
     }
 
     /// Starts `source` as the live input, replacing (and stopping) any running one.
@@ -278,6 +281,7 @@ impl Shared {
                 break;
             }
         }
+        self.recycle(segmenter);
         drop(publish);
         let _ = publisher.join();
         tracing::info!("stopped listening to {label}");
@@ -296,7 +300,7 @@ impl Shared {
                 samples,
             } => {
                 out.emit(Event::new("speech_end").with("at", round(end)))?;
-                let segments = self.transcriber.transcribe(samples, Some(out))?;
+                let segments = self.transcriber.transcribe(samples, out)?;
                 out.emit(transcript_event(&segments, start, end))?;
             }
         }
@@ -321,7 +325,7 @@ fn joined(segments: &[Segment]) -> String {
         .join(" ")
 }
 
-fn segments_json(segments: &[Segment], offset: f32) -> Value {
+fn segments_json(segments: &[Segment], offset: f32) -> Vec<Value> {
     segments
         .iter()
         .map(|s| json!({"start": round(offset + s.start), "end": round(offset + s.end), "text": s.text}))
@@ -346,6 +350,7 @@ pub fn build(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result
         server: handle.clone(),
         live: Arc::default(),
         pushed: Arc::default(),
+        idle_vads: Arc::default(),
     };
     {
         let shared = shared.clone();
@@ -431,6 +436,7 @@ pub fn build(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result
                 utterances.extend(segmenter.push(chunk).map_err(to_tool_error)?);
             }
             utterances.extend(segmenter.flush());
+            s.recycle(segmenter);
             // Whisper reads 30-second windows: transcribe neighbouring utterances together, as
             // spans of the original audio up to that long, rather than one call each.
             let mut spans: Vec<(usize, usize)> = Vec::new();
@@ -447,11 +453,9 @@ pub fn build(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result
             let mut texts = Vec::new();
             let mut segments = Vec::new();
             for (a, b) in spans {
-                let found = s.transcriber.transcribe(audio[a..b].to_vec(), Some(out))?;
+                let found = s.transcriber.transcribe(audio[a..b].to_vec(), out)?;
                 texts.push(joined(&found));
-                if let Value::Array(list) = segments_json(&found, a as f32 / SAMPLE_RATE as f32) {
-                    segments.extend(list);
-                }
+                segments.extend(segments_json(&found, a as f32 / SAMPLE_RATE as f32));
             }
             out.emit(
                 Event::new("transcript")
@@ -482,6 +486,7 @@ pub fn build(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result
             let mut events = segmenter.push(&audio).map_err(to_tool_error)?;
             if end {
                 events.extend(segmenter.flush());
+                s.recycle(segmenter);
             } else {
                 lock(&s.pushed).insert(req.pid, segmenter);
             }
@@ -533,8 +538,10 @@ fn whisper_thread(
 ) {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let loaded = Whisper::load(&options.model, threads).and_then(|w| {
-        // The VAD must load too, or live audio cannot be cut into utterances.
-        SileroVad::load(&options.vad, Some(&options.runtime)).map(|_| w)
+        // The VAD must load too, or audio cannot be cut into utterances; it is the first idle one.
+        let vad = SileroVad::load(&options.vad, Some(&options.runtime))?;
+        lock(&shared.idle_vads).push(vad);
+        Ok(w)
     });
     let server = shared.server.clone();
     let mut whisper = match loaded {
