@@ -12,6 +12,7 @@ mod serve;
 mod stt;
 mod text;
 mod tts;
+mod wav;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

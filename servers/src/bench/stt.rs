@@ -12,7 +12,7 @@ use pipe_core::Client;
 use serde_json::{json, Value};
 
 use super::{connect_ready, serve};
-use crate::stt::read_wav;
+use crate::wav::{read_wav, write_wav};
 
 /// Options of `cpipe bench stt`.
 #[derive(Debug, clap::Args)]
@@ -58,22 +58,6 @@ fn default_whisper_cli() -> PathBuf {
     super::tools_dir().join("whisper.cpp/build/bin/whisper-cli")
 }
 
-/// Writes 16 kHz mono 16-bit audio.
-fn write_16k(path: &Path, samples: &[f32]) -> Result<()> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec)?;
-    for s in samples {
-        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)?;
-    }
-    w.finalize()?;
-    Ok(())
-}
-
 /// The clips: JFK, and sentences spoken by flite, as 16 kHz mono files, with what they say.
 fn clips(dir: &Path) -> Result<Vec<(PathBuf, String, f64)>> {
     let jfk = crate::assets::offline("jfk.wav", "jfk.wav", "whisper")?;
@@ -104,7 +88,7 @@ fn clips(dir: &Path) -> Result<Vec<(PathBuf, String, f64)>> {
             let (samples, rate, channels) = read_wav(&path)?;
             let audio = to_16k_mono(&samples, rate, channels);
             let out = dir.join(format!("clip{i}.wav"));
-            write_16k(&out, &audio)?;
+            write_wav(&out, 16_000, &audio)?;
             Ok((out, text, audio.len() as f64 / 16_000.0))
         })
         .collect()
@@ -307,7 +291,7 @@ pub fn run(options: &SttBench) -> Result<()> {
         / 16_000.0;
     utterance.extend(vec![0.0; 48_000]);
     let live = dir.join("live.wav");
-    write_16k(&live, &utterance)?;
+    write_wav(&live, 16_000, &utterance)?;
     let delays: Vec<f64> = (0..repetitions)
         .map(|_| end_to_transcript(&mut client, &live, speech_end).map(|s| s * 1000.0))
         .collect::<Result<_>>()?;

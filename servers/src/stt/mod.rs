@@ -22,7 +22,7 @@ use pipe_core::{
 };
 use serde_json::{json, Value};
 
-pub use source::{list_devices, read_wav, Source};
+pub use source::{list_devices, Source};
 
 /// What `get_help` answers: this server's part of the cpipe skill (skills/cpipe/).
 const HELP: &str = include_str!("../../../skills/cpipe/stt.md");
@@ -422,7 +422,7 @@ pub fn build(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result
         move |req, out| {
             let audio = match req.opt_str("wav")? {
                 Some(path) => {
-                    let (samples, rate, channels) = read_wav(std::path::Path::new(path))
+                    let (samples, rate, channels) = crate::wav::read_wav(std::path::Path::new(path))
                         .map_err(|e| ToolError::invalid(format!("{e:#}")))?;
                     to_16k_mono(&samples, rate, channels)
                 }

@@ -1,7 +1,7 @@
 //! Live audio sources for the stt server: a microphone through cpal, or a WAV file played into
 //! the server in real time (so the live path runs headless). Each yields 16 kHz mono chunks.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use models::stt::{audio::to_16k_mono, SAMPLE_RATE};
+
+use crate::wav::read_wav;
 
 /// Audio per chunk from a source.
 const CHUNK: Duration = Duration::from_millis(100);
@@ -36,25 +38,6 @@ impl std::fmt::Display for Source {
             Self::File { path, .. } => write!(f, "file: {}", path.display()),
         }
     }
-}
-
-/// Reads a WAV file as interleaved f32 samples, its rate and channel count.
-pub fn read_wav(path: &Path) -> anyhow::Result<(Vec<f32>, u32, u16)> {
-    let mut reader = hound::WavReader::open(path)
-        .with_context(|| format!("cannot read {} as a WAV file", path.display()))?;
-    let spec = reader.spec();
-    let samples: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
-        (hound::SampleFormat::Float, 32) => reader.samples::<f32>().collect::<Result<_, _>>()?,
-        (hound::SampleFormat::Int, bits @ 1..=32) => {
-            let scale = (1u64 << (bits - 1)) as f32;
-            reader
-                .samples::<i32>()
-                .map(|s| s.map(|s| s as f32 / scale))
-                .collect::<Result<_, _>>()?
-        }
-        (format, bits) => bail!("unsupported WAV sample format {format:?} with {bits} bits"),
-    };
-    Ok((samples, spec.sample_rate, spec.channels))
 }
 
 /// The names of the input devices, and the default one.

@@ -162,7 +162,7 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
             }
             let rate = s.playback.rate().unwrap_or(0);
             if let Some(path) = &wav {
-                write_wav(path, rate, &all).map_err(|e| {
+                crate::wav::write_wav(path, rate, &all).map_err(|e| {
                     ToolError::invalid(format!("cannot write {}: {e}", path.display()))
                 })?;
             }
@@ -321,7 +321,8 @@ impl Speaker {
                         .filter(|pid| !(options.audio && req.pid == Some(*pid)))
                         .collect();
                     if options.audio || !listeners.is_empty() {
-                        let pcm: Vec<i16> = samples.iter().map(|s| (s * 32767.0) as i16).collect();
+                        let pcm: Vec<i16> =
+                            samples.iter().map(|s| crate::wav::to_pcm16(*s)).collect();
                         let event = AudioChunk::from_i16(rate, 1, &pcm)
                             .to_event()
                             .with("text", sentence);
@@ -518,21 +519,6 @@ fn voice_name(path: &Path) -> String {
         .and_then(|n| n.to_str())
         .map(|n| n.trim_end_matches(".onnx").to_string())
         .unwrap_or_default()
-}
-
-/// Writes mono float samples as a 16-bit WAV.
-pub fn write_wav(path: &Path, rate: u32, samples: &[f32]) -> Result<(), hound::Error> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut wav = hound::WavWriter::create(path, spec)?;
-    for s in samples {
-        wav.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)?;
-    }
-    wav.finalize()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -289,13 +289,7 @@ impl Player {
             let Some(path) = self.wav.take() else {
                 return;
             };
-            let spec = hound::WavSpec {
-                channels: 1,
-                sample_rate: rate,
-                bits_per_sample: 16,
-                sample_format: hound::SampleFormat::Int,
-            };
-            match hound::WavWriter::create(&path, spec) {
+            match hound::WavWriter::create(&path, crate::wav::mono16(rate)) {
                 Ok(writer) => self.recorder = Some(writer),
                 Err(e) => {
                     tracing::error!("cannot record to {}: {e}", path.display());
@@ -308,7 +302,7 @@ impl Player {
         };
         let result = samples
             .iter()
-            .try_for_each(|s| wav.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16))
+            .try_for_each(|s| wav.write_sample(crate::wav::to_pcm16(*s)))
             .and_then(|()| wav.flush());
         if let Err(e) = result {
             tracing::error!("cannot write the WAV recording: {e}; recording stops");
