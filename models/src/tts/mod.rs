@@ -8,7 +8,7 @@ mod sentences;
 use std::path::PathBuf;
 
 pub use espeak::EspeakError;
-pub use piper::{PiperVoice, SpeakOptions};
+pub use piper::{voice_name, PiperVoice, SpeakOptions};
 pub use sentences::SentenceSplitter;
 
 use crate::onnx::OnnxError;

@@ -126,13 +126,8 @@ impl PiperVoice {
         }
         let environment = onnx::environment(runtime)?;
         let session = onnx::session(environment, model, threads)?;
-        let name = model
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(|n| n.trim_end_matches(".onnx").to_string())
-            .unwrap_or_default();
         Ok(Self {
-            name,
+            name: voice_name(model),
             session,
             config,
             ids,
@@ -260,6 +255,15 @@ impl PiperVoice {
         }
         Ok(audio)
     }
+}
+
+/// A voice's name: its file name without `.onnx` (`en_US-joe-medium`).
+pub fn voice_name(model: &Path) -> String {
+    model
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.trim_end_matches(".onnx").to_string())
+        .unwrap_or_default()
 }
 
 /// Cuts a phoneme string longer than [`MAX_PHONEMES`] at spaces.

@@ -5,12 +5,12 @@
 mod playback;
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use models::tts::{PiperVoice, SentenceSplitter, SpeakOptions};
+use models::tts::{voice_name, PiperVoice, SentenceSplitter, SpeakOptions};
 use pipe_core::audio::AudioChunk;
 use pipe_core::{
     CancelToken, CommandSpec, ErrorCode, Event, Fields, Request, Responder, ServerHandle,
@@ -94,7 +94,7 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
             "text",
             "Adds text (e.g. LLM tokens) to your buffer; each sentence is spoken as soon as it is complete.",
         )
-        .args(speak_args(json!({"data": {"type": "string", "description": "The text to add."}}), &[]))
+        .args(speak_args(json!({"data": {"type": "string", "description": "The text to add."}})))
         .emits(&["audio"]),
         move |req, out| {
             let text = match req.get("data").or_else(|| req.get("text")) {
@@ -119,7 +119,7 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
             "flush",
             "Speaks whatever is left in your buffer (send it at the end of a text stream).",
         )
-        .args(speak_args(json!({}), &[]))
+        .args(speak_args(json!({})))
         .emits(&["audio"]),
         move |req, out| {
             let epoch = s.playback.epoch();
@@ -143,7 +143,6 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
                 "data": {"type": "string"},
                 "wav": {"type": "string", "description": "Also write the audio to this WAV file (a path on the server's machine)."}
             }),
-            &[],
         ))
         .emits(&["audio", "synthesized"]),
         move |req, out| {
@@ -500,7 +499,7 @@ impl FairQueue {
 }
 
 /// The argument schema of a speaking command: its own fields plus the shared options.
-fn speak_args(own: Value, required: &[&str]) -> Value {
+fn speak_args(own: Value) -> Value {
     let mut properties = json!({
         "voice": {"type": "string", "description": "Must be the loaded voice (see get_config)."},
         "speaker": {"type": ["string", "integer"], "description": "Speaker name or id, for multi-speaker voices."},
@@ -511,14 +510,7 @@ fn speak_args(own: Value, required: &[&str]) -> Value {
     if let (Some(all), Value::Object(own)) = (properties.as_object_mut(), own) {
         all.extend(own);
     }
-    json!({"type": "object", "required": required, "properties": properties})
-}
-
-fn voice_name(path: &Path) -> String {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .map(|n| n.trim_end_matches(".onnx").to_string())
-        .unwrap_or_default()
+    json!({"type": "object", "properties": properties})
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
