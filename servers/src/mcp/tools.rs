@@ -321,8 +321,8 @@ impl Tools {
                     .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
         };
         let session = self.sessions.connect(name).ok()?;
-        let interface = match session.control("get_interface") {
-            Ok(events) => events.into_iter().find(|e| e.name() == "interface")?,
+        let interface = match interface(&session) {
+            Ok(found) => found?,
             Err(pipe_core::Error::Remote { .. }) => return Some(Vec::new()),
             Err(e) => {
                 tracing::warn!("cannot read the interface of '{name}': {e}");
@@ -509,18 +509,6 @@ impl Tools {
         })
     }
 
-    /// The server's `get_interface` answer.
-    fn interface(&self, server: &str) -> Result<Event, Outcome> {
-        let session = self.session(server)?;
-        let events = session
-            .control("get_interface")
-            .map_err(|e| Outcome::error(format!("'{server}' did not describe itself: {e}")))?;
-        events
-            .into_iter()
-            .find(|e| e.name() == "interface")
-            .ok_or_else(|| Outcome::error(format!("'{server}' sent no interface event")))
-    }
-
     fn describe(&self, server: &str) -> Outcome {
         let session = match self.session(server) {
             Ok(s) => s,
@@ -535,8 +523,8 @@ impl Tools {
         let help = text_of("get_help", "help");
         let mut text = String::new();
         let mut structured = json!({"server": server, "help": help});
-        match self.interface(server) {
-            Ok(interface) => {
+        match interface(&session) {
+            Ok(Some(interface)) => {
                 let description = interface.str("description").unwrap_or("");
                 text +=
                     &format!("{server}: {description}\n\nCommands (arguments as JSON Schema):\n");
@@ -562,7 +550,7 @@ impl Tools {
                 }
                 structured["interface"] = Value::Object(interface.fields().clone());
             }
-            Err(_) => {
+            _ => {
                 // named-pipes servers have no get_interface: describe them by their help.
                 let description = text_of("get_description", "description").unwrap_or_default();
                 text += &format!(
@@ -753,6 +741,12 @@ impl Tools {
         };
         Outcome::ok(text, structured)
     }
+}
+
+/// The server's `get_interface` answer (a remote error from servers without the command).
+fn interface(session: &Session) -> pipe_core::Result<Option<Event>> {
+    let events = session.control("get_interface")?;
+    Ok(events.into_iter().find(|e| e.name() == "interface"))
 }
 
 /// Reads the unread output of request `id`, advancing its cursor.

@@ -233,8 +233,10 @@ impl Shared {
         };
         let partial_every = (PARTIAL_EVERY.as_secs_f64() * SAMPLE_RATE as f64) as usize;
         let mut since_partial = 0usize;
-        for chunk in chunks.iter().chain(std::iter::once(Vec::new())) {
-            let ended = chunk.is_empty();
+        // `None` marks the end of the source: the utterance in progress is complete.
+        for chunk in chunks.iter().map(Some).chain(std::iter::once(None)) {
+            let ended = chunk.is_none();
+            let chunk = chunk.unwrap_or_default();
             let events = if ended {
                 segmenter.flush()
             } else {
