@@ -164,7 +164,9 @@ fn a_file_as_microphone_streams_transcripts_to_subscribers() {
             .try_next_event(Duration::from_millis(200))
             .unwrap()
         else {
-            if state(&dir) == "idle" && events.iter().any(|(n, _)| n == "transcript") {
+            // Done once the whole clip has played (about 20 s) and the server is idle again.
+            let played = started.elapsed() > Duration::from_secs(20);
+            if played && state(&dir) == "idle" && events.iter().any(|(n, _)| n == "transcript") {
                 break;
             }
             continue;
