@@ -97,6 +97,25 @@ impl Whisper {
             (false, _) => Some("en"),
             (true, l) => Some(l.unwrap_or("auto")),
         };
+        let window = encoder_window(audio.len());
+        let segments = self.decode(&audio, language, window, samples.len())?;
+        if window < FULL_WINDOW && looks_hallucinated(&segments, samples.len()) {
+            tracing::debug!(
+                "whisper: implausible text in a {window}-frame window, re-decoding in 30 s"
+            );
+            return self.decode(&audio, language, FULL_WINDOW, samples.len());
+        }
+        Ok(segments)
+    }
+
+    /// One whisper.cpp pass with the encoder reading `window` frames.
+    fn decode(
+        &mut self,
+        audio: &[f32],
+        language: Option<&str>,
+        window: usize,
+        spoken: usize,
+    ) -> Result<Vec<Segment>, SttError> {
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         params.set_n_threads(self.threads as i32);
         params.set_language(language);
@@ -106,8 +125,14 @@ impl Whisper {
         params.set_print_realtime(false);
         params.set_print_special(false);
         params.set_print_timestamps(false);
+        // 0 is whisper.cpp's "the model's own", 30 s.
+        params.set_audio_ctx(if window >= FULL_WINDOW {
+            0
+        } else {
+            window as i32
+        });
         self.state
-            .full(params, &audio)
+            .full(params, audio)
             .map_err(|e| SttError::Transcribe(e.to_string()))?;
         let mut segments = Vec::new();
         for segment in self.state.as_iter() {
@@ -123,12 +148,40 @@ impl Whisper {
                 // whisper.cpp counts in centiseconds.
                 start: segment.start_timestamp() as f32 / 100.0,
                 end: (segment.end_timestamp() as f32 / 100.0)
-                    .min(samples.len() as f32 / SAMPLE_RATE as f32),
+                    .min(spoken as f32 / SAMPLE_RATE as f32),
                 text,
             });
         }
         Ok(segments)
     }
+}
+
+/// The encoder's full window: 30 s in frames of 20 ms.
+const FULL_WINDOW: usize = 1500;
+
+/// How many 20 ms frames the encoder reads for `samples` of 16 kHz audio.
+///
+/// Whisper's encoder reads 30 s whatever the audio's length, and on a CPU that dominates the
+/// time of a short utterance. whisper.cpp can encode a shorter window (`audio_ctx`), but the
+/// models were trained on 30 s and misbehave when the window barely holds the speech: tiny.en
+/// repeats a 5.2 s sentence forever in a 5.1 s window and gets it right in 7.7 s. So the window
+/// is half as long again as the audio plus 2.5 s, never below 5 s; from about 18 s of audio on it is the full
+/// 30 s. [`looks_hallucinated`] catches what slips through.
+pub fn encoder_window(samples: usize) -> usize {
+    let frames = samples.div_ceil(SAMPLE_RATE as usize / 50);
+    (frames * 3 / 2 + 128)
+        .next_multiple_of(64)
+        .clamp(256, FULL_WINDOW)
+}
+
+/// Whether a transcript has more words than `samples` of audio can hold: the loops and babble a
+/// short encoder window can cause. Fast speech is about 4 words a second; this allows 6, plus 3.
+fn looks_hallucinated(segments: &[Segment], samples: usize) -> bool {
+    let words: usize = segments
+        .iter()
+        .map(|s| s.text.split_whitespace().count())
+        .sum();
+    words as f32 > 3.0 + 6.0 * samples as f32 / SAMPLE_RATE as f32
 }
 
 /// Whisper's markers for what is not speech: `[BLANK_AUDIO]`, `(music)`, `[ Silence ]`.
