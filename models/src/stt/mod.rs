@@ -46,6 +46,9 @@ pub enum SttError {
     /// whisper.cpp failed on the audio.
     #[error("transcription failed: {0}")]
     Transcribe(String),
+    /// The transcription was stopped before it finished.
+    #[error("transcription interrupted")]
+    Interrupted,
     /// The VAD failed.
     #[error("voice activity detection failed: {0}")]
     Vad(String),

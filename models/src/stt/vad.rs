@@ -83,8 +83,12 @@ pub struct VadSettings {
     pub min_silence_ms: u32,
     /// Shortest utterance kept, in ms.
     pub min_speech_ms: u32,
-    /// Audio kept before the speech starts, in ms (so first syllables are not cut).
-    pub pad_ms: u32,
+    /// Audio kept before the speech starts, in ms: Whisper needs the onset the VAD is slow to
+    /// call speech, or it mishears first syllables.
+    pub lead_ms: u32,
+    /// Silence kept after the speech, in ms. An utterance's final transcription can start once
+    /// this much of a pause is heard (see [`Segmenter::likely_end`]), so it is short.
+    pub tail_ms: u32,
     /// Longest utterance before it is cut, in seconds.
     pub max_utterance_s: f32,
 }
@@ -95,7 +99,8 @@ impl Default for VadSettings {
             threshold: 0.5,
             min_silence_ms: 300,
             min_speech_ms: 250,
-            pad_ms: 200,
+            lead_ms: 200,
+            tail_ms: 64,
             max_utterance_s: 30.0,
         }
     }
@@ -169,11 +174,24 @@ impl Segmenter {
             .map(|s| (s.start as f32 / 16_000.0, s.samples.as_slice()))
     }
 
+    /// The utterance as it will be cut if the pause under way turns out to be its end: `Some`
+    /// from the moment the pause has lasted the silence kept after speech (the utterance's
+    /// samples no longer change then) until speech resumes or the utterance ends. Transcribing
+    /// it at once stands in for the final transcription and saves waiting out the pause.
+    pub fn likely_end(&self) -> Option<(f32, &[f32])> {
+        let speech = self.speech.as_ref()?;
+        if speech.silent_windows < self.kept_silence() {
+            return None;
+        }
+        let kept = self.kept(speech)?;
+        Some((speech.start as f32 / 16_000.0, &speech.samples[..kept]))
+    }
+
     /// Feeds 16 kHz mono samples; returns what happened.
     pub fn push(&mut self, samples: &[f32]) -> Result<Vec<VadEvent>, SttError> {
         self.pending.extend_from_slice(samples);
         let mut events = Vec::new();
-        let pad = (self.settings.pad_ms as usize * 16).max(WINDOW);
+        let lead = (self.settings.lead_ms as usize * 16).max(WINDOW);
         let end_after = (self.settings.min_silence_ms as usize * 16).div_ceil(WINDOW);
         let max_len = (self.settings.max_utterance_s * 16_000.0) as usize;
         let mut offset = 0;
@@ -201,7 +219,7 @@ impl Segmenter {
                 }
                 None => {
                     self.before.extend(window.iter().copied());
-                    while self.before.len() > pad {
+                    while self.before.len() > lead {
                         self.before.pop_front();
                     }
                 }
@@ -230,19 +248,29 @@ impl Segmenter {
 
     fn finish(&mut self) -> Option<VadEvent> {
         let speech = self.speech.take()?;
-        let min_windows = (self.settings.min_speech_ms as usize * 16).div_ceil(WINDOW);
-        // Trim most of the trailing silence, keeping the padding.
-        let keep_silence = (self.settings.pad_ms as usize * 16).div_ceil(WINDOW);
-        let trim = speech.silent_windows.saturating_sub(keep_silence) * WINDOW;
+        let kept = self.kept(&speech)?;
         let mut samples = speech.samples;
-        samples.truncate(samples.len().saturating_sub(trim));
-        if speech.speech_windows < min_windows {
-            return None; // a click, not speech
-        }
+        samples.truncate(kept);
         Some(VadEvent::Utterance {
             start: speech.start as f32 / 16_000.0,
-            end: (speech.start + samples.len()) as f32 / 16_000.0,
+            end: (speech.start + kept) as f32 / 16_000.0,
             samples,
         })
+    }
+
+    /// How many of `speech`'s samples its utterance keeps, were it to end now: all but the
+    /// trailing silence beyond `tail_ms`. `None` for a click, too short to be speech.
+    fn kept(&self, speech: &Speech) -> Option<usize> {
+        let min_windows = (self.settings.min_speech_ms as usize * 16).div_ceil(WINDOW);
+        if speech.speech_windows < min_windows {
+            return None;
+        }
+        let trim = speech.silent_windows.saturating_sub(self.kept_silence()) * WINDOW;
+        Some(speech.samples.len().saturating_sub(trim))
+    }
+
+    /// Windows of silence kept at the end of an utterance.
+    fn kept_silence(&self) -> usize {
+        (self.settings.tail_ms as usize * 16).div_ceil(WINDOW)
     }
 }

@@ -1,7 +1,9 @@
 //! Whisper on whisper.cpp (through whisper-rs): a GGML model loaded once, transcribing 16 kHz
 //! mono audio into timed segments.
 
+use std::ffi::c_void;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use whisper_rs::{
     FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
@@ -83,6 +85,18 @@ impl Whisper {
         samples: &[f32],
         language: Option<&str>,
     ) -> Result<Vec<Segment>, SttError> {
+        self.transcribe_unless(samples, language, &AtomicBool::new(false))
+    }
+
+    /// Like [`Whisper::transcribe`], but gives up with [`SttError::Interrupted`] soon after
+    /// `stop` is set (whisper.cpp checks between steps of its graph): for work that something
+    /// newer has made worthless, or that its client cancelled.
+    pub fn transcribe_unless(
+        &mut self,
+        samples: &[f32],
+        language: Option<&str>,
+        stop: &AtomicBool,
+    ) -> Result<Vec<Segment>, SttError> {
         // whisper.cpp needs at least a second of audio to decode reliably: pad with silence.
         let mut audio = samples.to_vec();
         if audio.len() < SAMPLE_RATE as usize {
@@ -98,24 +112,28 @@ impl Whisper {
             (true, l) => Some(l.unwrap_or("auto")),
         };
         let window = encoder_window(audio.len());
-        let segments = self.decode(&audio, language, window, samples.len())?;
-        if window < FULL_WINDOW && looks_hallucinated(&segments, samples.len()) {
+        let (segments, no_speech) = self.decode(&audio, language, window, samples.len(), stop)?;
+        if window < FULL_WINDOW && looks_hallucinated(&segments, no_speech, samples.len()) {
             tracing::debug!(
                 "whisper: implausible text in a {window}-frame window, re-decoding in 30 s"
             );
-            return self.decode(&audio, language, FULL_WINDOW, samples.len());
+            return Ok(self
+                .decode(&audio, language, FULL_WINDOW, samples.len(), stop)?
+                .0);
         }
         Ok(segments)
     }
 
-    /// One whisper.cpp pass with the encoder reading `window` frames.
+    /// One whisper.cpp pass with the encoder reading `window` frames: the segments, and the
+    /// highest probability Whisper gave to there being no speech.
     fn decode(
         &mut self,
         audio: &[f32],
         language: Option<&str>,
         window: usize,
         spoken: usize,
-    ) -> Result<Vec<Segment>, SttError> {
+        stop: &AtomicBool,
+    ) -> Result<(Vec<Segment>, f32), SttError> {
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         params.set_n_threads(self.threads as i32);
         params.set_language(language);
@@ -131,11 +149,21 @@ impl Whisper {
         } else {
             window as i32
         });
-        self.state
-            .full(params, audio)
-            .map_err(|e| SttError::Transcribe(e.to_string()))?;
+        // SAFETY: whisper.cpp calls the callback with this pointer only during `full`, which
+        // `stop` outlives.
+        unsafe {
+            params.set_abort_callback(Some(stop_is_set));
+            params.set_abort_callback_user_data(stop as *const AtomicBool as *mut c_void);
+        }
+        let result = self.state.full(params, audio);
+        if stop.load(Ordering::Acquire) {
+            return Err(SttError::Interrupted);
+        }
+        result.map_err(|e| SttError::Transcribe(e.to_string()))?;
         let mut segments = Vec::new();
+        let mut no_speech = 0.0f32;
         for segment in self.state.as_iter() {
+            no_speech = no_speech.max(segment.no_speech_probability());
             let text = segment
                 .to_str_lossy()
                 .map_err(|e| SttError::Transcribe(e.to_string()))?
@@ -152,8 +180,14 @@ impl Whisper {
                 text,
             });
         }
-        Ok(segments)
+        Ok((segments, no_speech))
     }
+}
+
+/// whisper.cpp's abort callback: whether the `AtomicBool` behind `stop` is set.
+unsafe extern "C" fn stop_is_set(stop: *mut c_void) -> bool {
+    // SAFETY: `decode` passes a pointer to an `AtomicBool` that outlives the call.
+    unsafe { (*(stop as *const AtomicBool)).load(Ordering::Acquire) }
 }
 
 /// The encoder's full window: 30 s in frames of 20 ms.
@@ -165,8 +199,8 @@ const FULL_WINDOW: usize = 1500;
 /// time of a short utterance. whisper.cpp can encode a shorter window (`audio_ctx`), but the
 /// models were trained on 30 s and misbehave when the window barely holds the speech: tiny.en
 /// repeats a 5.2 s sentence forever in a 5.1 s window and gets it right in 7.7 s. So the window
-/// is half as long again as the audio plus 2.5 s, never below 5 s; from about 18 s of audio on it is the full
-/// 30 s. [`looks_hallucinated`] catches what slips through.
+/// is half as long again as the audio plus 2.5 s, never below 5 s; from about 18 s of audio on it
+/// is the full 30 s. [`looks_hallucinated`] catches what slips through.
 pub fn encoder_window(samples: usize) -> usize {
     let frames = samples.div_ceil(SAMPLE_RATE as usize / 50);
     (frames * 3 / 2 + 128)
@@ -174,18 +208,61 @@ pub fn encoder_window(samples: usize) -> usize {
         .clamp(256, FULL_WINDOW)
 }
 
-/// Whether a transcript has more words than `samples` of audio can hold: the loops and babble a
-/// short encoder window can cause. Fast speech is about 4 words a second; this allows 6, plus 3.
-fn looks_hallucinated(segments: &[Segment], samples: usize) -> bool {
+/// Whether a transcript from a short encoder window is suspect: more words than the audio can
+/// hold (fast speech is about 4 words a second; this allows 6, plus 3), the loops and babble a
+/// short window can cause; or Whisper itself doubting there is speech at all (its own threshold,
+/// 0.6), as when it hears "you" in silence. Speech scores under 0.4 on the tested clips.
+fn looks_hallucinated(segments: &[Segment], no_speech: f32, samples: usize) -> bool {
     let words: usize = segments
         .iter()
         .map(|s| s.text.split_whitespace().count())
         .sum();
-    words as f32 > 3.0 + 6.0 * samples as f32 / SAMPLE_RATE as f32
+    no_speech > 0.6 || words as f32 > 3.0 + 6.0 * samples as f32 / SAMPLE_RATE as f32
 }
 
 /// Whisper's markers for what is not speech: `[BLANK_AUDIO]`, `(music)`, `[ Silence ]`.
 fn is_non_speech(text: &str) -> bool {
     let t = text.trim();
     (t.starts_with('[') && t.ends_with(']')) || (t.starts_with('(') && t.ends_with(')'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn said(text: &str) -> Vec<Segment> {
+        vec![Segment {
+            start: 0.0,
+            end: 1.0,
+            text: text.into(),
+        }]
+    }
+
+    #[test]
+    fn the_encoder_window_leaves_room_around_the_audio() {
+        let second = SAMPLE_RATE as usize;
+        assert_eq!(encoder_window(0), 256);
+        assert_eq!(encoder_window(second), 256); // 50 frames: the 5 s floor
+        assert_eq!(encoder_window(5 * second + second / 5), 576); // 260 frames × 1.5 + 128
+        assert_eq!(encoder_window(11 * second), 960);
+        assert_eq!(encoder_window(18 * second), FULL_WINDOW);
+        assert_eq!(encoder_window(60 * second), FULL_WINDOW);
+        assert!((1..40)
+            .all(|s| encoder_window(s * second) % 64 == 0
+                || encoder_window(s * second) == FULL_WINDOW));
+    }
+
+    #[test]
+    fn loops_babble_and_doubted_speech_look_hallucinated() {
+        let second = SAMPLE_RATE as usize;
+        assert!(!looks_hallucinated(
+            &said("Please open the window."),
+            0.1,
+            2 * second
+        ));
+        let looped = "the meeting moved to Thursday ".repeat(10);
+        assert!(looks_hallucinated(&said(&looped), 0.1, 5 * second));
+        assert!(looks_hallucinated(&said("you"), 0.98, 5 * second));
+        assert!(!looks_hallucinated(&said("Ask not!"), 0.39, second));
+    }
 }

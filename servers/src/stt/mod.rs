@@ -62,20 +62,32 @@ enum Purpose {
 struct Job {
     samples: Vec<f32>,
     purpose: Purpose,
+    /// Set when the result is no longer wanted: the Whisper thread skips or interrupts the job.
+    stop: Arc<AtomicBool>,
     reply: SyncSender<Result<Vec<Segment>, ToolError>>,
 }
 
-/// A transcription's result, once the Whisper thread gets to it.
-type Answer = Receiver<Result<Vec<Segment>, ToolError>>;
+/// A queued transcription: its result, once the Whisper thread gets to it, and its off switch.
+struct Ticket {
+    result: Receiver<Result<Vec<Segment>, ToolError>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Ticket {
+    /// Stops the transcription, queued or running (it then answers `cancelled`).
+    fn cancel(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
 
 /// Live transcriptions in flight, published in the order they were asked for.
 enum Pending {
     Partial {
-        result: Answer,
+        result: Receiver<Result<Vec<Segment>, ToolError>>,
         start: f32,
     },
     Final {
-        result: Answer,
+        result: Receiver<Result<Vec<Segment>, ToolError>>,
         start: f32,
         end: f32,
     },
@@ -130,27 +142,34 @@ struct Transcriber {
 }
 
 impl Transcriber {
-    /// Queues audio for transcription; the result arrives on the returned receiver.
-    fn submit(&self, samples: Vec<f32>, purpose: Purpose) -> Result<Answer, ToolError> {
-        let (reply, answer) = mpsc::sync_channel(1);
+    /// Queues audio for transcription.
+    fn submit(&self, samples: Vec<f32>, purpose: Purpose) -> Result<Ticket, ToolError> {
+        let (reply, result) = mpsc::sync_channel(1);
+        let stop = Arc::new(AtomicBool::new(false));
         let job = Job {
             samples,
             purpose,
+            stop: Arc::clone(&stop),
             reply,
         };
         self.jobs.send(job).map_err(|_| {
             ToolError::new(ErrorCode::Unavailable, "the Whisper thread has stopped")
         })?;
-        Ok(answer)
+        Ok(Ticket { result, stop })
     }
 
-    /// Transcribes audio, waiting for the result (and for `out`'s cancellation).
+    /// Transcribes audio, waiting for the result; `out`'s cancellation stops the work too.
     fn transcribe(&self, samples: Vec<f32>, out: &Responder) -> Result<Vec<Segment>, ToolError> {
-        let answer = self.submit(samples, Purpose::Request)?;
+        let ticket = self.submit(samples, Purpose::Request)?;
         loop {
-            match answer.recv_timeout(Duration::from_millis(100)) {
+            match ticket.result.recv_timeout(Duration::from_millis(100)) {
                 Ok(result) => return result,
-                Err(RecvTimeoutError::Timeout) => out.check()?,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = out.check() {
+                        ticket.cancel();
+                        return Err(e.into());
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(ToolError::internal(
                         "the Whisper thread stopped mid-transcription",
@@ -223,6 +242,11 @@ impl Shared {
     /// Transcribes live audio until its source ends or is stopped. Transcription runs beside
     /// the audio: results are published in order by another thread, so the loop never falls
     /// behind the source, and a partial is only asked for when the last one is out.
+    ///
+    /// An utterance's final transcription starts early, as soon as a pause in it has lasted
+    /// the padding the utterance keeps (`Segmenter::likely_end`): if the pause turns out to be
+    /// the end, that transcription is the final one, ready sooner; if speech resumes, it is
+    /// stopped. Either way a partial still running is stopped, since a final is more useful.
     fn live_loop(&self, chunks: Receiver<Vec<f32>>, mut segmenter: Segmenter, label: &str) {
         tracing::info!("listening to {label}");
         let partial_busy = Arc::new(AtomicBool::new(false));
@@ -233,6 +257,10 @@ impl Shared {
         };
         let partial_every = (PARTIAL_EVERY.as_secs_f64() * SAMPLE_RATE as f64) as usize;
         let mut since_partial = 0usize;
+        // The off switch of the partial transcription last asked for.
+        let mut partial: Option<Arc<AtomicBool>> = None;
+        // The early final transcription: the utterance's start and length, and the work.
+        let mut early: Option<(f32, usize, Ticket)> = None;
         // `None` marks the end of the source: the utterance in progress is complete.
         for chunk in chunks.iter().map(Some).chain(std::iter::once(None)) {
             let ended = chunk.is_none();
@@ -261,9 +289,42 @@ impl Shared {
                     } => {
                         self.server
                             .broadcast(&Event::new("speech_end").with("at", round(end)));
-                        if let Ok(result) = self.transcriber.submit(samples, Purpose::Final) {
+                        if let Some(partial) = partial.take() {
+                            partial.store(true, Ordering::Release);
+                        }
+                        let ticket = match early.take() {
+                            Some((s, len, ticket)) if s == start && len == samples.len() => {
+                                Ok(ticket)
+                            }
+                            other => {
+                                if let Some((_, _, ticket)) = other {
+                                    ticket.cancel();
+                                }
+                                self.transcriber.submit(samples, Purpose::Final)
+                            }
+                        };
+                        if let Ok(ticket) = ticket {
+                            let result = ticket.result;
                             let _ = publish.send(Pending::Final { result, start, end });
                         }
+                    }
+                }
+            }
+            if segmenter.current().is_some() {
+                // Speaking again: the pause was not the end.
+                if let Some((_, _, ticket)) = early.take() {
+                    tracing::debug!(
+                        "a pause was not the end of its utterance: early final dropped"
+                    );
+                    ticket.cancel();
+                }
+            } else if let Some((start, samples)) = segmenter.likely_end() {
+                if early.is_none() {
+                    if let Some(partial) = partial.take() {
+                        partial.store(true, Ordering::Release);
+                    }
+                    if let Ok(ticket) = self.transcriber.submit(samples.to_vec(), Purpose::Final) {
+                        early = Some((start, samples.len(), ticket));
                     }
                 }
             }
@@ -272,8 +333,9 @@ impl Shared {
                 if since_partial >= partial_every && !partial_busy.swap(true, Ordering::AcqRel) {
                     since_partial = 0;
                     match self.transcriber.submit(samples.to_vec(), Purpose::Partial) {
-                        Ok(result) => {
+                        Ok(Ticket { result, stop }) => {
                             let _ = publish.send(Pending::Partial { result, start });
+                            partial = Some(stop);
                         }
                         Err(_) => partial_busy.store(false, Ordering::Release),
                     }
@@ -584,10 +646,17 @@ fn whisper_thread(
             .or_else(|| waiting.iter().position(|j| j.purpose == Purpose::Request))
             .unwrap_or(0);
         let job = waiting.remove(next);
+        if job.stop.load(Ordering::Acquire) {
+            let _ = job.reply.send(Err(ToolError::new(
+                ErrorCode::Cancelled,
+                "transcription cancelled",
+            )));
+            continue;
+        }
         server.set_state("transcribing");
         let started = std::time::Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            whisper.transcribe(&job.samples, options.language.as_deref())
+            whisper.transcribe_unless(&job.samples, options.language.as_deref(), &job.stop)
         }));
         tracing::debug!(
             "whisper ({:?}): {:.2} s of audio in {:?}",
@@ -598,6 +667,10 @@ fn whisper_thread(
         let _ = job.reply.send(match result {
             Ok(Ok(segments)) => Ok(segments),
             Ok(Err(SttError::Language(m))) => Err(ToolError::invalid(m)),
+            Ok(Err(SttError::Interrupted)) => Err(ToolError::new(
+                ErrorCode::Cancelled,
+                "transcription cancelled",
+            )),
             Ok(Err(e)) => Err(ToolError::internal(e.to_string())),
             Err(_) => Err(ToolError::internal(
                 "whisper crashed on this audio; the server is still running",

@@ -13,8 +13,9 @@ use models::stt::{audio::to_16k_mono, SAMPLE_RATE};
 
 use crate::wav::read_wav;
 
-/// Audio per chunk from a source.
-const CHUNK: Duration = Duration::from_millis(100);
+/// Audio per chunk from a file played as a microphone: one VAD window (512 samples), about what
+/// a microphone's callback delivers at a time.
+const CHUNK: Duration = Duration::from_millis(32);
 
 /// Where live audio comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,7 +95,9 @@ pub fn start(source: &Source) -> anyhow::Result<(Running, Receiver<Vec<f32>>)> {
                         }
                         if realtime {
                             // Pace by the clock, so a slow consumer catches up instead of drifting.
-                            let due = started + CHUNK * i as u32;
+                            // A chunk leaves once its last sample has "been heard", as from a
+                            // microphone.
+                            let due = started + CHUNK * (i as u32 + 1);
                             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                                 std::thread::sleep(wait);
                             }
