@@ -247,9 +247,10 @@ mod tests {
         assert_eq!(encoder_window(11 * second), 960);
         assert_eq!(encoder_window(18 * second), FULL_WINDOW);
         assert_eq!(encoder_window(60 * second), FULL_WINDOW);
-        assert!((1..40)
-            .all(|s| encoder_window(s * second) % 64 == 0
-                || encoder_window(s * second) == FULL_WINDOW));
+        assert!(
+            (1..40).all(|s| encoder_window(s * second).is_multiple_of(64)
+                || encoder_window(s * second) == FULL_WINDOW)
+        );
     }
 
     #[test]
