@@ -294,6 +294,7 @@ impl Shared {
                         }
                         let ticket = match early.take() {
                             Some((s, len, ticket)) if s == start && len == samples.len() => {
+                                tracing::debug!("the early final transcription stands");
                                 Ok(ticket)
                             }
                             other => {
