@@ -28,7 +28,7 @@ pub struct SttBench {
     #[arg(long, env = "CPIPE_BENCH_PYTHON", default_value = ".venv/bin/python")]
     pub python: PathBuf,
     /// Repetitions of each clip (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub repetitions: usize,
 }
 
@@ -260,20 +260,17 @@ pub fn run(options: &SttBench) -> Result<()> {
     );
     let mut all = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for (i, (clip, text, seconds)) in clips.iter().enumerate() {
-        let mut took = Vec::new();
-        let mut heard = String::new();
+        // whisper.cpp as its CLI runs by default (a 30 s encoder window), and with the window
+        // cpipe chose for this clip: the same work. Interleaved, so all three share the
+        // machine's moods.
+        let window = encoder_window((seconds * 16_000.0) as usize);
+        let (mut took, mut full, mut same) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut heard, mut cpp_text) = (String::new(), String::new());
         for _ in 0..repetitions {
             let t = Instant::now();
             let events = client.call("transcribe", json!({"wav": clip}))?;
             took.push(t.elapsed().as_secs_f64());
             heard = events[0].str("text").unwrap_or("").to_string();
-        }
-        // whisper.cpp as its CLI runs by default (a 30 s encoder window), and with the window
-        // cpipe chose for this clip: the same work.
-        let window = encoder_window((seconds * 16_000.0) as usize);
-        let (mut full, mut same) = (Vec::new(), Vec::new());
-        let mut cpp_text = String::new();
-        for _ in 0..repetitions {
             let (t, text) = whisper_cpp(&cli, &ggml, clip, threads, None)?;
             full.push(t);
             cpp_text = text;
