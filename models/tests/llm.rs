@@ -76,6 +76,36 @@ fn greedy_answer_names_paris() {
 }
 
 #[test]
+fn the_shared_start_runs_ahead_and_replies_do_not_depend_on_the_request_before() {
+    let mut llm = llm();
+    let params = GenerationParams {
+        max_tokens: 24,
+        ..GenerationParams::default()
+    };
+    let plain = user("Name a colour.");
+    let (first, usage) = run(&mut llm, &plain, &params);
+    assert!(
+        usage.cached_prompt_tokens > 0 && usage.cached_prompt_tokens < usage.prompt_tokens,
+        "{usage:?}"
+    );
+    // Another system prompt shares nothing run ahead.
+    let pirate = [
+        ChatMessage::system("You are a pirate."),
+        ChatMessage::user("Name a colour."),
+    ];
+    assert_eq!(run(&mut llm, &pirate, &params).1.cached_prompt_tokens, 0);
+    run(&mut llm, &user("Count to five."), &params);
+    assert_eq!(run(&mut llm, &plain, &params).0, first);
+
+    // A server's own system prompt can be the start run ahead instead.
+    let tokens = llm.share_prefix(Some("You are a pirate.")).unwrap();
+    let (_, usage) = run(&mut llm, &pirate, &params);
+    assert_eq!(usage.cached_prompt_tokens, tokens);
+    assert_eq!(run(&mut llm, &plain, &params).1.cached_prompt_tokens, 0);
+    llm.share_prefix(None).unwrap();
+}
+
+#[test]
 fn streamed_pieces_join_into_the_decoded_reply() {
     let mut llm = llm();
     let params = GenerationParams {

@@ -72,6 +72,7 @@ fn to_tool_error(e: LlmError) -> ToolError {
 fn model_thread(
     source: ModelSource,
     tokenizer: Option<PathBuf>,
+    system: Option<String>,
     server: ServerHandle,
     jobs: Receiver<Job>,
 ) {
@@ -80,8 +81,14 @@ fn model_thread(
         .resolve()
         .map_err(|e| e.to_string())
         .and_then(|path| {
-            Llm::load_with_tokenizer(&path, tokenizer.as_deref(), &device)
-                .map_err(|e| e.to_string())
+            let mut llm = Llm::load_with_tokenizer(&path, tokenizer.as_deref(), &device)
+                .map_err(|e| e.to_string())?;
+            // Conversations get the server's system prompt: theirs is the start to run ahead.
+            if system.is_some() {
+                llm.share_prefix(system.as_deref())
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(llm)
         });
     let mut llm = match loaded {
         Ok(llm) => llm,
@@ -243,6 +250,7 @@ fn parse_params(req: &Request) -> Result<GenerationParams, ToolError> {
 fn usage_json(usage: &Usage) -> Value {
     json!({
         "prompt_tokens": usage.prompt_tokens,
+        "cached_prompt_tokens": usage.cached_prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "time_to_first_token_ms": (usage.time_to_first_token.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
         "tokens_per_second": (usage.tokens_per_second * 10.0).round() / 10.0,
@@ -325,6 +333,7 @@ pub fn build(builder: pipe_core::Builder, options: ChatOptions) -> anyhow::Resul
         system,
     } = options;
     let stream_system = system.clone();
+    let model_system = system.clone();
     let mut server = builder
         .description("LLM chat server: a resident GGUF model on candle, streaming tokens.")
         .help(HELP)
@@ -334,7 +343,7 @@ pub fn build(builder: pipe_core::Builder, options: ChatOptions) -> anyhow::Resul
     let handle = server.handle_ref();
     std::thread::Builder::new()
         .name("model".into())
-        .spawn(move || model_thread(source, tokenizer, handle, queue))?;
+        .spawn(move || model_thread(source, tokenizer, model_system, handle, queue))?;
 
     let stream_jobs = jobs.clone();
     server.handle(

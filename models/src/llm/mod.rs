@@ -243,6 +243,8 @@ impl FinishReason {
 pub struct Usage {
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// Of those, the tokens whose keys and values were computed ahead (the shared prefix).
+    pub cached_prompt_tokens: usize,
     /// Tokens generated.
     pub completion_tokens: usize,
     /// From the call to the first generated token (prompt processing included).
@@ -264,6 +266,17 @@ pub struct Llm {
     context_length: usize,
     /// Token ids that end the assistant's turn.
     eos: Vec<u32>,
+    /// The start most conversations share, run once.
+    shared_prefix: Option<SharedPrefix>,
+}
+
+/// The tokens conversations start with (the system prompt, the template's default one or that of
+/// [`Llm::share_prefix`], and the header of the user's turn), with the keys and values they
+/// leave: a prompt that starts with them runs only the rest. It is fixed in advance, so whether
+/// a prompt uses it depends on the prompt alone, and a reply never on the request before it.
+struct SharedPrefix {
+    tokens: Vec<u32>,
+    cache: transformer::KvCache,
 }
 
 impl Llm {
@@ -346,7 +359,7 @@ impl Llm {
         )
         .map_err(|e| read_error(format!("cannot load the weights ({e})")))?;
         tracing::info!(%name, %architecture, context_length, "model loaded");
-        Ok(Self {
+        let mut llm = Self {
             weights,
             tokenizer,
             template,
@@ -355,7 +368,40 @@ impl Llm {
             name,
             context_length,
             eos,
-        })
+            shared_prefix: None,
+        };
+        llm.share_prefix(None)?;
+        Ok(llm)
+    }
+
+    /// Runs ahead the start of conversations that open with `system` as their system message
+    /// (`None`: with none), so that their prompts run only what follows it (loading does this
+    /// for `None`). Returns how many tokens that start is.
+    pub fn share_prefix(&mut self, system: Option<&str>) -> Result<usize, LlmError> {
+        self.shared_prefix = None;
+        let render = |text: &str| -> Result<Vec<u32>, LlmError> {
+            let mut messages: Vec<ChatMessage> =
+                system.map(ChatMessage::system).into_iter().collect();
+            messages.push(ChatMessage::user(text));
+            self.encode(&self.render_chat(&messages)?)
+        };
+        // What two unrelated conversations share, but for the last token, into which the
+        // user's text may merge.
+        let (a, b) = (render("Hello!")?, render("2 + 2 = ?")?);
+        let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        if shared < 3 || shared >= self.context_length {
+            return Ok(0);
+        }
+        let tokens = a[..shared - 1].to_vec();
+        let input = Tensor::new(tokens.as_slice(), &self.device)?.unsqueeze(0)?;
+        self.weights.forward(&input, 0)?;
+        tracing::debug!("{} shared prompt tokens run ahead", tokens.len());
+        let count = tokens.len();
+        self.shared_prefix = Some(SharedPrefix {
+            tokens,
+            cache: self.weights.kv_cache(),
+        });
+        Ok(count)
     }
 
     /// The model's name, from its metadata.
@@ -429,11 +475,19 @@ impl Llm {
         let mut first_token_at = None;
         let mut finish = FinishReason::Length;
 
-        // Every request runs its whole prompt: reusing cached keys and values of a shared
-        // prefix would run the rest through differently sized matrix products, whose rounding
-        // differs, and replies would then depend on the previous request.
-        let mut fed = prompt;
-        let mut position = 0;
+        // Reusing the keys and values of the previous request's prompt would run the rest
+        // through differently sized matrix products, whose rounding differs, and a reply would
+        // depend on the request before it; the shared prefix is the same for every request.
+        let (mut fed, mut position) = match &self.shared_prefix {
+            Some(shared)
+                if prompt.len() > shared.tokens.len() && prompt.starts_with(&shared.tokens) =>
+            {
+                self.weights.set_kv_cache(shared.cache.clone());
+                (&prompt[shared.tokens.len()..], shared.tokens.len())
+            }
+            _ => (prompt, 0),
+        };
+        let cached_prompt_tokens = position;
         let mut last = [0u32];
         while generated < max_tokens {
             let input = Tensor::new(fed, &self.device)?.unsqueeze(0)?;
@@ -488,6 +542,7 @@ impl Llm {
         let decode_time = first.elapsed().as_secs_f64();
         Ok(Usage {
             prompt_tokens: prompt.len(),
+            cached_prompt_tokens,
             completion_tokens: generated,
             time_to_first_token: first - started,
             tokens_per_second: if generated > 1 && decode_time > 0.0 {

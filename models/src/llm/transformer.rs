@@ -78,6 +78,9 @@ struct Layer {
     cache: Option<(Tensor, Tensor)>,
 }
 
+/// Every layer's cached keys and values: what a sequence so far leaves behind.
+pub(super) type KvCache = Vec<Option<(Tensor, Tensor)>>;
+
 /// A loaded decoder with its key/value cache.
 pub(super) struct Transformer {
     embeddings: Tensor,
@@ -270,6 +273,19 @@ impl Transformer {
             head_dim,
             max_positions,
         })
+    }
+
+    /// The cached keys and values (cheap: tensors share their storage).
+    pub(super) fn kv_cache(&self) -> KvCache {
+        self.layers.iter().map(|l| l.cache.clone()).collect()
+    }
+
+    /// Continues from a sequence whose cache [`Transformer::kv_cache`] took: the next
+    /// [`Transformer::forward`] goes on at that sequence's length.
+    pub(super) fn set_kv_cache(&mut self, cache: KvCache) {
+        for (layer, cache) in self.layers.iter_mut().zip(cache) {
+            layer.cache = cache;
+        }
     }
 
     fn rotate(&self, x: &Tensor, position: usize) -> Result<Tensor> {
