@@ -29,3 +29,15 @@ pub fn describe(device: &Device) -> &'static str {
         Device::Metal(_) => "metal",
     }
 }
+
+/// Fixes the number of threads candle's CPU kernels use, once, as candle would choose it (its
+/// `RAYON_NUM_THREADS`). candle asks on every parallel operation, and where it cannot read the
+/// preferred CPUs it re-reads `/proc/cpuinfo` each time: a tenth of a generation step. Call
+/// at start-up, before other threads exist (it sets an environment variable); a value already
+/// set is kept.
+pub fn settle_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+}

@@ -264,6 +264,7 @@ fn init_logging(verbose: u8) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    models::device::settle_thread_count();
     init_logging(cli.verbose);
     let result = if let Some(Subcommand::Bench { which }) = &cli.command {
         bench::run(which).map_err(Failure::from)

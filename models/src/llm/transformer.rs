@@ -4,14 +4,16 @@
 //! candle's quantized vector-dot kernels, one prompt row at a time, which makes prompt
 //! processing several times slower than llama.cpp; and some formats (Q4_1, Q5_x) have no SIMD
 //! kernel at all. Here each weight keeps two forms:
-//! - a quantized one for generation (one row per step, memory-bound). Formats without a
-//!   SIMD kernel are repacked at load into Q8_0, which has one;
+//! - a quantized one for generation (one row per step, memory-bound). Q4_1 runs on this
+//!   crate's own kernel (`q4_1.rs`); other formats without a SIMD kernel in candle are
+//!   repacked at load into Q8_0, which has one;
 //! - a dense f32 copy for prompt processing (many rows: a compute-bound GEMM), kept while the
 //!   whole dense model fits in [`DENSE_BUDGET_BYTES`].
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
+use super::q4_1::Q4_1Matrix;
 use super::tokenizer::meta_u32;
 
 /// Largest total size of the dense prompt-processing copies. Bigger models process prompts
@@ -20,6 +22,10 @@ pub const DENSE_BUDGET_BYTES: usize = 3 << 30;
 
 /// Matrix products with at least this many rows (prompt tokens) use the dense copy.
 const PROMPT_MIN_ROWS: usize = 2;
+
+/// The same for Q4_1 weights, whose own kernel reads each weight once for several rows: reading
+/// the dense copy (8 times the bytes) is slower for a short prompt than computing on 4 bits.
+const DENSE_MIN_ROWS_Q4_1: usize = 32;
 
 /// How a GGUF lays out rotary embeddings.
 #[derive(Clone, Copy)]
@@ -30,9 +36,17 @@ enum Rope {
     Halves,
 }
 
+/// The form a weight takes for generation.
+enum Quantized {
+    /// candle's kernels.
+    Candle(QMatMul),
+    /// Q4_1 blocks as stored, on the CPU.
+    Q4_1(Q4_1Matrix),
+}
+
 /// A weight matrix in its generation and prompt-processing forms, with an optional bias.
 struct Linear {
-    quantized: QMatMul,
+    quantized: Quantized,
     dense: Option<Tensor>,
     bias: Option<Tensor>,
 }
@@ -40,9 +54,21 @@ struct Linear {
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(D::Minus1)?;
-        let y = match &self.dense {
-            Some(w) if rows >= PROMPT_MIN_ROWS => x.broadcast_matmul(&w.t()?)?,
-            _ => self.quantized.forward(x)?,
+        let y = match (&self.dense, &self.quantized) {
+            (_, Quantized::Q4_1(w)) if rows < DENSE_MIN_ROWS_Q4_1 => {
+                let mut shape = x.dims().to_vec();
+                *shape
+                    .last_mut()
+                    .expect("a matrix product's input has a dimension") = w.rows();
+                let y = w.matmul(&x.flatten_all()?.to_vec1::<f32>()?);
+                Tensor::from_vec(y, shape, x.device())?
+            }
+            (Some(w), _) if rows >= PROMPT_MIN_ROWS => x.broadcast_matmul(&w.t()?)?,
+            (_, Quantized::Candle(w)) => w.forward(x)?,
+            (_, Quantized::Q4_1(_)) => candle_core::bail!(
+                "a Q4_1 weight without its dense copy takes at most {} rows at a time",
+                DENSE_MIN_ROWS_Q4_1 - 1
+            ),
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -131,6 +157,16 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
         } else {
             None
         };
+        if matches!(self.device, Device::Cpu) && dense.is_some() {
+            if let Some(q4_1) = Q4_1Matrix::from_qtensor(&q)? {
+                let bias = self.bias(bias)?;
+                return Ok(Linear {
+                    quantized: Quantized::Q4_1(q4_1),
+                    dense,
+                    bias,
+                });
+            }
+        }
         // Formats without a SIMD vector-dot kernel are repacked into Q8_0, which has one.
         let q = match q.dtype() {
             GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1 => {
@@ -142,15 +178,19 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
             }
             _ => q,
         };
-        let bias = match bias {
-            Some(name) if self.has(name) => Some(self.vector(name)?),
-            _ => None,
-        };
+        let bias = self.bias(bias)?;
         Ok(Linear {
-            quantized: QMatMul::from_qtensor(q)?,
+            quantized: Quantized::Candle(QMatMul::from_qtensor(q)?),
             dense,
             bias,
         })
+    }
+
+    fn bias(&mut self, name: Option<&str>) -> Result<Option<Tensor>> {
+        match name {
+            Some(name) if self.has(name) => Ok(Some(self.vector(name)?)),
+            _ => Ok(None),
+        }
     }
 
     fn linear(&mut self, name: &str, bias: Option<&str>) -> Result<Linear> {
