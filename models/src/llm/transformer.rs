@@ -10,7 +10,9 @@
 //! - a dense f32 copy for prompt processing (many rows: a compute-bound GEMM), kept while the
 //!   whole dense model fits in [`DENSE_BUDGET_BYTES`].
 
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use std::borrow::Cow;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
 use super::q4_1::Q4_1Matrix;
@@ -77,6 +79,36 @@ impl Linear {
     }
 }
 
+/// Weights that take the same input (queries, keys and values; gate and up), stacked into one
+/// matrix when they share a format, so that one product (one hand-off to the thread pool, one
+/// quantized input) serves them all.
+enum Projections {
+    /// One matrix, the parts' rows one after another; the parts' output sizes.
+    Stacked { linear: Linear, sizes: Vec<usize> },
+    /// Formats differ (k-quant mixes often give values more bits).
+    Separate(Vec<Linear>),
+}
+
+impl Projections {
+    /// Each part's output, in order.
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Projections::Stacked { linear, sizes } => {
+                let y = linear.forward(x)?;
+                let mut offset = 0;
+                sizes
+                    .iter()
+                    .map(|&n| {
+                        offset += n;
+                        y.narrow(D::Minus1, offset - n, n)
+                    })
+                    .collect()
+            }
+            Projections::Separate(parts) => parts.iter().map(|l| l.forward(x)).collect(),
+        }
+    }
+}
+
 struct RmsNorm {
     weight: Tensor,
     eps: f32,
@@ -90,16 +122,15 @@ impl RmsNorm {
 
 struct Layer {
     attn_norm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// Queries, keys, values.
+    qkv: Projections,
     o: Linear,
     /// Qwen3 normalises queries and keys per head.
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
     ffn_norm: RmsNorm,
-    gate: Linear,
-    up: Linear,
+    /// Gate, up.
+    gate_up: Projections,
     down: Linear,
     cache: Option<(Tensor, Tensor)>,
 }
@@ -151,7 +182,7 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
         })
     }
 
-    fn linear_from(&mut self, q: QTensor, bias: Option<&str>) -> Result<Linear> {
+    fn linear_from(&mut self, q: QTensor, bias: Option<Tensor>) -> Result<Linear> {
         let dense = if self.dense {
             Some(q.dequantize(self.device)?)
         } else {
@@ -159,7 +190,6 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
         };
         if matches!(self.device, Device::Cpu) && dense.is_some() {
             if let Some(q4_1) = Q4_1Matrix::from_qtensor(&q)? {
-                let bias = self.bias(bias)?;
                 return Ok(Linear {
                     quantized: Quantized::Q4_1(q4_1),
                     dense,
@@ -178,7 +208,6 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
             }
             _ => q,
         };
-        let bias = self.bias(bias)?;
         Ok(Linear {
             quantized: Quantized::Candle(QMatMul::from_qtensor(q)?),
             dense,
@@ -195,7 +224,57 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
 
     fn linear(&mut self, name: &str, bias: Option<&str>) -> Result<Linear> {
         let q = self.qtensor(name)?;
+        let bias = self.bias(bias)?;
         self.linear_from(q, bias)
+    }
+
+    /// The weights `parts` (names, with their bias's name), stacked when they share a format.
+    fn projections(&mut self, parts: &[(String, String)]) -> Result<Projections> {
+        let mut weights = Vec::with_capacity(parts.len());
+        let mut biases = Vec::with_capacity(parts.len());
+        for (name, bias) in parts {
+            weights.push(self.qtensor(name)?);
+            biases.push(self.bias(Some(bias))?);
+        }
+        let dtype = weights[0].dtype();
+        let cols = weights[0].shape().dims2()?.1;
+        let stackable = weights
+            .iter()
+            .all(|w| w.dtype() == dtype && w.shape().dims2().is_ok_and(|(_, c)| c == cols));
+        if !stackable {
+            return Ok(Projections::Separate(
+                weights
+                    .into_iter()
+                    .zip(biases)
+                    .map(|(w, b)| self.linear_from(w, b))
+                    .collect::<Result<_>>()?,
+            ));
+        }
+        // Rows are whole blocks, so the stacked matrix is the parts' bytes one after another.
+        let sizes: Vec<usize> = weights.iter().map(|w| w.shape().dims()[0]).collect();
+        let mut bytes = Vec::new();
+        for w in &weights {
+            bytes.extend_from_slice(&w.data()?);
+        }
+        let storage = QStorage::from_data(Cow::Owned(bytes), self.device, dtype)?;
+        let stacked = QTensor::new(storage, (sizes.iter().sum::<usize>(), cols))?;
+        let bias = if biases.iter().all(Option::is_none) {
+            None
+        } else {
+            let parts = biases
+                .into_iter()
+                .zip(&sizes)
+                .map(|(b, &n)| match b {
+                    Some(b) => Ok(b),
+                    None => Tensor::zeros(n, DType::F32, self.device),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&parts, 0)?)
+        };
+        Ok(Projections::Stacked {
+            linear: self.linear_from(stacked, bias)?,
+            sizes,
+        })
     }
 }
 
@@ -278,15 +357,18 @@ impl Transformer {
             };
             layers.push(Layer {
                 attn_norm: load.norm(&p("attn_norm.weight"), eps)?,
-                q: load.linear(&p("attn_q.weight"), Some(&p("attn_q.bias")))?,
-                k: load.linear(&p("attn_k.weight"), Some(&p("attn_k.bias")))?,
-                v: load.linear(&p("attn_v.weight"), Some(&p("attn_v.bias")))?,
+                qkv: load.projections(
+                    &["q", "k", "v"]
+                        .map(|x| (p(&format!("attn_{x}.weight")), p(&format!("attn_{x}.bias")))),
+                )?,
                 o: load.linear(&p("attn_output.weight"), None)?,
                 q_norm,
                 k_norm,
                 ffn_norm: load.norm(&p("ffn_norm.weight"), eps)?,
-                gate: load.linear(&p("ffn_gate.weight"), None)?,
-                up: load.linear(&p("ffn_up.weight"), None)?,
+                gate_up: load.projections(
+                    &["gate", "up"]
+                        .map(|x| (p(&format!("ffn_{x}.weight")), p(&format!("ffn_{x}.bias")))),
+                )?,
                 down: load.linear(&p("ffn_down.weight"), None)?,
                 cache: None,
             });
@@ -376,9 +458,14 @@ impl Transformer {
             let heads = |t: Tensor, n: usize| -> Result<Tensor> {
                 t.reshape((batch, seq, n, head_dim))?.transpose(1, 2)
             };
-            let mut q = heads(layer.q.forward(&h)?, n_head)?;
-            let mut k = heads(layer.k.forward(&h)?, n_kv_head)?;
-            let v = heads(layer.v.forward(&h)?, n_kv_head)?.contiguous()?;
+            let [q, k, v]: [Tensor; 3] = layer
+                .qkv
+                .forward(&h)?
+                .try_into()
+                .expect("queries, keys and values");
+            let mut q = heads(q, n_head)?;
+            let mut k = heads(k, n_kv_head)?;
+            let v = heads(v, n_kv_head)?.contiguous()?;
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 q = qn.forward(&q)?;
                 k = kn.forward(&k)?;
@@ -406,8 +493,9 @@ impl Transformer {
             let layer = &self.layers[layer_index];
             x = (x + layer.o.forward(&attention)?)?;
             let h = layer.ffn_norm.forward(&x)?;
-            let gated =
-                (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            let [gate, up]: [Tensor; 2] =
+                layer.gate_up.forward(&h)?.try_into().expect("gate and up");
+            let gated = (candle_nn::ops::silu(&gate)? * up)?;
             x = (x + layer.down.forward(&gated)?)?;
         }
         let last = self.norm.forward(&x.narrow(1, seq - 1, 1)?)?;
