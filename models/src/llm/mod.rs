@@ -400,7 +400,7 @@ impl Llm {
         let count = tokens.len();
         self.shared_prefix = Some(SharedPrefix {
             tokens,
-            cache: self.weights.kv_cache(),
+            cache: self.weights.kv_cache()?,
         });
         Ok(count)
     }
@@ -483,7 +483,7 @@ impl Llm {
             Some(shared)
                 if prompt.len() > shared.tokens.len() && prompt.starts_with(&shared.tokens) =>
             {
-                self.weights.set_kv_cache(shared.cache.clone());
+                self.weights.set_kv_cache(&shared.cache)?;
                 (&prompt[shared.tokens.len()..], shared.tokens.len())
             }
             _ => (prompt, 0),

@@ -132,10 +132,62 @@ struct Layer {
     /// Gate, up.
     gate_up: Projections,
     down: Linear,
-    cache: Option<(Tensor, Tensor)>,
+    cache: KvBuffer,
 }
 
-/// Every layer's cached keys and values: what a sequence so far leaves behind.
+/// A layer's keys and values so far, `[1, kv heads, positions, head size]`, in buffers that
+/// grow by doubling: a step writes its own keys and values instead of copying the whole past.
+#[derive(Default)]
+struct KvBuffer {
+    buffers: Option<(Tensor, Tensor)>,
+    len: usize,
+}
+
+impl KvBuffer {
+    /// Appends `k` and `v` (contiguous, for `seq` new positions); returns all keys and values.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (_, _, seq, _) = k.dims4()?;
+        let len = self.len + seq;
+        let capacity = self.buffers.as_ref().map_or(Ok(0), |(b, _)| b.dim(2))?;
+        if len > capacity {
+            let (batch, heads, _, size) = k.dims4()?;
+            let shape = (batch, heads, len.next_power_of_two().max(256), size);
+            let grown = (
+                Tensor::zeros(shape, k.dtype(), k.device())?,
+                Tensor::zeros(shape, v.dtype(), v.device())?,
+            );
+            if let Some((old_k, old_v)) = &self.buffers {
+                grown
+                    .0
+                    .slice_set(&old_k.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                grown
+                    .1
+                    .slice_set(&old_v.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+            }
+            self.buffers = Some(grown);
+        }
+        let (all_k, all_v) = self.buffers.as_ref().expect("allocated above");
+        all_k.slice_set(k, 2, self.len)?;
+        all_v.slice_set(v, 2, self.len)?;
+        self.len = len;
+        Ok((all_k.narrow(2, 0, len)?, all_v.narrow(2, 0, len)?))
+    }
+
+    /// A copy of what is held.
+    fn snapshot(&self) -> Result<Option<(Tensor, Tensor)>> {
+        match &self.buffers {
+            // `copy` for storage of its own (appends write into the buffers in place), then
+            // `contiguous` for the layout `append` takes.
+            Some((k, v)) if self.len > 0 => Ok(Some((
+                k.narrow(2, 0, self.len)?.copy()?.contiguous()?,
+                v.narrow(2, 0, self.len)?.copy()?.contiguous()?,
+            ))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Every layer's cached keys and values (copies): what a sequence so far leaves behind.
 pub(super) type KvCache = Vec<Option<(Tensor, Tensor)>>;
 
 /// A loaded decoder with its key/value cache.
@@ -370,7 +422,7 @@ impl Transformer {
                         .map(|x| (p(&format!("ffn_{x}.weight")), p(&format!("ffn_{x}.bias")))),
                 )?,
                 down: load.linear(&p("ffn_down.weight"), None)?,
-                cache: None,
+                cache: KvBuffer::default(),
             });
         }
 
@@ -397,17 +449,21 @@ impl Transformer {
         })
     }
 
-    /// The cached keys and values (cheap: tensors share their storage).
-    pub(super) fn kv_cache(&self) -> KvCache {
-        self.layers.iter().map(|l| l.cache.clone()).collect()
+    /// A copy of the cached keys and values.
+    pub(super) fn kv_cache(&self) -> Result<KvCache> {
+        self.layers.iter().map(|l| l.cache.snapshot()).collect()
     }
 
     /// Continues from a sequence whose cache [`Transformer::kv_cache`] took: the next
     /// [`Transformer::forward`] goes on at that sequence's length.
-    pub(super) fn set_kv_cache(&mut self, cache: KvCache) {
+    pub(super) fn set_kv_cache(&mut self, cache: &KvCache) -> Result<()> {
         for (layer, cache) in self.layers.iter_mut().zip(cache) {
-            layer.cache = cache;
+            layer.cache.len = 0;
+            if let Some((k, v)) = cache {
+                layer.cache.append(k, v)?;
+            }
         }
+        Ok(())
     }
 
     fn rotate(&self, x: &Tensor, position: usize) -> Result<Tensor> {
@@ -421,16 +477,20 @@ impl Transformer {
     }
 
     /// Runs `tokens` (shape `[1, seq]`) starting at `position`, and returns the logits of the
-    /// last one. Position 0 starts a new sequence (the cache is dropped).
+    /// last one. Position 0 starts a new sequence (the cache is emptied); any other position
+    /// must be the cache's length.
     pub(super) fn forward(&mut self, tokens: &Tensor, position: usize) -> Result<Tensor> {
         let (batch, seq) = tokens.dims2()?;
         if position + seq > self.max_positions {
             candle_core::bail!("position {} is past the context window", position + seq);
         }
+        let groups = self.n_head / self.n_kv_head;
         let mask = if seq > 1 {
-            // Row i may attend to cached positions and to new positions up to i.
+            // Row i may attend to cached positions and to new positions up to i. Each key/value
+            // head answers its group of query heads in one product, so the rows repeat per head.
             let total = position + seq;
-            let values: Vec<f32> = (0..seq)
+            let values: Vec<f32> = (0..groups * seq)
+                .map(|row| row % seq)
                 .flat_map(|i| {
                     (0..total).map(move |j| {
                         if j > position + i {
@@ -441,7 +501,11 @@ impl Transformer {
                     })
                 })
                 .collect();
-            Some(Tensor::from_vec(values, (seq, total), tokens.device())?)
+            Some(Tensor::from_vec(
+                values,
+                (groups * seq, total),
+                tokens.device(),
+            )?)
         } else {
             None
         };
@@ -450,7 +514,6 @@ impl Transformer {
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((batch, seq, ()))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let groups = self.n_head / self.n_kv_head;
         let (n_head, n_kv_head, head_dim) = (self.n_head, self.n_kv_head, self.head_dim);
         for layer_index in 0..self.layers.len() {
             let layer = &self.layers[layer_index];
@@ -472,22 +535,26 @@ impl Transformer {
             }
             let q = self.rotate(&q, position)?;
             let k = self.rotate(&k, position)?;
-            let layer = &mut self.layers[layer_index];
-            let (k, v) = match (&layer.cache, position) {
-                (Some((ck, cv)), p) if p > 0 => {
-                    (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?)
-                }
-                _ => (k, v),
-            };
-            layer.cache = Some((k.clone(), v.clone()));
-            let k = candle_transformers::utils::repeat_kv(k, groups)?.contiguous()?;
-            let v = candle_transformers::utils::repeat_kv(v, groups)?.contiguous()?;
+            let cache = &mut self.layers[layer_index].cache;
+            if position == 0 {
+                cache.len = 0;
+            } else if cache.len != position {
+                candle_core::bail!(
+                    "position {position} does not follow the cache ({})",
+                    cache.len
+                );
+            }
+            let (k, v) = cache.append(&k, &v)?;
+            // Query heads share key/value heads in groups (head h uses h / groups): each
+            // key/value head takes its group's queries as one matrix, with no copies of itself.
+            let q = q.reshape((batch, n_kv_head, groups * seq, head_dim))?;
             let mut scores = (q.matmul(&k.t()?)? * scale)?;
             if let Some(mask) = &mask {
                 scores = scores.broadcast_add(mask)?;
             }
             let attention = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
             let attention = attention
+                .reshape((batch, n_head, seq, head_dim))?
                 .transpose(1, 2)?
                 .reshape((batch, seq, n_head * head_dim))?;
             let layer = &self.layers[layer_index];
