@@ -23,7 +23,7 @@ pub struct ChatBench {
     #[arg(long, env = "LLAMA_BENCH")]
     pub llama_bench: Option<PathBuf>,
     /// Repetitions of each measurement (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub repetitions: usize,
 }
 
@@ -220,8 +220,23 @@ pub fn run(options: &ChatBench) -> Result<()> {
         "Model {} on {threads} threads, median of {repetitions}",
         path.display()
     );
-    let ([pp128, pp512, tg128], first) = ours(&path, repetitions)?;
-    let [a_pp128, a_pp512, a_tg128] = llama_cpp(&bench, &path, threads, repetitions)?;
+    // Rounds alternate between the two engines, so both meet the machine's moods alike.
+    let (mut ours_rounds, mut anchor_rounds, mut first_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut first = None;
+    for _ in 0..repetitions {
+        let (rates, round_first) = ours(&path, 1)?;
+        ours_rounds.push(rates);
+        first_ms.push(round_first.ms);
+        first = Some(round_first);
+        anchor_rounds.push(llama_cpp(&bench, &path, threads, 1)?);
+    }
+    let column = |rounds: &[[f64; 3]], i: usize| median(rounds.iter().map(|r| r[i]).collect());
+    let [pp128, pp512, tg128] = [0, 1, 2].map(|i| column(&ours_rounds, i));
+    let [a_pp128, a_pp512, a_tg128] = [0, 1, 2].map(|i| column(&anchor_rounds, i));
+    let first = FirstToken {
+        ms: median(first_ms),
+        ..first.expect("at least one round")
+    };
     println!(
         "{:<28} {:>12} {:>12} {:>10}",
         "tokens/s", "cpipe", "llama.cpp", "ratio"
