@@ -479,7 +479,16 @@ impl Transformer {
     /// Runs `tokens` (shape `[1, seq]`) starting at `position`, and returns the logits of the
     /// last one. Position 0 starts a new sequence (the cache is emptied); any other position
     /// must be the cache's length.
+    ///
+    /// On the CPU it runs inside candle's thread pool: the many small parallel operations of a
+    /// step then find its threads awake, instead of each waking a sleeping one from outside (a
+    /// wake-up costs tens of microseconds, and a step has hundreds of operations).
     pub(super) fn forward(&mut self, tokens: &Tensor, position: usize) -> Result<Tensor> {
+        let device = tokens.device().clone();
+        device.with_context(|| self.step(tokens, position))
+    }
+
+    fn step(&mut self, tokens: &Tensor, position: usize) -> Result<Tensor> {
         let (batch, seq) = tokens.dims2()?;
         if position + seq > self.max_positions {
             candle_core::bail!("position {} is past the context window", position + seq);
