@@ -67,9 +67,12 @@ struct Job {
     reply: SyncSender<Result<Vec<Segment>, ToolError>>,
 }
 
-/// A queued transcription: its result, once the Whisper thread gets to it, and its off switch.
+/// A transcription's result, once the Whisper thread gets to it.
+type Answer = Receiver<Result<Vec<Segment>, ToolError>>;
+
+/// A queued transcription: its result, and its off switch.
 struct Ticket {
-    result: Receiver<Result<Vec<Segment>, ToolError>>,
+    result: Answer,
     stop: Arc<AtomicBool>,
 }
 
@@ -83,11 +86,11 @@ impl Ticket {
 /// Live transcriptions in flight, published in the order they were asked for.
 enum Pending {
     Partial {
-        result: Receiver<Result<Vec<Segment>, ToolError>>,
+        result: Answer,
         start: f32,
     },
     Final {
-        result: Receiver<Result<Vec<Segment>, ToolError>>,
+        result: Answer,
         start: f32,
         end: f32,
     },
