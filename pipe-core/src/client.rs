@@ -38,6 +38,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_EVENT_BYTES: usize = 256 << 20;
 /// Unclaimed broadcasts kept for [`Client::next_event`] before the oldest are dropped.
 const MAX_UNCLAIMED: usize = 100_000;
+/// How long a client checks for a reply before it sleeps. Waking a sleeping thread on another
+/// CPU costs tens of microseconds on a virtual machine, more than a quick reply takes.
+const SPIN: Duration = Duration::from_micros(50);
+/// A reply that took longer than this stops the spinning until replies are quick again.
+const SPIN_AGAIN_UNDER: Duration = Duration::from_micros(200);
 
 /// Pipes this process is connected to: the protocol names a client by its pid, so one
 /// process can hold only one connection per server.
@@ -63,6 +68,9 @@ pub struct Client {
     legacy: bool,
     /// `unsubscribe` was sent already.
     unsubscribed: bool,
+    /// Replies have been quick, so waiting starts with a short spin: request/reply traffic
+    /// pays no wake-up, while a slow stream (tokens every few milliseconds) never spins.
+    spin: bool,
     buf: Vec<u8>,
 }
 
@@ -149,6 +157,7 @@ impl Client {
             timeout: options.timeout,
             legacy: true,
             unsubscribed: false,
+            spin: true,
             buf: vec![0; 64 << 10],
         };
         client.subscribe()?;
@@ -157,7 +166,7 @@ impl Client {
 
     fn subscribe(&mut self) -> Result<()> {
         let line = json!({"pid": self.pid, "cmd": "subscribe", "request_pipe": true});
-        self.write_line(&line, true)?;
+        self.write_line(&json_line(&line), true)?;
         let deadline = self.deadline();
         loop {
             let event = self.read_event(deadline, "the server to confirm subscribe")?;
@@ -190,9 +199,7 @@ impl Client {
 
     /// Sends a request without waiting; returns its id. `args` must be a JSON object (or null).
     pub fn send(&mut self, cmd: &str, args: Value) -> Result<u64> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut fields = match args {
+        let args = match args {
             Value::Object(fields) => fields,
             Value::Null => Fields::new(),
             other => {
@@ -201,10 +208,23 @@ impl Client {
                 )))
             }
         };
-        fields.insert("pid".into(), self.pid.into());
-        fields.insert("cmd".into(), cmd.into());
-        fields.insert("id".into(), id.into());
-        self.write_line(&Value::Object(fields), false)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        // Written straight out rather than through a map: this is every request's hot path.
+        let mut line = format!("{{\"pid\":{},\"cmd\":", self.pid).into_bytes();
+        serde_json::to_writer(&mut line, cmd).expect("a string serializes");
+        line.extend_from_slice(format!(",\"id\":{id}").as_bytes());
+        for (key, value) in args
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "pid" | "cmd" | "id"))
+        {
+            line.push(b',');
+            serde_json::to_writer(&mut line, key).expect("a string serializes");
+            line.push(b':');
+            serde_json::to_writer(&mut line, value).expect("a JSON value serializes");
+        }
+        line.extend_from_slice(b"}\n");
+        self.write_line(&line, false)?;
         Ok(id)
     }
 
@@ -246,7 +266,7 @@ impl Client {
         if self.legacy {
             // named-pipes answers nothing to unsubscribe.
             let line = json!({"pid": self.pid, "cmd": "unsubscribe"});
-            self.write_line(&line, false)?;
+            self.write_line(&json_line(&line), false)?;
         } else {
             for event in self.request("unsubscribe", Value::Null)? {
                 event?;
@@ -293,20 +313,19 @@ impl Client {
     }
 
     /// Writes one request line whole, waiting for room up to the timeout.
-    fn write_line(&mut self, value: &Value, shared_pipe: bool) -> Result<()> {
-        let mut line = serde_json::to_vec(value).expect("JSON values serialize");
-        line.push(b'\n');
+    fn write_line(&mut self, line: &[u8], shared_pipe: bool) -> Result<()> {
         let pipe = match (&self.request_pipe, shared_pipe) {
             (Some(private), false) => private,
             _ => &self.upstream,
         };
-        let deadline = self.deadline();
+        let mut deadline = None;
         let mut written = 0;
         while written < line.len() {
             match (&*pipe).write(&line[written..]) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let deadline = *deadline.get_or_insert_with(|| self.deadline());
                     let remaining =
                         remaining(deadline, "the server to read a request", self.timeout)?;
                     let mut fds = [pollfd(pipe.as_raw_fd(), libc::POLLOUT)];
@@ -331,15 +350,42 @@ impl Client {
             if let Some(event) = self.pop_parsed() {
                 return Ok(event);
             }
+            self.wait_and_read(deadline, what)?;
+        }
+    }
+
+    /// Waits until the event pipe has data and reads it into `parsed`. Spins for up to
+    /// [`SPIN`] first while replies have been coming quickly (see [`Client::spin`]).
+    fn wait_and_read(&mut self, deadline: Option<Instant>, what: &str) -> Result<()> {
+        let started = Instant::now();
+        if self.spin {
+            loop {
+                match self.read_available()? {
+                    Got::Data => return Ok(()),
+                    // No writer yet (the server has not opened the pipe) reads as end of
+                    // file too; only `poll` tells the two apart.
+                    Got::EndOfFile => break,
+                    Got::Nothing if started.elapsed() >= SPIN => break,
+                    Got::Nothing => {}
+                }
+                // Lets the server run when it shares this CPU.
+                std::thread::yield_now();
+            }
+        }
+        loop {
             let remaining = remaining(deadline, what, self.timeout)?;
             let mut fds = [pollfd(self.events.as_raw_fd(), libc::POLLIN)];
             fifo::poll(&mut fds, remaining).map_err(|e| Error::io("waiting for events", e))?;
-            let revents = fds[0].revents;
-            if revents == 0 {
+            if fds[0].revents == 0 {
                 continue; // timed out: `remaining` reports it on the next turn
             }
-            match (&self.events).read(&mut self.buf) {
-                Ok(0) => {
+            match self.read_available()? {
+                Got::Data => {
+                    // A slow reply (a token stream, a long job) is not worth spinning for.
+                    self.spin = started.elapsed() < SPIN_AGAIN_UNDER;
+                    return Ok(());
+                }
+                Got::EndOfFile => {
                     return Err(Error::Disconnected {
                         path: self.paths.upstream(),
                         reason: "the server closed this client's event pipe (it stopped, or \
@@ -347,27 +393,42 @@ impl Client {
                             .into(),
                     })
                 }
-                Ok(n) => {
-                    let data = std::mem::take(&mut self.buf);
-                    let mut parsed = Vec::new();
-                    self.lines.push(&data[..n], |frame| match frame {
-                        Frame::Line(line) => match serde_json::from_slice::<Fields>(line) {
-                            Ok(fields) => parsed.extend(Event::from_fields(fields)),
-                            Err(e) => tracing::warn!("ignoring a malformed event line: {e}"),
-                        },
-                        Frame::TooLarge { len, .. } => {
-                            tracing::warn!("ignoring an event line of {len} bytes")
-                        }
-                    });
-                    self.buf = data;
-                    for event in parsed {
-                        self.stash(event);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("reading events", e)),
+                Got::Nothing => {}
             }
+        }
+    }
+
+    /// One non-blocking read of the event pipe, parsed into `parsed`.
+    fn read_available(&mut self) -> Result<Got> {
+        match (&self.events).read(&mut self.buf) {
+            Ok(0) => Ok(Got::EndOfFile),
+            Ok(n) => {
+                let data = std::mem::take(&mut self.buf);
+                let mut parsed = Vec::new();
+                self.lines.push(&data[..n], |frame| match frame {
+                    Frame::Line(line) => match serde_json::from_slice::<Fields>(line) {
+                        Ok(fields) => parsed.extend(Event::from_fields(fields)),
+                        Err(e) => tracing::warn!("ignoring a malformed event line: {e}"),
+                    },
+                    Frame::TooLarge { len, .. } => {
+                        tracing::warn!("ignoring an event line of {len} bytes")
+                    }
+                });
+                self.buf = data;
+                for event in parsed {
+                    self.stash(event);
+                }
+                Ok(Got::Data)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(Got::Nothing)
+            }
+            Err(e) => Err(Error::io("reading events", e)),
         }
     }
 
@@ -387,6 +448,21 @@ impl Client {
     fn pop_parsed(&mut self) -> Option<Event> {
         self.parsed.pop_front()
     }
+}
+
+/// A request's wire form: compact JSON and a newline.
+fn json_line(value: &Value) -> Vec<u8> {
+    let mut line = serde_json::to_vec(value).expect("JSON values serialize");
+    line.push(b'\n');
+    line
+}
+
+/// What one non-blocking read of the event pipe found.
+enum Got {
+    Data,
+    Nothing,
+    /// No writer: the server closed the pipe, or has not opened it yet.
+    EndOfFile,
 }
 
 /// Time left until `deadline`, or a timeout error naming `what` and the client's timeout.

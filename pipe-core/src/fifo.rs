@@ -142,9 +142,7 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
 
 /// `poll(2)` over `fds`; `None` waits forever. Retries on `EINTR`.
 pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
-    let ms = timeout.map_or(-1, |t| {
-        i32::try_from(t.as_millis().max(u128::from(!t.is_zero()))).unwrap_or(i32::MAX)
-    });
+    let ms = timeout_ms(timeout);
     loop {
         // SAFETY: `fds` is a valid slice of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
@@ -158,12 +156,88 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::R
     }
 }
 
+/// A wait in milliseconds for `poll` and `epoll_wait`: -1 is forever, and a wait under a
+/// millisecond rounds up, not down to a busy zero.
+fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
+    timeout.map_or(-1, |t| {
+        i32::try_from(t.as_millis().max(u128::from(!t.is_zero()))).unwrap_or(i32::MAX)
+    })
+}
+
 /// A `pollfd` asking for `events` on `fd`.
 pub(crate) fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
     libc::pollfd {
         fd,
         events,
         revents: 0,
+    }
+}
+
+/// An epoll set: the listener waits on many pipes at once, and registering them once costs
+/// the kernel less per wake-up than handing it the whole list again (`poll`) every time.
+#[derive(Debug)]
+pub(crate) struct Epoll(OwnedFd);
+
+impl Epoll {
+    pub(crate) fn new() -> Result<Self> {
+        // SAFETY: plain system call; the result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(Error::last_os("cannot create an epoll set"));
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: token };
+        // SAFETY: `event` is valid for the call; the kernel copies it.
+        if unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut event) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Watches `fd` for `events` (errors and hang-ups are always reported), tagged `token`.
+    pub(crate) fn add(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, events, token)
+    }
+
+    /// Changes what `fd` is watched for.
+    pub(crate) fn modify(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
+    }
+
+    /// Stops watching `fd`. Closing a descriptor does this by itself, unless a copy of it
+    /// is still open somewhere.
+    pub(crate) fn remove(&self, fd: RawFd) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
+    }
+
+    /// Waits for events, filling `ready` (its capacity is the most returned at once); `None`
+    /// waits forever. Retries on `EINTR`.
+    pub(crate) fn wait(
+        &self,
+        ready: &mut Vec<libc::epoll_event>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        let ms = timeout_ms(timeout);
+        ready.clear();
+        let max = ready.capacity().clamp(1, i32::MAX as usize) as libc::c_int;
+        loop {
+            // SAFETY: the kernel writes at most `max` events into `ready`'s spare capacity.
+            let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), ready.as_mut_ptr(), max, ms) };
+            if n >= 0 {
+                // SAFETY: the kernel initialised the first `n` entries.
+                unsafe { ready.set_len(n as usize) };
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
     }
 }
 

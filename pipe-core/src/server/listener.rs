@@ -1,6 +1,6 @@
-//! The listener thread: one `poll` over the shared request pipe, every private request pipe,
-//! and the event pipes with a backlog to flush or a reader to lose. It never blocks on a
-//! client; everything slow happens on the workers.
+//! The listener thread: one epoll wait over the shared request pipe, every private request
+//! pipe, and the event pipes with a backlog to flush or a reader to lose. It never blocks on
+//! a client; everything slow happens on the workers.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::subscriber::{DropReason, Subscriber};
 use super::{lock, CancelReason, Shared};
 use crate::error::{Error, Result};
-use crate::fifo::{self, pollfd};
+use crate::fifo::{self, Epoll};
 use crate::framing::{Frame, LineBuffer};
 use crate::message::{pid_hint, ErrorCode, ToolError};
 
@@ -51,41 +51,82 @@ pub(super) struct Listener {
     buf: Vec<u8>,
     /// Clients that died, whose event pipes are still to be removed.
     dead_clients: Vec<(u32, Instant)>,
+    epoll: Epoll,
+    /// The event pipes in `epoll`, with what each is watched for. Holding the subscriber
+    /// keeps its descriptor open until it is taken out of the set.
+    event_pipes: HashMap<u32, (Arc<Subscriber>, u32)>,
 }
 
+/// What an epoll event is about: the low 32 bits of its token are a client's pid.
+#[derive(Clone, Copy)]
 enum Ready {
     Waker,
     Upstream,
     RequestPipe(u32),
-    EventPipe(Arc<Subscriber>),
+    EventPipe(u32),
 }
 
+impl Ready {
+    fn token(self) -> u64 {
+        match self {
+            Self::Waker => 0,
+            Self::Upstream => 1 << 32,
+            Self::RequestPipe(pid) => 2 << 32 | u64::from(pid),
+            Self::EventPipe(pid) => 3 << 32 | u64::from(pid),
+        }
+    }
+
+    fn from_token(token: u64) -> Self {
+        let pid = token as u32;
+        match token >> 32 {
+            0 => Self::Waker,
+            1 => Self::Upstream,
+            2 => Self::RequestPipe(pid),
+            _ => Self::EventPipe(pid),
+        }
+    }
+}
+
+/// Most epoll events taken per wait.
+const MAX_READY: usize = 64;
+
 impl Listener {
-    pub(super) fn new(shared: Arc<Shared>, upstream: File) -> Self {
+    pub(super) fn new(shared: Arc<Shared>, upstream: File) -> Result<Self> {
         let max = shared.limits.max_request_bytes;
-        Self {
+        let epoll = Epoll::new()?;
+        let watch = |fd, ready: Ready| {
+            epoll
+                .add(fd, libc::EPOLLIN as u32, ready.token())
+                .map_err(|e| Error::io("cannot watch the server's pipes", e))
+        };
+        watch(shared.waker.fd(), Ready::Waker)?;
+        watch(upstream.as_raw_fd(), Ready::Upstream)?;
+        Ok(Self {
             shared,
             upstream,
             upstream_lines: LineBuffer::new(max),
             request_pipes: HashMap::new(),
             buf: vec![0; 64 << 10],
             dead_clients: Vec::new(),
-        }
+            epoll,
+            event_pipes: HashMap::new(),
+        })
     }
 
     pub(super) fn run(mut self) -> Result<()> {
         let mut last_sweep = Instant::now();
-        let (mut fds, mut sources) = (Vec::new(), Vec::new());
+        let mut ready = Vec::with_capacity(MAX_READY);
         while !self.shared.stopping.load(Ordering::Acquire) {
-            self.poll_set(&mut fds, &mut sources);
+            self.watch_event_pipes();
             let timeout = SWEEP_EVERY.saturating_sub(last_sweep.elapsed());
-            fifo::poll(&mut fds, Some(timeout))
-                .map_err(|e| Error::io("poll on the server's pipes failed", e))?;
-            let woken = fds[0].revents != 0;
-            for (pfd, source) in fds.iter().zip(sources.drain(..)) {
-                if pfd.revents != 0 {
-                    self.on_ready(source, pfd.revents);
-                }
+            self.epoll
+                .wait(&mut ready, Some(timeout))
+                .map_err(|e| Error::io("waiting on the server's pipes failed", e))?;
+            let mut woken = false;
+            for event in ready.drain(..) {
+                let source = Ready::from_token(event.u64);
+                woken |= matches!(source, Ready::Waker);
+                self.on_ready(source, event.events);
             }
             // Closing a subscriber always wakes the listener, so only then is there any to reap.
             if woken {
@@ -100,33 +141,55 @@ impl Listener {
         Ok(())
     }
 
-    /// Fills `fds` and `sources` (the waker first) with what to poll for.
-    fn poll_set(&self, fds: &mut Vec<libc::pollfd>, sources: &mut Vec<Ready>) {
-        fds.clear();
-        sources.clear();
-        fds.push(pollfd(self.shared.waker.fd(), libc::POLLIN));
-        sources.push(Ready::Waker);
-        fds.push(pollfd(self.upstream.as_raw_fd(), libc::POLLIN));
-        sources.push(Ready::Upstream);
-        for (&pid, pipe) in &self.request_pipes {
-            fds.push(pollfd(pipe.file.as_raw_fd(), libc::POLLIN));
-            sources.push(Ready::RequestPipe(pid));
-        }
-        for sub in lock(&self.shared.subscribers).values() {
-            // POLLERR arrives without asking when the reader is gone.
-            let events = if sub.has_backlog() { libc::POLLOUT } else { 0 };
-            fds.push(pollfd(sub.fd(), events));
-            sources.push(Ready::EventPipe(Arc::clone(sub)));
+    /// Brings the event pipes in the epoll set in line with the subscribers: new ones in,
+    /// gone ones out, and `EPOLLOUT` exactly while a backlog waits (level-triggered, it would
+    /// otherwise report a pipe with room over and over).
+    fn watch_event_pipes(&mut self) {
+        let subscribers = lock(&self.shared.subscribers);
+        let epoll = &self.epoll;
+        self.event_pipes.retain(|pid, (sub, _)| {
+            let current = subscribers.get(pid).is_some_and(|s| Arc::ptr_eq(s, sub));
+            if !current {
+                let _ = epoll.remove(sub.fd());
+            }
+            current
+        });
+        for (&pid, sub) in subscribers.iter() {
+            // Errors (the reader is gone) are reported without asking.
+            let wanted = if sub.has_backlog() {
+                libc::EPOLLOUT as u32
+            } else {
+                0
+            };
+            let token = Ready::EventPipe(pid).token();
+            match self.event_pipes.get_mut(&pid) {
+                Some((_, watched)) if *watched == wanted => {}
+                Some((_, watched)) => {
+                    if let Err(e) = epoll.modify(sub.fd(), wanted, token) {
+                        tracing::error!(pid, "cannot watch a client's event pipe: {e}");
+                    }
+                    *watched = wanted;
+                }
+                None => {
+                    if let Err(e) = epoll.add(sub.fd(), wanted, token) {
+                        tracing::error!(pid, "cannot watch a client's event pipe: {e}");
+                    }
+                    self.event_pipes.insert(pid, (Arc::clone(sub), wanted));
+                }
+            }
         }
     }
 
-    fn on_ready(&mut self, source: Ready, revents: libc::c_short) {
+    fn on_ready(&mut self, source: Ready, events: u32) {
         match source {
             Ready::Waker => self.shared.waker.drain(),
             Ready::Upstream => self.read_upstream(),
             Ready::RequestPipe(pid) => self.read_request_pipe(pid),
-            Ready::EventPipe(sub) => {
-                if revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+            Ready::EventPipe(pid) => {
+                let Some((sub, _)) = self.event_pipes.get(&pid) else {
+                    return;
+                };
+                if events & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
                     sub.close(DropReason::Gone);
                 } else if sub.flush().is_err() {
                     // flush closed it; reaped below.
@@ -300,6 +363,11 @@ impl Listener {
         }
         fifo::ensure_fifo(&path)?;
         let file = fifo::open_fifo(&path, fifo::Access::Read)?;
+        // Closing the file (the only descriptor of it) takes it out of the set again.
+        let token = Ready::RequestPipe(pid).token();
+        self.epoll
+            .add(file.as_raw_fd(), libc::EPOLLIN as u32, token)
+            .map_err(|e| Error::io(format!("cannot watch {}", path.display()), e))?;
         let lines = LineBuffer::new(self.shared.limits.max_request_bytes);
         self.request_pipes.insert(
             pid,

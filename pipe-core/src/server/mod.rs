@@ -268,7 +268,7 @@ impl ToolServer {
             upstream,
             lock,
         } = self;
-        let result = listener::Listener::new(Arc::clone(&shared), upstream).run();
+        let result = listener::Listener::new(Arc::clone(&shared), upstream).and_then(|l| l.run());
         fifo::remove_fifo(&shared.paths.upstream());
         drop(lock);
         tracing::info!(name = shared.paths.name(), "stopped");

@@ -42,20 +42,26 @@ struct Latency {
 /// One timed round trip: sends a request and returns the time to its first reply.
 type RoundTrip = Box<dyn FnMut() -> Result<Duration>>;
 
-/// Times every transport `n` times, interleaved (each turn visits all of them, in a rotating
-/// order) so that they all see the same machine conditions.
+/// Round trips timed back to back before the next transport takes a turn.
+const BLOCK: usize = 500;
+
+/// Times every transport `n` times, interleaved in blocks (each turn visits all of them, in a
+/// rotating order) so that they all see the same machine conditions, while each block is long
+/// enough that how the previous transport left the scheduler fades (a spinning client keeps
+/// a CPU awake, which speeds up whatever runs next) before the untimed start of the block ends.
 fn measure(transports: &mut [(&str, RoundTrip)], n: usize) -> Result<Vec<Latency>> {
-    for (_, round_trip) in transports.iter_mut() {
-        for _ in 0..n / 10 {
-            round_trip()?;
-        }
-    }
+    let warm_up = BLOCK / 10;
     let mut samples = vec![Vec::with_capacity(n); transports.len()];
-    for turn in 0..n {
+    for turn in 0..n.div_ceil(BLOCK) {
         for k in 0..transports.len() {
             let j = (turn + k) % transports.len();
-            let took = (transports[j].1)()?;
-            samples[j].push(took.as_secs_f64() * 1e6);
+            let round_trip = &mut transports[j].1;
+            for _ in 0..warm_up {
+                round_trip()?;
+            }
+            for _ in 0..BLOCK.min(n - samples[j].len()) {
+                samples[j].push(round_trip()?.as_secs_f64() * 1e6);
+            }
         }
     }
     Ok(samples
