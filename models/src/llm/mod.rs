@@ -13,6 +13,7 @@
 //! # Ok::<(), models::llm::LlmError>(())
 //! ```
 
+mod cpu_ops;
 mod q4_1;
 mod stream;
 mod template;

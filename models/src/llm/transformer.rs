@@ -13,8 +13,11 @@
 use std::borrow::Cow;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{
+    CpuStorage, DType, Device, InplaceOp1, Layout, Module, Result, Storage, StorageRef, Tensor, D,
+};
 
+use super::cpu_ops;
 use super::q4_1::Q4_1Matrix;
 use super::tokenizer::meta_u32;
 
@@ -77,6 +80,18 @@ impl Linear {
             None => Ok(y),
         }
     }
+
+    /// `x · selfᵀ (+ bias)` for one vector on the Q4_1 kernel; `None` for other formats.
+    fn q4_1_vector(&self, x: &[f32]) -> Result<Option<Vec<f32>>> {
+        let Quantized::Q4_1(w) = &self.quantized else {
+            return Ok(None);
+        };
+        let mut y = w.matmul(x);
+        if let Some(b) = &self.bias {
+            cpu_ops::add(&mut y, CpuValues::of(b)?.get());
+        }
+        Ok(Some(y))
+    }
 }
 
 /// Weights that take the same input (queries, keys and values; gate and up), stacked into one
@@ -107,6 +122,21 @@ impl Projections {
             Projections::Separate(parts) => parts.iter().map(|l| l.forward(x)).collect(),
         }
     }
+
+    /// The stacked product of one vector on the Q4_1 kernel, with the parts' sizes; `None`
+    /// unless the parts are stacked Q4_1.
+    fn q4_1_vector(&self, x: &[f32]) -> Result<Option<(Vec<f32>, &[usize])>> {
+        match self {
+            Projections::Stacked { linear, sizes } => {
+                Ok(linear.q4_1_vector(x)?.map(|y| (y, sizes.as_slice())))
+            }
+            Projections::Separate(_) => Ok(None),
+        }
+    }
+
+    fn is_stacked_q4_1(&self) -> bool {
+        matches!(self, Projections::Stacked { linear, .. } if matches!(linear.quantized, Quantized::Q4_1(_)))
+    }
 }
 
 struct RmsNorm {
@@ -117,6 +147,50 @@ struct RmsNorm {
 impl RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+    }
+
+    /// The same on slices: each `weight`-sized piece of `x` normalised on its own into `out`.
+    fn apply(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
+        let weight = CpuValues::of(&self.weight)?;
+        let n = weight.get().len();
+        for (x, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            cpu_ops::rms_norm(x, weight.get(), self.eps, out);
+        }
+        Ok(())
+    }
+}
+
+/// The values of a contiguous f32 tensor on the CPU, borrowed from its storage.
+struct CpuValues<'a> {
+    storage: StorageRef<'a>,
+    range: std::ops::Range<usize>,
+}
+
+impl<'a> CpuValues<'a> {
+    fn of(tensor: &'a Tensor) -> Result<Self> {
+        let (storage, layout) = tensor.storage_and_layout();
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("expected a contiguous tensor");
+        };
+        match &*storage {
+            Storage::Cpu(cpu) => {
+                cpu.as_slice::<f32>()?;
+            }
+            _ => candle_core::bail!("expected a tensor on the CPU"),
+        }
+        Ok(Self {
+            storage,
+            range: start..end,
+        })
+    }
+
+    fn get(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(cpu) => {
+                &cpu.as_slice::<f32>().expect("checked in `of`")[self.range.clone()]
+            }
+            _ => unreachable!("checked in `of`"),
+        }
     }
 }
 
@@ -144,33 +218,66 @@ struct KvBuffer {
 }
 
 impl KvBuffer {
+    /// Makes room for `len` positions of `heads × size` values.
+    fn reserve(&mut self, len: usize, heads: usize, size: usize, device: &Device) -> Result<()> {
+        if len <= self.capacity()? {
+            return Ok(());
+        }
+        let shape = (1, heads, len.next_power_of_two().max(256), size);
+        let grown = (
+            Tensor::zeros(shape, DType::F32, device)?,
+            Tensor::zeros(shape, DType::F32, device)?,
+        );
+        if let Some((old_k, old_v)) = &self.buffers {
+            grown
+                .0
+                .slice_set(&old_k.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+            grown
+                .1
+                .slice_set(&old_v.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+        }
+        self.buffers = Some(grown);
+        Ok(())
+    }
+
+    fn capacity(&self) -> Result<usize> {
+        self.buffers.as_ref().map_or(Ok(0), |(b, _)| b.dim(2))
+    }
+
     /// Appends `k` and `v` (contiguous, for `seq` new positions); returns all keys and values.
     fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (_, _, seq, _) = k.dims4()?;
+        let (_, heads, seq, size) = k.dims4()?;
         let len = self.len + seq;
-        let capacity = self.buffers.as_ref().map_or(Ok(0), |(b, _)| b.dim(2))?;
-        if len > capacity {
-            let (batch, heads, _, size) = k.dims4()?;
-            let shape = (batch, heads, len.next_power_of_two().max(256), size);
-            let grown = (
-                Tensor::zeros(shape, k.dtype(), k.device())?,
-                Tensor::zeros(shape, v.dtype(), v.device())?,
-            );
-            if let Some((old_k, old_v)) = &self.buffers {
-                grown
-                    .0
-                    .slice_set(&old_k.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
-                grown
-                    .1
-                    .slice_set(&old_v.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
-            }
-            self.buffers = Some(grown);
-        }
-        let (all_k, all_v) = self.buffers.as_ref().expect("allocated above");
+        self.reserve(len, heads, size, k.device())?;
+        let (all_k, all_v) = self.buffers.as_ref().expect("reserved above");
         all_k.slice_set(k, 2, self.len)?;
         all_v.slice_set(v, 2, self.len)?;
         self.len = len;
         Ok((all_k.narrow(2, 0, len)?, all_v.narrow(2, 0, len)?))
+    }
+
+    /// Appends one position given as slices (`heads × size` values each).
+    fn push(&mut self, k: &[f32], v: &[f32], heads: usize, device: &Device) -> Result<()> {
+        self.reserve(self.len + 1, heads, k.len() / heads, device)?;
+        let (all_k, all_v) = self.buffers.as_ref().expect("reserved above");
+        let position = self.len;
+        all_k.inplace_op1(&WritePosition {
+            values: k,
+            position,
+        })?;
+        all_v.inplace_op1(&WritePosition {
+            values: v,
+            position,
+        })?;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// All keys and values, `[heads, capacity, size]` each (the first `len` positions hold
+    /// data), with the capacity.
+    fn values(&self) -> Result<(CpuValues<'_>, CpuValues<'_>, usize)> {
+        let (k, v) = self.buffers.as_ref().expect("a value was pushed first");
+        Ok((CpuValues::of(k)?, CpuValues::of(v)?, k.dim(2)?))
     }
 
     /// A copy of what is held.
@@ -184,6 +291,31 @@ impl KvBuffer {
             ))),
             _ => Ok(None),
         }
+    }
+}
+
+/// Writes one position of every head into a `[1, heads, capacity, size]` key or value buffer.
+struct WritePosition<'a> {
+    values: &'a [f32],
+    position: usize,
+}
+
+impl InplaceOp1 for WritePosition<'_> {
+    fn name(&self) -> &'static str {
+        "write-kv-position"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let (_, heads, capacity, size) = layout.shape().dims4()?;
+        let (CpuStorage::F32(data), Some((start, _))) = (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("the key/value cache is not a contiguous f32 buffer");
+        };
+        for (head, values) in self.values.chunks_exact(size).enumerate().take(heads) {
+            let at = start + (head * capacity + self.position) * size;
+            data[at..at + size].copy_from_slice(values);
+        }
+        Ok(())
     }
 }
 
@@ -204,6 +336,9 @@ pub(super) struct Transformer {
     head_dim: usize,
     /// Positions the rotary tables cover.
     pub(super) max_positions: usize,
+    /// Every layer's products run on the Q4_1 kernel, so a generated token can take the
+    /// slice path ([`Transformer::step_token`]).
+    all_q4_1: bool,
 }
 
 /// Reads tensors from the file, tracking how much dense memory is handed out.
@@ -434,7 +569,15 @@ impl Transformer {
             .to_dtype(DType::F32)?
             .reshape((max_positions, 1))?;
         let angles = positions.matmul(&theta)?;
+        let all_q4_1 = layers.iter().all(|l| {
+            l.qkv.is_stacked_q4_1()
+                && l.gate_up.is_stacked_q4_1()
+                && [&l.o, &l.down]
+                    .iter()
+                    .all(|w| matches!(w.quantized, Quantized::Q4_1(_)))
+        });
         Ok(Self {
+            all_q4_1,
             embeddings,
             layers,
             norm,
@@ -492,6 +635,10 @@ impl Transformer {
         let (batch, seq) = tokens.dims2()?;
         if position + seq > self.max_positions {
             candle_core::bail!("position {} is past the context window", position + seq);
+        }
+        if (batch, seq) == (1, 1) && self.all_q4_1 {
+            let token = tokens.flatten_all()?.to_vec1::<u32>()?[0];
+            return self.step_token(token as usize, position);
         }
         let groups = self.n_head / self.n_kv_head;
         let mask = if seq > 1 {
@@ -575,6 +722,91 @@ impl Transformer {
             x = (x + layer.down.forward(&gated)?)?;
         }
         let last = self.norm.forward(&x.narrow(1, seq - 1, 1)?)?;
+        self.output.forward(&last)?.squeeze(1)
+    }
+
+    /// One generated token through plain loops on slices (`cpu_ops`) and the Q4_1 kernel,
+    /// with the same arithmetic as [`Transformer::step`]: a step of a small model is hundreds
+    /// of tiny operations, and as tensor operations their overhead outweighed their work.
+    fn step_token(&mut self, token: usize, position: usize) -> Result<Tensor> {
+        let (n_head, n_kv_head, head_dim) = (self.n_head, self.n_kv_head, self.head_dim);
+        let groups = n_head / n_kv_head;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let device = self.embeddings.device().clone();
+        let dim = self.embeddings.dim(1)?;
+        if position == 0 {
+            self.layers.iter_mut().for_each(|l| l.cache.len = 0);
+        }
+        let mut x = CpuValues::of(&self.embeddings)?.get()[token * dim..(token + 1) * dim].to_vec();
+        let mut h = vec![0.0; dim];
+        let half = head_dim / 2;
+        let (cos, sin) = (CpuValues::of(&self.cos)?, CpuValues::of(&self.sin)?);
+        let cos = &cos.get()[position * half..(position + 1) * half];
+        let sin = &sin.get()[position * half..(position + 1) * half];
+        let rotate = |values: &mut [f32]| {
+            for head in values.chunks_exact_mut(head_dim) {
+                match self.rope {
+                    Rope::Interleaved => cpu_ops::rope_interleaved(head, cos, sin),
+                    Rope::Halves => cpu_ops::rope_halves(head, cos, sin),
+                }
+            }
+        };
+        let mut attention = vec![0.0; n_head * head_dim];
+        for layer in &mut self.layers {
+            if layer.cache.len != position {
+                candle_core::bail!(
+                    "position {position} does not follow the cache ({})",
+                    layer.cache.len
+                );
+            }
+            layer.attn_norm.apply(&x, &mut h)?;
+            let (mut qkv, sizes) = layer.qkv.q4_1_vector(&h)?.expect("checked at load");
+            let (q, kv) = qkv.split_at_mut(sizes[0]);
+            let (k, v) = kv.split_at_mut(sizes[1]);
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                let (q_in, k_in) = (q.to_vec(), k.to_vec());
+                qn.apply(&q_in, q)?;
+                kn.apply(&k_in, k)?;
+            }
+            rotate(q);
+            rotate(k);
+            layer.cache.push(k, v, n_kv_head, &device)?;
+            let len = layer.cache.len;
+            let (keys, values, capacity) = layer.cache.values()?;
+            let (keys, values) = (keys.get(), values.get());
+            let q: &[f32] = q;
+            let out = attention.as_mut_ptr() as usize;
+            candle_core::utils::barrier_pool().execute_chunked(n_head, |heads| {
+                for head in heads {
+                    let base = head / groups * capacity * head_dim;
+                    // SAFETY: each head's output slice is written by one worker only.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            (out as *mut f32).add(head * head_dim),
+                            head_dim,
+                        )
+                    };
+                    cpu_ops::attend(
+                        &q[head * head_dim..(head + 1) * head_dim],
+                        &keys[base..],
+                        &values[base..],
+                        len,
+                        scale,
+                        out,
+                    );
+                }
+            });
+            let o = layer.o.q4_1_vector(&attention)?.expect("checked at load");
+            cpu_ops::add(&mut x, &o);
+            layer.ffn_norm.apply(&x, &mut h)?;
+            let (mut gate_up, sizes) = layer.gate_up.q4_1_vector(&h)?.expect("checked at load");
+            let (gate, up) = gate_up.split_at_mut(sizes[0]);
+            cpu_ops::silu_mul(gate, up);
+            let down = layer.down.q4_1_vector(gate)?.expect("checked at load");
+            cpu_ops::add(&mut x, &down);
+        }
+        self.norm.apply(&x, &mut h)?;
+        let last = Tensor::from_vec(h, (1, 1, dim), &device)?;
         self.output.forward(&last)?.squeeze(1)
     }
 }
