@@ -8,10 +8,9 @@
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`.
 pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let scale = 1.0 / (mean_square + eps).sqrt();
+    let root = (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32 + eps).sqrt();
     for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
-        *o = v * scale * w;
+        *o = v / root * w;
     }
 }
 
@@ -103,7 +102,7 @@ mod tests {
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
-            .map(|i| ((i as u32 * 2654435761 ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
             .collect()
     }
 

@@ -810,3 +810,76 @@ impl Transformer {
         self.output.forward(&last)?.squeeze(1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The offline default model, as `tests/llm.rs` finds it.
+    fn smollm2() -> std::path::PathBuf {
+        let path = std::env::var_os("CPIPE_CHAT_MODEL")
+            .map(Into::into)
+            .unwrap_or_else(|| {
+                let base = std::env::var_os("CPIPE_MODELS")
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_else(|| {
+                        std::path::PathBuf::from(std::env::var_os("HOME").unwrap())
+                            .join(".cache/cpipe/models")
+                    });
+                base.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+            });
+        assert!(
+            path.exists(),
+            "{} is missing: run scripts/fetch-models.sh",
+            path.display()
+        );
+        path
+    }
+
+    /// Logits after a 5-token prompt and then after each of 4 single tokens.
+    fn run(model: &mut Transformer) -> Result<Vec<Vec<f32>>> {
+        let prompt = Tensor::new(&[[1u32, 4093, 314, 253, 5248]], &Device::Cpu)?;
+        let mut logits = vec![model.forward(&prompt, 0)?.flatten_all()?.to_vec1()?];
+        for (i, token) in [30u32, 216, 1030, 17].into_iter().enumerate() {
+            let token = Tensor::new(&[[token]], &Device::Cpu)?;
+            logits.push(model.forward(&token, 5 + i)?.flatten_all()?.to_vec1()?);
+        }
+        Ok(logits)
+    }
+
+    #[test]
+    fn the_slice_path_computes_what_the_tensor_path_does() -> Result<()> {
+        let mut file = std::fs::File::open(smollm2())?;
+        let content = gguf_file::Content::read(&mut file)?;
+        let mut model = Transformer::load(&content, &mut file, &Device::Cpu, "llama", 64)?;
+        assert!(model.all_q4_1, "SmolLM2's offline GGUF is all Q4_1");
+        let slices = run(&mut model)?;
+        model.all_q4_1 = false;
+        let tensors = run(&mut model)?;
+
+        // Sums in a different order differ in the last bits, and the 8-bit quantization of
+        // each product's input can turn that into a step of 1/127: so the paths agree on the
+        // choice and within a few percent, not bit for bit. A wrong rotation, head or cache
+        // position would change the logits wholesale.
+        let top = |l: &[f32]| {
+            l.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+        };
+        for (a, b) in slices.iter().zip(&tensors) {
+            assert_eq!(top(a), top(b));
+            let largest = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                worst < 0.05 * largest,
+                "logits differ by {worst} (largest {largest})"
+            );
+        }
+        Ok(())
+    }
+}
