@@ -24,11 +24,11 @@ pub(super) struct Q4_1Matrix {
     blocks: Vec<u8>,
 }
 
-/// An input vector quantized to 8 bits per block: values, scales, and scale × sum per block.
+/// An input vector quantized to 8 bits per block: values, then per block its scale and its
+/// scale × sum side by side (the kernel multiplies both by a block's `d` and `m` at once).
 struct QuantizedInput {
     values: Vec<i8>,
-    scales: Vec<f32>,
-    sums: Vec<f32>,
+    scale_sums: Vec<[f32; 2]>,
 }
 
 impl Q4_1Matrix {
@@ -89,8 +89,7 @@ fn quantize_input(x: &[f32]) -> QuantizedInput {
     let n_blocks = x.len() / BLOCK;
     let mut input = QuantizedInput {
         values: vec![0; x.len()],
-        scales: Vec::with_capacity(n_blocks),
-        sums: Vec::with_capacity(n_blocks),
+        scale_sums: Vec::with_capacity(n_blocks),
     };
     for (block, values) in x
         .chunks_exact(BLOCK)
@@ -104,8 +103,7 @@ fn quantize_input(x: &[f32]) -> QuantizedInput {
             *q = (v * inverse).round() as i8;
             sum += *q as i32;
         }
-        input.scales.push(scale);
-        input.sums.push(scale * sum as f32);
+        input.scale_sums.push([scale, scale * sum as f32]);
     }
     input
 }
@@ -115,16 +113,18 @@ fn dot(blocks: &[u8], input: &QuantizedInput) -> f32 {
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
-        target_feature = "fma"
+        target_feature = "fma",
+        target_feature = "f16c"
     ))]
     {
-        // SAFETY: the CPU has AVX2 and FMA (compiled for them); the lengths match (`matvec`).
+        // SAFETY: the CPU has AVX2, FMA and F16C (compiled for them); the lengths match.
         unsafe { dot_avx2(blocks, input) }
     }
     #[cfg(not(all(
         target_arch = "x86_64",
         target_feature = "avx2",
-        target_feature = "fma"
+        target_feature = "fma",
+        target_feature = "f16c"
     )))]
     {
         dot_scalar(blocks, input)
@@ -136,7 +136,8 @@ fn dot(blocks: &[u8], input: &QuantizedInput) -> f32 {
     all(
         target_arch = "x86_64",
         target_feature = "avx2",
-        target_feature = "fma"
+        target_feature = "fma",
+        target_feature = "f16c"
     ),
     allow(dead_code)
 )]
@@ -151,7 +152,8 @@ fn dot_scalar(blocks: &[u8], input: &QuantizedInput) -> f32 {
             products += (byte & 0x0F) as i32 * values[j] as i32;
             products += (byte >> 4) as i32 * values[j + BLOCK / 2] as i32;
         }
-        total += d * input.scales[b] * products as f32 + m * input.sums[b];
+        let [scale, sum] = input.scale_sums[b];
+        total += d * scale * products as f32 + m * sum;
     }
     total
 }
@@ -159,42 +161,81 @@ fn dot_scalar(blocks: &[u8], input: &QuantizedInput) -> f32 {
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
-    target_feature = "fma"
+    target_feature = "fma",
+    target_feature = "f16c"
 ))]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_avx2(blocks: &[u8], input: &QuantizedInput) -> f32 {
     use std::arch::x86_64::*;
     let low_nibbles = _mm_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let mut scaled = _mm256_setzero_ps();
-    let mut offsets = 0.0f32;
+    // Two accumulators each, for even and odd blocks: one chain of dependent adds would hold
+    // every block up for the latency of the last.
+    let mut scaled = [_mm256_setzero_ps(); 2];
+    let mut offsets = [_mm_setzero_ps(); 2];
     for (b, block) in blocks.chunks_exact(BLOCK_BYTES).enumerate() {
-        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
-        let m = f16::from_le_bytes([block[2], block[3]]).to_f32();
-        // SAFETY: a block holds 16 bytes of values after its two scales; the input has 32
-        // values per block.
-        let (packed, values) = unsafe {
+        // SAFETY: a block is `d` and `m` (f16 each), then 16 bytes of values; the input has
+        // 32 values and one scale pair per block.
+        let (dm, scale_sum, packed, values) = unsafe {
             (
+                _mm_cvtph_ps(_mm_cvtsi32_si128(
+                    (block.as_ptr() as *const i32).read_unaligned(),
+                )),
+                _mm_castsi128_ps(_mm_loadl_epi64(
+                    input.scale_sums.as_ptr().add(b) as *const __m128i
+                )),
                 _mm_loadu_si128(block.as_ptr().add(4) as *const __m128i),
                 _mm256_loadu_si256(input.values.as_ptr().add(b * BLOCK) as *const __m256i),
             )
         };
+        // Lane 0: d × the input's scale; lane 1: m × the input's scaled sum.
+        let factors = _mm_mul_ps(dm, scale_sum);
         let low = _mm_and_si128(packed, low_nibbles);
         let high = _mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles);
-        let weights = _mm256_set_m128i(high, low);
-        // Unsigned 4-bit × signed 8-bit pairs fit i16 (2 × 15 × 127), then i32 by fours.
-        let products = _mm256_madd_epi16(_mm256_maddubs_epi16(weights, values), ones);
-        let scale = _mm256_set1_ps(d * input.scales[b]);
-        scaled = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), scaled);
-        offsets += m * input.sums[b];
+        let products = dot_u4_i8(_mm256_set_m128i(high, low), values);
+        let lane = b & 1;
+        scaled[lane] = _mm256_fmadd_ps(
+            _mm256_broadcastss_ps(factors),
+            _mm256_cvtepi32_ps(products),
+            scaled[lane],
+        );
+        offsets[lane] = _mm_add_ps(offsets[lane], factors);
     }
+    let scaled = _mm256_add_ps(scaled[0], scaled[1]);
     let halves = _mm_add_ps(
         _mm256_castps256_ps128(scaled),
         _mm256_extractf128_ps(scaled, 1),
     );
     let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
     let single = _mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1));
-    _mm_cvtss_f32(single) + offsets
+    let offsets = _mm_add_ps(offsets[0], offsets[1]);
+    _mm_cvtss_f32(single) + _mm_cvtss_f32(_mm_shuffle_ps(offsets, offsets, 1))
+}
+
+/// Sums of four products of unsigned 4-bit weights and signed 8-bit values, in eight i32
+/// lanes: one VNNI instruction where the CPU has it.
+#[cfg(all(target_arch = "x86_64", target_feature = "avxvnni"))]
+#[target_feature(enable = "avx2,avxvnni")]
+fn dot_u4_i8(
+    weights: std::arch::x86_64::__m256i,
+    values: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), weights, values)
+}
+
+/// The same on plain AVX2: pairs fit i16 (2 × 15 × 127), then i32 by fours.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    not(target_feature = "avxvnni")
+))]
+#[target_feature(enable = "avx2")]
+fn dot_u4_i8(
+    weights: std::arch::x86_64::__m256i,
+    values: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_madd_epi16(_mm256_maddubs_epi16(weights, values), _mm256_set1_epi16(1))
 }
 
 #[cfg(test)]
