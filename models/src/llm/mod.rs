@@ -14,7 +14,7 @@
 //! ```
 
 mod cpu_ops;
-mod q4_1;
+mod quant;
 mod stream;
 mod template;
 mod tokenizer;

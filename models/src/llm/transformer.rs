@@ -4,9 +4,9 @@
 //! candle's quantized vector-dot kernels, one prompt row at a time, which makes prompt
 //! processing several times slower than llama.cpp; and some formats (Q4_1, Q5_x) have no SIMD
 //! kernel at all. Here each weight keeps two forms:
-//! - a quantized one for generation (one row per step, memory-bound). Q4_1 runs on this
-//!   crate's own kernel (`q4_1.rs`); other formats without a SIMD kernel in candle are
-//!   repacked at load into Q8_0, which has one;
+//! - a quantized one for generation (one row per step). Q4_1 and Q8_0 run on this crate's
+//!   own kernels (`quant/`); Q5_x and Q8_1, which have no SIMD kernel in candle, are repacked
+//!   at load into Q8_0; the rest run on candle's;
 //! - a dense f32 copy for prompt processing (many rows: a compute-bound GEMM), kept while the
 //!   whole dense model fits in [`DENSE_BUDGET_BYTES`].
 
@@ -18,7 +18,7 @@ use candle_core::{
 };
 
 use super::cpu_ops;
-use super::q4_1::Q4_1Matrix;
+use super::quant::QuantMatrix;
 use super::tokenizer::meta_u32;
 
 /// Largest total size of the dense prompt-processing copies. Bigger models process prompts
@@ -28,9 +28,9 @@ pub const DENSE_BUDGET_BYTES: usize = 3 << 30;
 /// Matrix products with at least this many rows (prompt tokens) use the dense copy.
 const PROMPT_MIN_ROWS: usize = 2;
 
-/// The same for Q4_1 weights, whose own kernel reads each weight once for several rows: reading
-/// the dense copy (8 times the bytes) is slower for a short prompt than computing on 4 bits.
-const DENSE_MIN_ROWS_Q4_1: usize = 32;
+/// The same for weights on this crate's kernels, which read each weight once for several rows:
+/// reading the dense copy (4 to 8 times the bytes) is slower for a short prompt.
+const DENSE_MIN_ROWS_BLOCKS: usize = 32;
 
 /// How a GGUF lays out rotary embeddings.
 #[derive(Clone, Copy)]
@@ -45,8 +45,8 @@ enum Rope {
 enum Quantized {
     /// candle's kernels.
     Candle(QMatMul),
-    /// Q4_1 blocks as stored, on the CPU.
-    Q4_1(Q4_1Matrix),
+    /// Blocks as stored, on this crate's CPU kernels.
+    Blocks(QuantMatrix),
 }
 
 /// A weight matrix in its generation and prompt-processing forms, with an optional bias.
@@ -60,7 +60,7 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(D::Minus1)?;
         let y = match (&self.dense, &self.quantized) {
-            (_, Quantized::Q4_1(w)) if rows < DENSE_MIN_ROWS_Q4_1 => {
+            (_, Quantized::Blocks(w)) if rows < DENSE_MIN_ROWS_BLOCKS => {
                 let mut shape = x.dims().to_vec();
                 *shape
                     .last_mut()
@@ -70,9 +70,9 @@ impl Linear {
             }
             (Some(w), _) if rows >= PROMPT_MIN_ROWS => x.broadcast_matmul(&w.t()?)?,
             (_, Quantized::Candle(w)) => w.forward(x)?,
-            (_, Quantized::Q4_1(_)) => candle_core::bail!(
-                "a Q4_1 weight without its dense copy takes at most {} rows at a time",
-                DENSE_MIN_ROWS_Q4_1 - 1
+            (_, Quantized::Blocks(_)) => candle_core::bail!(
+                "a block weight without its dense copy takes at most {} rows at a time",
+                DENSE_MIN_ROWS_BLOCKS - 1
             ),
         };
         match &self.bias {
@@ -81,9 +81,14 @@ impl Linear {
         }
     }
 
-    /// `x · selfᵀ (+ bias)` for one vector on the Q4_1 kernel; `None` for other formats.
-    fn q4_1_vector(&self, x: &[f32]) -> Result<Option<Vec<f32>>> {
-        let Quantized::Q4_1(w) = &self.quantized else {
+    fn is_blocks(&self) -> bool {
+        matches!(self.quantized, Quantized::Blocks(_))
+    }
+
+    /// `x · selfᵀ (+ bias)` for one vector on this crate's kernels; `None` if the weight is
+    /// on candle's.
+    fn block_product(&self, x: &[f32]) -> Result<Option<Vec<f32>>> {
+        let Quantized::Blocks(w) = &self.quantized else {
             return Ok(None);
         };
         let mut y = w.matmul(x);
@@ -123,19 +128,19 @@ impl Projections {
         }
     }
 
-    /// The stacked product of one vector on the Q4_1 kernel, with the parts' sizes; `None`
-    /// unless the parts are stacked Q4_1.
-    fn q4_1_vector(&self, x: &[f32]) -> Result<Option<(Vec<f32>, &[usize])>> {
+    /// The stacked product of one vector on this crate's kernels, with the parts' sizes;
+    /// `None` unless the parts are stacked and on those kernels.
+    fn block_product(&self, x: &[f32]) -> Result<Option<(Vec<f32>, &[usize])>> {
         match self {
             Projections::Stacked { linear, sizes } => {
-                Ok(linear.q4_1_vector(x)?.map(|y| (y, sizes.as_slice())))
+                Ok(linear.block_product(x)?.map(|y| (y, sizes.as_slice())))
             }
             Projections::Separate(_) => Ok(None),
         }
     }
 
-    fn is_stacked_q4_1(&self) -> bool {
-        matches!(self, Projections::Stacked { linear, .. } if matches!(linear.quantized, Quantized::Q4_1(_)))
+    fn is_stacked_blocks(&self) -> bool {
+        matches!(self, Projections::Stacked { linear, .. } if linear.is_blocks())
     }
 }
 
@@ -336,9 +341,9 @@ pub(super) struct Transformer {
     head_dim: usize,
     /// Positions the rotary tables cover.
     pub(super) max_positions: usize,
-    /// Every layer's products run on the Q4_1 kernel, so a generated token can take the
+    /// Every layer's products run on this crate's kernels, so a generated token can take the
     /// slice path ([`Transformer::step_token`]).
-    all_q4_1: bool,
+    slice_path: bool,
 }
 
 /// Reads tensors from the file, tracking how much dense memory is handed out.
@@ -375,26 +380,32 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
         } else {
             None
         };
-        if matches!(self.device, Device::Cpu) && dense.is_some() {
-            if let Some(q4_1) = Q4_1Matrix::from_qtensor(&q)? {
+        // This crate's kernels serve at most short prompts, so they need the dense copy.
+        let own_kernels = matches!(self.device, Device::Cpu) && dense.is_some();
+        // Formats with no SIMD kernel, in candle or here, are repacked into Q8_0.
+        let repack = match q.dtype() {
+            GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1 => true,
+            GgmlDType::Q4_1 => !own_kernels,
+            _ => false,
+        };
+        let q = if repack {
+            let values = match &dense {
+                Some(d) => d.clone(),
+                None => q.dequantize(self.device)?,
+            };
+            QTensor::quantize(&values, GgmlDType::Q8_0)?
+        } else {
+            q
+        };
+        if own_kernels {
+            if let Some(blocks) = QuantMatrix::from_qtensor(&q)? {
                 return Ok(Linear {
-                    quantized: Quantized::Q4_1(q4_1),
+                    quantized: Quantized::Blocks(blocks),
                     dense,
                     bias,
                 });
             }
         }
-        // Formats without a SIMD vector-dot kernel are repacked into Q8_0, which has one.
-        let q = match q.dtype() {
-            GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1 => {
-                let values = match &dense {
-                    Some(d) => d.clone(),
-                    None => q.dequantize(self.device)?,
-                };
-                QTensor::quantize(&values, GgmlDType::Q8_0)?
-            }
-            _ => q,
-        };
         Ok(Linear {
             quantized: Quantized::Candle(QMatMul::from_qtensor(q)?),
             dense,
@@ -569,15 +580,14 @@ impl Transformer {
             .to_dtype(DType::F32)?
             .reshape((max_positions, 1))?;
         let angles = positions.matmul(&theta)?;
-        let all_q4_1 = layers.iter().all(|l| {
-            l.qkv.is_stacked_q4_1()
-                && l.gate_up.is_stacked_q4_1()
-                && [&l.o, &l.down]
-                    .iter()
-                    .all(|w| matches!(w.quantized, Quantized::Q4_1(_)))
+        let slice_path = layers.iter().all(|l| {
+            l.qkv.is_stacked_blocks()
+                && l.gate_up.is_stacked_blocks()
+                && l.o.is_blocks()
+                && l.down.is_blocks()
         });
         Ok(Self {
-            all_q4_1,
+            slice_path,
             embeddings,
             layers,
             norm,
@@ -636,7 +646,7 @@ impl Transformer {
         if position + seq > self.max_positions {
             candle_core::bail!("position {} is past the context window", position + seq);
         }
-        if (batch, seq) == (1, 1) && self.all_q4_1 {
+        if (batch, seq) == (1, 1) && self.slice_path {
             let token = tokens.flatten_all()?.to_vec1::<u32>()?[0];
             return self.step_token(token as usize, position);
         }
@@ -725,7 +735,7 @@ impl Transformer {
         self.output.forward(&last)?.squeeze(1)
     }
 
-    /// One generated token through plain loops on slices (`cpu_ops`) and the Q4_1 kernel,
+    /// One generated token through plain loops on slices (`cpu_ops`) and this crate's kernels,
     /// with the same arithmetic as [`Transformer::step`]: a step of a small model is hundreds
     /// of tiny operations, and as tensor operations their overhead outweighed their work.
     fn step_token(&mut self, token: usize, position: usize) -> Result<Tensor> {
@@ -760,7 +770,7 @@ impl Transformer {
                 );
             }
             layer.attn_norm.apply(&x, &mut h)?;
-            let (mut qkv, sizes) = layer.qkv.q4_1_vector(&h)?.expect("checked at load");
+            let (mut qkv, sizes) = layer.qkv.block_product(&h)?.expect("checked at load");
             let (q, kv) = qkv.split_at_mut(sizes[0]);
             let (k, v) = kv.split_at_mut(sizes[1]);
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
@@ -796,13 +806,13 @@ impl Transformer {
                     );
                 }
             });
-            let o = layer.o.q4_1_vector(&attention)?.expect("checked at load");
+            let o = layer.o.block_product(&attention)?.expect("checked at load");
             cpu_ops::add(&mut x, &o);
             layer.ffn_norm.apply(&x, &mut h)?;
-            let (mut gate_up, sizes) = layer.gate_up.q4_1_vector(&h)?.expect("checked at load");
+            let (mut gate_up, sizes) = layer.gate_up.block_product(&h)?.expect("checked at load");
             let (gate, up) = gate_up.split_at_mut(sizes[0]);
             cpu_ops::silu_mul(gate, up);
-            let down = layer.down.q4_1_vector(gate)?.expect("checked at load");
+            let down = layer.down.block_product(gate)?.expect("checked at load");
             cpu_ops::add(&mut x, &down);
         }
         self.norm.apply(&x, &mut h)?;
@@ -852,9 +862,9 @@ mod tests {
         let mut file = std::fs::File::open(smollm2())?;
         let content = gguf_file::Content::read(&mut file)?;
         let mut model = Transformer::load(&content, &mut file, &Device::Cpu, "llama", 64)?;
-        assert!(model.all_q4_1, "SmolLM2's offline GGUF is all Q4_1");
+        assert!(model.slice_path, "SmolLM2's offline GGUF is Q4_1 and Q8_0");
         let slices = run(&mut model)?;
-        model.all_q4_1 = false;
+        model.slice_path = false;
         let tensors = run(&mut model)?;
 
         // Sums in a different order differ in the last bits, and the 8-bit quantization of

@@ -1,0 +1,266 @@
+//! Matrix-vector products on quantized weights kept as the GGUF stores them, for generation
+//! (one token per step) and short prompts.
+//!
+//! Generation reads every weight once per token, so its speed is the speed of these loops.
+//! candle has no SIMD kernel for Q4_1 (SmolLM2's offline format), and its Q8_0 one (the
+//! output layer's) hands rows to rayon. Here, as llama.cpp does, the input vector is quantized
+//! to 8 bits per block of 32 (with its scale and scaled sum), each format's kernel multiplies
+//! blocks as integers, and rows are shared out over candle's own spinning thread pool.
+
+mod q4_1;
+mod q8_0;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{bail, Result};
+
+/// Weights (and input values) per block.
+const BLOCK: usize = 32;
+
+/// The block formats with a kernel here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Q4_1,
+    Q8_0,
+}
+
+impl Format {
+    fn of(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::Q4_1 => Some(Self::Q4_1),
+            GgmlDType::Q8_0 => Some(Self::Q8_0),
+            _ => None,
+        }
+    }
+
+    fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_1 => q4_1::BLOCK_BYTES,
+            Self::Q8_0 => q8_0::BLOCK_BYTES,
+        }
+    }
+
+    /// One row's blocks against a quantized input.
+    fn kernel(self) -> fn(&[u8], &QuantizedInput) -> f32 {
+        match self {
+            Self::Q4_1 => q4_1::dot,
+            Self::Q8_0 => q8_0::dot,
+        }
+    }
+}
+
+/// A `rows × cols` quantized matrix, row-major, each row `cols / 32` blocks.
+pub(super) struct QuantMatrix {
+    format: Format,
+    rows: usize,
+    cols: usize,
+    blocks: Vec<u8>,
+}
+
+/// An input vector quantized to 8 bits per block: values, then per block its scale and its
+/// scale × sum side by side (Q4_1 multiplies both by a block's `d` and `m` at once).
+struct QuantizedInput {
+    values: Vec<i8>,
+    scale_sums: Vec<[f32; 2]>,
+}
+
+impl QuantMatrix {
+    /// Takes a Q4_1 or Q8_0 tensor's blocks as stored; `None` for any other format.
+    pub(super) fn from_qtensor(tensor: &QTensor) -> Result<Option<Self>> {
+        let Some(format) = Format::of(tensor.dtype()) else {
+            return Ok(None);
+        };
+        let (rows, cols) = tensor.shape().dims2()?;
+        if cols % BLOCK != 0 {
+            bail!("a {format:?} row of {cols} values is not whole blocks");
+        }
+        let blocks = tensor.data()?.into_owned();
+        if blocks.len() != rows * cols / BLOCK * format.block_bytes() {
+            bail!(
+                "a {format:?} tensor of {rows}×{cols} holds {} bytes",
+                blocks.len()
+            );
+        }
+        Ok(Some(Self {
+            format,
+            rows,
+            cols,
+            blocks,
+        }))
+    }
+
+    /// Output values per input vector.
+    pub(super) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// `x · selfᵀ` for `x` holding vectors of `cols` values one after another: for each, the
+    /// `rows` products. Each weight row is read once for all the vectors, so a few vectors
+    /// (a short prompt) cost little more than one.
+    pub(super) fn matmul(&self, x: &[f32]) -> Vec<f32> {
+        assert_eq!(
+            x.len() % self.cols,
+            0,
+            "the input does not match the matrix"
+        );
+        let inputs: Vec<QuantizedInput> = x.chunks_exact(self.cols).map(quantize_input).collect();
+        let mut out = vec![0.0f32; inputs.len() * self.rows];
+        let row_bytes = self.cols / BLOCK * self.format.block_bytes();
+        let kernel = self.format.kernel();
+        // Each weight row's outputs are written by one worker only.
+        let out_ptr = out.as_mut_ptr() as usize;
+        candle_core::utils::barrier_pool().execute_chunked(self.rows, |range| {
+            for row in range {
+                let blocks = &self.blocks[row * row_bytes..(row + 1) * row_bytes];
+                for (i, input) in inputs.iter().enumerate() {
+                    let value = kernel(blocks, input);
+                    // SAFETY: `i * rows + row < out.len()`, and no other worker has this row.
+                    unsafe { *(out_ptr as *mut f32).add(i * self.rows + row) = value };
+                }
+            }
+        });
+        out
+    }
+}
+
+/// Quantizes `x` to 8 bits per block of 32, as llama.cpp's Q8_1 does.
+fn quantize_input(x: &[f32]) -> QuantizedInput {
+    let n_blocks = x.len() / BLOCK;
+    let mut input = QuantizedInput {
+        values: vec![0; x.len()],
+        scale_sums: Vec::with_capacity(n_blocks),
+    };
+    for (block, values) in x
+        .chunks_exact(BLOCK)
+        .zip(input.values.chunks_exact_mut(BLOCK))
+    {
+        let max = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = max / 127.0;
+        let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in values.iter_mut().zip(block) {
+            *q = (v * inverse).round() as i8;
+            sum += *q as i32;
+        }
+        input.scale_sums.push([scale, scale * sum as f32]);
+    }
+    input
+}
+
+/// The sum of a vector's eight lanes.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[target_feature(enable = "avx2")]
+fn sum_lanes(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+    _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
+}
+
+/// Sums of four products of unsigned and signed bytes, in eight i32 lanes: one VNNI
+/// instruction where the CPU has it.
+#[cfg(all(target_arch = "x86_64", target_feature = "avxvnni"))]
+#[target_feature(enable = "avx2,avxvnni")]
+fn dot_u8_i8(
+    unsigned: std::arch::x86_64::__m256i,
+    signed: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), unsigned, signed)
+}
+
+/// The same on plain AVX2, through i16 pairs: callers keep each pair's sum within i16 (four-bit
+/// values, or magnitudes of i8, against i8).
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    not(target_feature = "avxvnni")
+))]
+#[target_feature(enable = "avx2")]
+fn dot_u8_i8(
+    unsigned: std::arch::x86_64::__m256i,
+    signed: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_madd_epi16(_mm256_maddubs_epi16(unsigned, signed), _mm256_set1_epi16(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// A deterministic spread of values in [-1, 1).
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn matrix(rows: usize, cols: usize, dtype: GgmlDType, seed: u32) -> (QTensor, QuantMatrix) {
+        let w = Tensor::from_vec(values(rows * cols, seed), (rows, cols), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        let matrix = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
+        (q, matrix)
+    }
+
+    #[test]
+    fn products_match_the_dequantized_ones() {
+        let scalar_kernels: [(GgmlDType, fn(&[u8], &QuantizedInput) -> f32); 2] = [
+            (GgmlDType::Q4_1, q4_1::dot_scalar),
+            (GgmlDType::Q8_0, q8_0::dot_scalar),
+        ];
+        for (dtype, dot_scalar) in scalar_kernels {
+            let (rows, cols) = (70, 576);
+            let (q, matrix) = matrix(rows, cols, dtype, 1);
+            let dense = q.dequantize(&Device::Cpu).unwrap();
+            let x = values(cols, 2);
+            let expected: Vec<f32> = Tensor::from_vec(x.clone(), (cols, 1), &Device::Cpu)
+                .and_then(|x| dense.matmul(&x))
+                .and_then(|y| y.flatten_all())
+                .and_then(|y| y.to_vec1())
+                .unwrap();
+            let got = matrix.matmul(&x);
+            assert_eq!(got.len(), rows);
+            // Only the input's 8-bit quantization separates the two: under 1 % of the scale.
+            let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for (g, e) in got.iter().zip(&expected) {
+                assert!((g - e).abs() < 0.01 * scale, "{dtype:?}: {g} against {e}");
+            }
+            // The SIMD kernel and the portable one agree to rounding.
+            let input = quantize_input(&x);
+            let row_bytes = matrix.blocks.len() / rows;
+            for (row, g) in got.iter().enumerate() {
+                let blocks = &matrix.blocks[row * row_bytes..(row + 1) * row_bytes];
+                let scalar = dot_scalar(blocks, &input);
+                assert!(
+                    (g - scalar).abs() <= 1e-4 * scale,
+                    "{dtype:?}: {g} against {scalar}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn several_vectors_give_each_its_own_products() {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let cols = 64;
+            let (_, matrix) = matrix(9, cols, dtype, 4);
+            let (a, b) = (values(cols, 5), values(cols, 6));
+            let both = matrix.matmul(&[a.clone(), b.clone()].concat());
+            assert_eq!(both, [matrix.matmul(&a), matrix.matmul(&b)].concat());
+        }
+    }
+
+    #[test]
+    fn other_formats_are_left_to_candle() {
+        let w = Tensor::from_vec(values(256, 3), (1, 256), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+        assert!(QuantMatrix::from_qtensor(&q).unwrap().is_none());
+    }
+}

@@ -1,0 +1,114 @@
+//! The Q4_1 kernel: per block of 32 weights, a scale `d` (f16), a minimum `m` (f16), then 32
+//! four-bit values, the first 16 in the low nibbles and the last 16 in the high ones. A block
+//! contributes `d · d_x · Σ q q_x + m · s_x`, where `s_x` is the input block's scaled sum.
+
+use half::f16;
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+use super::{dot_u8_i8, sum_lanes};
+use super::{QuantizedInput, BLOCK};
+
+/// Bytes per block.
+pub(super) const BLOCK_BYTES: usize = 20;
+
+/// One row's blocks against the quantized input.
+pub(super) fn dot(blocks: &[u8], input: &QuantizedInput) -> f32 {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    {
+        // SAFETY: the CPU has AVX2, FMA and F16C (compiled for them); the lengths match.
+        unsafe { dot_avx2(blocks, input) }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    )))]
+    {
+        dot_scalar(blocks, input)
+    }
+}
+
+/// The portable kernel, and the reference the SIMD one is tested against.
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ),
+    allow(dead_code)
+)]
+pub(super) fn dot_scalar(blocks: &[u8], input: &QuantizedInput) -> f32 {
+    let mut total = 0.0f32;
+    for (b, block) in blocks.chunks_exact(BLOCK_BYTES).enumerate() {
+        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+        let m = f16::from_le_bytes([block[2], block[3]]).to_f32();
+        let values = &input.values[b * BLOCK..(b + 1) * BLOCK];
+        let mut products = 0i32;
+        for (j, &byte) in block[4..].iter().enumerate() {
+            products += (byte & 0x0F) as i32 * values[j] as i32;
+            products += (byte >> 4) as i32 * values[j + BLOCK / 2] as i32;
+        }
+        let [scale, sum] = input.scale_sums[b];
+        total += d * scale * products as f32 + m * sum;
+    }
+    total
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_avx2(blocks: &[u8], input: &QuantizedInput) -> f32 {
+    use std::arch::x86_64::*;
+    let low_nibbles = _mm_set1_epi8(0x0F);
+    // Two accumulators each, for even and odd blocks: one chain of dependent adds would hold
+    // every block up for the latency of the last.
+    let mut scaled = [_mm256_setzero_ps(); 2];
+    let mut offsets = [_mm_setzero_ps(); 2];
+    for (b, block) in blocks.chunks_exact(BLOCK_BYTES).enumerate() {
+        // SAFETY: a block is `d` and `m` (f16 each), then 16 bytes of values; the input has
+        // 32 values and one scale pair per block.
+        let (dm, scale_sum, packed, values) = unsafe {
+            (
+                _mm_cvtph_ps(_mm_cvtsi32_si128(
+                    (block.as_ptr() as *const i32).read_unaligned(),
+                )),
+                _mm_castsi128_ps(_mm_loadl_epi64(
+                    input.scale_sums.as_ptr().add(b) as *const __m128i
+                )),
+                _mm_loadu_si128(block.as_ptr().add(4) as *const __m128i),
+                _mm256_loadu_si256(input.values.as_ptr().add(b * BLOCK) as *const __m256i),
+            )
+        };
+        // Lane 0: d × the input's scale; lane 1: m × the input's scaled sum.
+        let factors = _mm_mul_ps(dm, scale_sum);
+        let low = _mm_and_si128(packed, low_nibbles);
+        let high = _mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles);
+        let products = dot_u8_i8(_mm256_set_m128i(high, low), values);
+        let lane = b & 1;
+        scaled[lane] = _mm256_fmadd_ps(
+            _mm256_broadcastss_ps(factors),
+            _mm256_cvtepi32_ps(products),
+            scaled[lane],
+        );
+        offsets[lane] = _mm_add_ps(offsets[lane], factors);
+    }
+    let offsets = _mm_add_ps(offsets[0], offsets[1]);
+    sum_lanes(_mm256_add_ps(scaled[0], scaled[1]))
+        + _mm_cvtss_f32(_mm_shuffle_ps(offsets, offsets, 1))
+}

@@ -1,0 +1,105 @@
+//! The Q8_0 kernel: per block of 32 weights, a scale `d` (f16), then 32 signed bytes. A block
+//! contributes `d · d_x · Σ q q_x`. SmolLM2's output layer (the tied embeddings) is Q8_0, and
+//! at 49,152 rows it is the largest matrix of a step.
+
+use half::f16;
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+use super::{dot_u8_i8, sum_lanes};
+use super::{QuantizedInput, BLOCK};
+
+/// Bytes per block.
+pub(super) const BLOCK_BYTES: usize = 34;
+
+/// One row's blocks against the quantized input.
+pub(super) fn dot(blocks: &[u8], input: &QuantizedInput) -> f32 {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    {
+        // SAFETY: the CPU has AVX2, FMA and F16C (compiled for them); the lengths match.
+        unsafe { dot_avx2(blocks, input) }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    )))]
+    {
+        dot_scalar(blocks, input)
+    }
+}
+
+/// The portable kernel, and the reference the SIMD one is tested against.
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ),
+    allow(dead_code)
+)]
+pub(super) fn dot_scalar(blocks: &[u8], input: &QuantizedInput) -> f32 {
+    let mut total = 0.0f32;
+    for (b, block) in blocks.chunks_exact(BLOCK_BYTES).enumerate() {
+        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+        let values = &input.values[b * BLOCK..(b + 1) * BLOCK];
+        let products: i32 = block[2..]
+            .iter()
+            .zip(values)
+            .map(|(&w, &x)| w as i8 as i32 * x as i32)
+            .sum();
+        total += d * input.scale_sums[b][0] * products as f32;
+    }
+    total
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_avx2(blocks: &[u8], input: &QuantizedInput) -> f32 {
+    use std::arch::x86_64::*;
+    // Even and odd blocks accumulate apart, so consecutive blocks do not wait on each other.
+    let mut scaled = [_mm256_setzero_ps(); 2];
+    for (b, block) in blocks.chunks_exact(BLOCK_BYTES).enumerate() {
+        // SAFETY: a block is `d` (f16) then 32 bytes; the input has 32 values and one scale
+        // pair per block.
+        let (d, input_scale, weights, values) = unsafe {
+            (
+                _mm_cvtph_ps(_mm_cvtsi32_si128(
+                    (block.as_ptr() as *const u16).read_unaligned() as i32,
+                )),
+                _mm_load_ss(input.scale_sums.as_ptr().add(b) as *const f32),
+                _mm256_loadu_si256(block.as_ptr().add(2) as *const __m256i),
+                _mm256_loadu_si256(input.values.as_ptr().add(b * BLOCK) as *const __m256i),
+            )
+        };
+        // Signed × signed as |w| × (x with w's sign): the unsigned-by-signed form the
+        // instructions take.
+        let products = dot_u8_i8(
+            _mm256_sign_epi8(weights, weights),
+            _mm256_sign_epi8(values, weights),
+        );
+        let lane = b & 1;
+        scaled[lane] = _mm256_fmadd_ps(
+            _mm256_broadcastss_ps(_mm_mul_ss(d, input_scale)),
+            _mm256_cvtepi32_ps(products),
+            scaled[lane],
+        );
+    }
+    sum_lanes(_mm256_add_ps(scaled[0], scaled[1]))
+}
