@@ -81,21 +81,22 @@ impl Linear {
         }
     }
 
-    fn is_blocks(&self) -> bool {
-        matches!(self.quantized, Quantized::Blocks(_))
-    }
-
-    /// `x · selfᵀ (+ bias)` for one vector on this crate's kernels; `None` if the weight is
-    /// on candle's.
-    fn block_product(&self, x: &[f32]) -> Result<Option<Vec<f32>>> {
-        let Quantized::Blocks(w) = &self.quantized else {
-            return Ok(None);
-        };
-        let mut y = w.matmul(x);
-        if let Some(b) = &self.bias {
-            cpu_ops::add(&mut y, CpuValues::of(b)?.get());
+    /// `x · selfᵀ (+ bias)` for one vector: on this crate's kernels straight from the slice,
+    /// on candle's through a one-row tensor.
+    fn vector_product(&self, x: &[f32]) -> Result<Vec<f32>> {
+        match &self.quantized {
+            Quantized::Blocks(w) => {
+                let mut y = w.matmul(x);
+                if let Some(b) = &self.bias {
+                    cpu_ops::add(&mut y, CpuValues::of(b)?.get());
+                }
+                Ok(y)
+            }
+            Quantized::Candle(_) => self
+                .forward(&Tensor::from_slice(x, (1, x.len()), &Device::Cpu)?)?
+                .flatten_all()?
+                .to_vec1(),
         }
-        Ok(Some(y))
     }
 }
 
@@ -128,19 +129,23 @@ impl Projections {
         }
     }
 
-    /// The stacked product of one vector on this crate's kernels, with the parts' sizes;
-    /// `None` unless the parts are stacked and on those kernels.
-    fn block_product(&self, x: &[f32]) -> Result<Option<(Vec<f32>, &[usize])>> {
+    /// Every part's product of one vector, one after another, with the parts' sizes.
+    fn vector_product(&self, x: &[f32]) -> Result<(Vec<f32>, Vec<usize>)> {
         match self {
             Projections::Stacked { linear, sizes } => {
-                Ok(linear.block_product(x)?.map(|y| (y, sizes.as_slice())))
+                Ok((linear.vector_product(x)?, sizes.clone()))
             }
-            Projections::Separate(_) => Ok(None),
+            Projections::Separate(parts) => {
+                let mut all = Vec::new();
+                let mut sizes = Vec::with_capacity(parts.len());
+                for part in parts {
+                    let y = part.vector_product(x)?;
+                    sizes.push(y.len());
+                    all.extend(y);
+                }
+                Ok((all, sizes))
+            }
         }
-    }
-
-    fn is_stacked_blocks(&self) -> bool {
-        matches!(self, Projections::Stacked { linear, .. } if linear.is_blocks())
     }
 }
 
@@ -341,8 +346,7 @@ pub(super) struct Transformer {
     head_dim: usize,
     /// Positions the rotary tables cover.
     pub(super) max_positions: usize,
-    /// Every layer's products run on this crate's kernels, so a generated token can take the
-    /// slice path ([`Transformer::step_token`]).
+    /// A generated token takes the slice path ([`Transformer::step_token`]): on the CPU.
     slice_path: bool,
 }
 
@@ -580,14 +584,8 @@ impl Transformer {
             .to_dtype(DType::F32)?
             .reshape((max_positions, 1))?;
         let angles = positions.matmul(&theta)?;
-        let slice_path = layers.iter().all(|l| {
-            l.qkv.is_stacked_blocks()
-                && l.gate_up.is_stacked_blocks()
-                && l.o.is_blocks()
-                && l.down.is_blocks()
-        });
         Ok(Self {
-            slice_path,
+            slice_path: matches!(device, Device::Cpu),
             embeddings,
             layers,
             norm,
@@ -735,7 +733,8 @@ impl Transformer {
         self.output.forward(&last)?.squeeze(1)
     }
 
-    /// One generated token through plain loops on slices (`cpu_ops`) and this crate's kernels,
+    /// One generated token through plain loops on slices (`cpu_ops`) and this crate's kernels
+    /// (candle's for other formats),
     /// with the same arithmetic as [`Transformer::step`]: a step of a small model is hundreds
     /// of tiny operations, and as tensor operations their overhead outweighed their work.
     fn step_token(&mut self, token: usize, position: usize) -> Result<Tensor> {
@@ -770,7 +769,7 @@ impl Transformer {
                 );
             }
             layer.attn_norm.apply(&x, &mut h)?;
-            let (mut qkv, sizes) = layer.qkv.block_product(&h)?.expect("checked at load");
+            let (mut qkv, sizes) = layer.qkv.vector_product(&h)?;
             let (q, kv) = qkv.split_at_mut(sizes[0]);
             let (k, v) = kv.split_at_mut(sizes[1]);
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
@@ -806,13 +805,13 @@ impl Transformer {
                     );
                 }
             });
-            let o = layer.o.block_product(&attention)?.expect("checked at load");
+            let o = layer.o.vector_product(&attention)?;
             cpu_ops::add(&mut x, &o);
             layer.ffn_norm.apply(&x, &mut h)?;
-            let (mut gate_up, sizes) = layer.gate_up.block_product(&h)?.expect("checked at load");
+            let (mut gate_up, sizes) = layer.gate_up.vector_product(&h)?;
             let (gate, up) = gate_up.split_at_mut(sizes[0]);
             cpu_ops::silu_mul(gate, up);
-            let down = layer.down.block_product(gate)?.expect("checked at load");
+            let down = layer.down.vector_product(gate)?;
             cpu_ops::add(&mut x, &down);
         }
         self.norm.apply(&x, &mut h)?;
@@ -862,7 +861,7 @@ mod tests {
         let mut file = std::fs::File::open(smollm2())?;
         let content = gguf_file::Content::read(&mut file)?;
         let mut model = Transformer::load(&content, &mut file, &Device::Cpu, "llama", 64)?;
-        assert!(model.slice_path, "SmolLM2's offline GGUF is Q4_1 and Q8_0");
+        assert!(model.slice_path);
         let slices = run(&mut model)?;
         model.slice_path = false;
         let tensors = run(&mut model)?;
