@@ -16,6 +16,9 @@ use candle_core::{bail, Result};
 /// Weights (and input values) per block.
 const BLOCK: usize = 32;
 
+/// One row's blocks against a quantized input: a format's kernel.
+type Kernel = fn(&[u8], &QuantizedInput) -> f32;
+
 /// The block formats with a kernel here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
@@ -40,7 +43,7 @@ impl Format {
     }
 
     /// One row's blocks against a quantized input.
-    fn kernel(self) -> fn(&[u8], &QuantizedInput) -> f32 {
+    fn kernel(self) -> Kernel {
         match self {
             Self::Q4_1 => q4_1::dot,
             Self::Q8_0 => q8_0::dot,
@@ -211,7 +214,7 @@ mod tests {
 
     #[test]
     fn products_match_the_dequantized_ones() {
-        let scalar_kernels: [(GgmlDType, fn(&[u8], &QuantizedInput) -> f32); 2] = [
+        let scalar_kernels: [(GgmlDType, Kernel); 2] = [
             (GgmlDType::Q4_1, q4_1::dot_scalar),
             (GgmlDType::Q8_0, q8_0::dot_scalar),
         ];
