@@ -118,16 +118,16 @@ fn mkfifo(path: &Path) -> Result<()> {
 }
 
 /// One line each way over two FIFOs, with an echo thread on the other side.
-fn raw_fifo(dir: &Path, cpu: usize) -> Result<RoundTrip> {
+fn raw_fifo(dir: &Path, tag: usize, cpus: Vec<usize>) -> Result<RoundTrip> {
     let (up, down) = (
-        dir.join(format!("raw-up-{cpu}")),
-        dir.join(format!("raw-down-{cpu}")),
+        dir.join(format!("raw-up-{tag}")),
+        dir.join(format!("raw-down-{tag}")),
     );
     mkfifo(&up)?;
     mkfifo(&down)?;
     let (up2, down2) = (up.clone(), down.clone());
     std::thread::spawn(move || -> Result<()> {
-        run_on(&[cpu])?;
+        run_on(&cpus)?;
         let reader = BufReader::new(std::fs::File::open(&up2)?);
         let writer = std::fs::OpenOptions::new().write(true).open(&down2)?;
         echo_lines(reader, writer)
@@ -137,11 +137,11 @@ fn raw_fifo(dir: &Path, cpu: usize) -> Result<RoundTrip> {
     Ok(line_round_trip(writer, reader))
 }
 
-fn unix_socket(dir: &Path, cpu: usize) -> Result<RoundTrip> {
-    let path = dir.join(format!("bench-{cpu}.sock"));
+fn unix_socket(dir: &Path, tag: usize, cpus: Vec<usize>) -> Result<RoundTrip> {
+    let path = dir.join(format!("bench-{tag}.sock"));
     let listener = UnixListener::bind(&path)?;
     std::thread::spawn(move || -> Result<()> {
-        run_on(&[cpu])?;
+        run_on(&cpus)?;
         let (stream, _) = listener.accept()?;
         echo_lines(BufReader::new(stream.try_clone()?), stream)
     });
@@ -173,11 +173,11 @@ fn read_http(reader: &mut BufReader<TcpStream>, body: &mut Vec<u8>) -> Result<bo
     Ok(true)
 }
 
-fn http_keep_alive(cpu: usize) -> Result<RoundTrip> {
+fn http_keep_alive(cpus: Vec<usize>) -> Result<RoundTrip> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     std::thread::spawn(move || -> Result<()> {
-        run_on(&[cpu])?;
+        run_on(&cpus)?;
         let (stream, _) = listener.accept()?;
         stream.set_nodelay(true)?;
         let mut writer = stream.try_clone()?;
@@ -326,29 +326,42 @@ fn run_on(cpus: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// Measures every transport with its server side on `server_cpu` and the client on
-/// `client_cpu`, and prints the table.
-fn round_trips(dir: &Path, n: usize, client_cpu: usize, server_cpu: usize) -> Result<()> {
-    let name = format!("bench-rt-{server_cpu}");
+/// The CPUs the client side and the server sides of the round trips may run on.
+struct Placement {
+    label: &'static str,
+    client: Vec<usize>,
+    server: Vec<usize>,
+}
+
+/// Measures every transport in `placement`, and prints the table.
+fn round_trips(dir: &Path, n: usize, tag: usize, placement: &Placement) -> Result<()> {
+    let name = format!("bench-rt-{tag}");
     let mut server = echo::builder(&name).dir(dir).bind()?;
     echo::register(&mut server);
     let handle = server.handle_ref();
+    let server_cpus = placement.server.clone();
     let server_thread = std::thread::spawn(move || {
-        run_on(&[server_cpu])?;
+        run_on(&server_cpus)?;
         server.run().map_err(anyhow::Error::from)
     });
-    run_on(&[client_cpu])?;
+    run_on(&placement.client)?;
     let connect = ConnectOptions {
         dir: dir.into(),
         ..ConnectOptions::default()
     };
     let client = Rc::new(RefCell::new(Client::connect_with(&name, &connect)?));
     let mut transports: Vec<(&str, RoundTrip)> = vec![
-        ("raw FIFO ping-pong (anchor)", raw_fifo(dir, server_cpu)?),
-        ("Unix socket", unix_socket(dir, server_cpu)?),
+        (
+            "raw FIFO ping-pong (anchor)",
+            raw_fifo(dir, tag, placement.server.clone())?,
+        ),
+        (
+            "Unix socket",
+            unix_socket(dir, tag, placement.server.clone())?,
+        ),
         (
             "HTTP/1.1 keep-alive, loopback",
-            http_keep_alive(server_cpu)?,
+            http_keep_alive(placement.server.clone())?,
         ),
         (
             "pipe-core ping (built-in)",
@@ -381,23 +394,37 @@ fn round_trips(dir: &Path, n: usize, client_cpu: usize, server_cpu: usize) -> Re
 fn run_in(dir: &Path, options: &PipesBench) -> Result<()> {
     let n = options.round_trips.max(100);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut placements = vec![("client and server on one CPU", 0, 0)];
+    let all: Vec<usize> = (0..cpus).collect();
+    let mut placements = vec![Placement {
+        label: "client and server on one CPU",
+        client: vec![0],
+        server: vec![0],
+    }];
     if cpus > 1 {
-        placements.push(("client and server on different CPUs", 0, 1));
+        placements.push(Placement {
+            label: "client and server on different CPUs",
+            client: vec![0],
+            server: vec![1],
+        });
+        placements.push(Placement {
+            label: "not pinned, placed by the scheduler",
+            client: all.clone(),
+            server: all.clone(),
+        });
     }
-    for (placement, client_cpu, server_cpu) in placements {
+    for (tag, placement) in placements.iter().enumerate() {
         println!(
-            "Round trip, request -> first event: {placement} ({n} each, interleaved; microseconds)"
+            "Round trip, request -> first event: {} ({n} each, interleaved; microseconds)",
+            placement.label
         );
         println!(
             "{:<34} {:>9} {:>9} {:>14}",
             "transport", "median", "p99", "vs raw FIFO"
         );
-        round_trips(dir, n, client_cpu, server_cpu)?;
+        round_trips(dir, n, tag, placement)?;
         println!();
     }
     // The throughput runs use every CPU.
-    let all: Vec<usize> = (0..cpus).collect();
     run_on(&all)?;
     let mut server = echo::builder("bench").dir(dir).bind()?;
     echo::register(&mut server);
