@@ -18,6 +18,16 @@ pub enum ModelSource {
     },
 }
 
+/// Where offline models live: `CPIPE_MODELS`, else `~/.cache/cpipe/models`, where
+/// scripts/fetch-models.sh puts them.
+pub fn offline_models_dir() -> PathBuf {
+    match std::env::var_os("CPIPE_MODELS") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+            .join(".cache/cpipe/models"),
+    }
+}
+
 /// Why a model file could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

@@ -12,12 +12,7 @@ fn model_path() -> PathBuf {
     let path = std::env::var_os("CPIPE_CHAT_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            let base = std::env::var_os("CPIPE_MODELS")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/cpipe/models")
-                });
-            base.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+            models::source::offline_models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")
         });
     assert!(
         path.exists(),

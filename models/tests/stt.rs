@@ -3,13 +3,11 @@
 //! nodejs-whisper; sentences spoken by flite). `scripts/fetch-models.sh whisper` installs
 //! them all.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::models_dir;
+use models::source::offline_models_dir as models_dir;
 use models::stt::{self, Segmenter, SileroVad, VadEvent, VadSettings, Whisper};
 
 const JFK: &str = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.";

@@ -1,9 +1,7 @@
 //! The Piper engine on the real en_US-joe-medium voice (installed by
 //! `scripts/fetch-models.sh piper`, with the ONNX Runtime library beside it).
 
-mod common;
-
-use common::models_dir;
+use models::source::offline_models_dir as models_dir;
 use models::tts::{PiperVoice, SpeakOptions, TtsError};
 
 fn joe() -> PiperVoice {

@@ -434,15 +434,22 @@ impl Client {
 
     /// Queues a newly parsed event, unless it answers a request whose events are discarded.
     fn stash(&mut self, event: Event) {
-        if let Some(id) = event.id().and_then(Value::as_u64) {
-            if self.discard.contains(&id) {
-                if event.name() == "end" {
-                    self.discard.remove(&id);
-                }
-                return;
+        // Most clients discard nothing; then no event needs its id looked up here.
+        let discarded_id = if self.discard.is_empty() {
+            None
+        } else {
+            event
+                .id()
+                .and_then(Value::as_u64)
+                .filter(|id| self.discard.contains(id))
+        };
+        match discarded_id {
+            Some(id) if event.name() == "end" => {
+                self.discard.remove(&id);
             }
+            Some(_) => {}
+            None => self.parsed.push_back(event),
         }
-        self.parsed.push_back(event);
     }
 
     fn pop_parsed(&mut self) -> Option<Event> {

@@ -2,16 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub use models::source::offline_models_dir as models_dir;
 use models::source::ModelSource;
-
-/// Where offline models live: `CPIPE_MODELS`, else `~/.cache/cpipe/models`.
-pub fn models_dir() -> PathBuf {
-    match std::env::var_os("CPIPE_MODELS") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
-            .join(".cache/cpipe/models"),
-    }
-}
 
 /// The ONNX Runtime library: `ORT_DYLIB_PATH`, else the one scripts/fetch-models.sh installs.
 pub fn onnx_runtime() -> PathBuf {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
+use models::source::offline_models_dir as models_dir;
 use models::stt::word_error_rate;
 use pipe_core::audio::AudioChunk;
 use pipe_core::{Client, ErrorCode};

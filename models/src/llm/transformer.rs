@@ -829,13 +829,7 @@ mod tests {
         let path = std::env::var_os("CPIPE_CHAT_MODEL")
             .map(Into::into)
             .unwrap_or_else(|| {
-                let base = std::env::var_os("CPIPE_MODELS")
-                    .map(std::path::PathBuf::from)
-                    .unwrap_or_else(|| {
-                        std::path::PathBuf::from(std::env::var_os("HOME").unwrap())
-                            .join(".cache/cpipe/models")
-                    });
-                base.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+                crate::source::offline_models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")
             });
         assert!(
             path.exists(),

@@ -140,15 +140,6 @@ impl TestDir {
     }
 }
 
-/// Where the offline models are: `CPIPE_MODELS`, else where scripts/fetch-models.sh puts them.
-pub fn models_dir() -> PathBuf {
-    std::env::var_os("CPIPE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/cpipe/models")
-        })
-}
-
 impl Drop for TestDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);

@@ -42,12 +42,48 @@ impl Format {
         }
     }
 
-    /// One row's blocks against a quantized input.
-    fn kernel(self) -> Kernel {
+    /// The portable kernel: the one where the build has no SIMD kernel, and the reference the
+    /// SIMD ones are tested against.
+    #[cfg_attr(
+        all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        ),
+        allow(dead_code)
+    )]
+    fn scalar_kernel(self) -> Kernel {
         match self {
-            Self::Q4_1 => q4_1::dot,
-            Self::Q8_0 => q8_0::dot,
+            Self::Q4_1 => q4_1::dot_scalar,
+            Self::Q8_0 => q8_0::dot_scalar,
         }
+    }
+
+    /// The fastest kernel of this build (`target-cpu=native` picks the SIMD ones).
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    fn kernel(self) -> Kernel {
+        // SAFETY (both): the build targets AVX2, FMA and F16C, so the CPU has them; the row
+        // and the input have the same number of blocks (`QuantMatrix::matmul`).
+        match self {
+            Self::Q4_1 => |blocks, input| unsafe { q4_1::dot_avx2(blocks, input) },
+            Self::Q8_0 => |blocks, input| unsafe { q8_0::dot_avx2(blocks, input) },
+        }
+    }
+
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    )))]
+    fn kernel(self) -> Kernel {
+        self.scalar_kernel()
     }
 }
 
@@ -214,11 +250,7 @@ mod tests {
 
     #[test]
     fn products_match_the_dequantized_ones() {
-        let scalar_kernels: [(GgmlDType, Kernel); 2] = [
-            (GgmlDType::Q4_1, q4_1::dot_scalar),
-            (GgmlDType::Q8_0, q8_0::dot_scalar),
-        ];
-        for (dtype, dot_scalar) in scalar_kernels {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let (rows, cols) = (70, 576);
             let (q, matrix) = matrix(rows, cols, dtype, 1);
             let dense = q.dequantize(&Device::Cpu).unwrap();
@@ -240,7 +272,7 @@ mod tests {
             let row_bytes = matrix.blocks.len() / rows;
             for (row, g) in got.iter().enumerate() {
                 let blocks = &matrix.blocks[row * row_bytes..(row + 1) * row_bytes];
-                let scalar = dot_scalar(blocks, &input);
+                let scalar = matrix.format.scalar_kernel()(blocks, &input);
                 assert!(
                     (g - scalar).abs() <= 1e-4 * scale,
                     "{dtype:?}: {g} against {scalar}"

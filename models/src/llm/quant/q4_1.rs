@@ -4,51 +4,12 @@
 
 use half::f16;
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-use super::{dot_u8_i8, sum_lanes};
 use super::{QuantizedInput, BLOCK};
 
 /// Bytes per block.
 pub(super) const BLOCK_BYTES: usize = 20;
 
-/// One row's blocks against the quantized input.
-pub(super) fn dot(blocks: &[u8], input: &QuantizedInput) -> f32 {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
-    {
-        // SAFETY: the CPU has AVX2, FMA and F16C (compiled for them); the lengths match.
-        unsafe { dot_avx2(blocks, input) }
-    }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    )))]
-    {
-        dot_scalar(blocks, input)
-    }
-}
-
-/// The portable kernel, and the reference the SIMD one is tested against.
-#[cfg_attr(
-    all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ),
-    allow(dead_code)
-)]
+/// The portable kernel.
 pub(super) fn dot_scalar(blocks: &[u8], input: &QuantizedInput) -> f32 {
     let mut total = 0.0f32;
     for (b, block) in blocks.chunks_exact(BLOCK_BYTES).enumerate() {
@@ -73,7 +34,8 @@ pub(super) fn dot_scalar(blocks: &[u8], input: &QuantizedInput) -> f32 {
     target_feature = "f16c"
 ))]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_avx2(blocks: &[u8], input: &QuantizedInput) -> f32 {
+pub(super) unsafe fn dot_avx2(blocks: &[u8], input: &QuantizedInput) -> f32 {
+    use super::{dot_u8_i8, sum_lanes};
     use std::arch::x86_64::*;
     let low_nibbles = _mm_set1_epi8(0x0F);
     // Two accumulators each, for even and odd blocks: one chain of dependent adds would hold
