@@ -885,4 +885,148 @@ mod tests {
         }
         Ok(())
     }
+
+    /// A small random model of `arch` as a GGUF file: 2 layers, 4 query heads over 2 key/value
+    /// heads of 16. Weights are f32, so that only the order of sums separates two correct
+    /// implementations (the quantized kernels have tests of their own).
+    fn tiny_gguf(arch: &str) -> Result<Vec<u8>> {
+        use gguf_file::Value as V;
+        let (dim, heads, kv_heads, head, ff, vocab) =
+            (64usize, 4usize, 2usize, 16usize, 128usize, 96usize);
+        let mut state = 0x9e37_79b9u32 ^ arch.len() as u32;
+        let mut random = |n: usize, scale: f32, offset: f32| -> Result<Tensor> {
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 17;
+                    state ^= state << 5;
+                    offset + scale * ((state as f32 / u32::MAX as f32) * 2.0 - 1.0)
+                })
+                .collect();
+            Tensor::from_vec(values, n, &Device::Cpu)
+        };
+        let mut tensors: Vec<(String, QTensor)> = Vec::new();
+        let mut matrix = |name: String, rows: usize, cols: usize, scale: f32| -> Result<()> {
+            let t = random(rows * cols, scale, 0.0)?.reshape((rows, cols))?;
+            tensors.push((name, QTensor::quantize(&t, GgmlDType::F32)?));
+            Ok(())
+        };
+        matrix("token_embd.weight".into(), vocab, dim, 1.0)?;
+        for i in 0..2 {
+            // Large query and key weights make attention peaked, so a wrong rotation or head
+            // mapping moves the logits a lot.
+            matrix(format!("blk.{i}.attn_q.weight"), heads * head, dim, 0.6)?;
+            matrix(format!("blk.{i}.attn_k.weight"), kv_heads * head, dim, 0.6)?;
+            matrix(format!("blk.{i}.attn_v.weight"), kv_heads * head, dim, 0.3)?;
+            matrix(
+                format!("blk.{i}.attn_output.weight"),
+                dim,
+                heads * head,
+                0.3,
+            )?;
+            matrix(format!("blk.{i}.ffn_gate.weight"), ff, dim, 0.3)?;
+            matrix(format!("blk.{i}.ffn_up.weight"), ff, dim, 0.3)?;
+            matrix(format!("blk.{i}.ffn_down.weight"), dim, ff, 0.3)?;
+        }
+        let mut vector = |name: String, n: usize, scale: f32, offset: f32| -> Result<()> {
+            let t = random(n, scale, offset)?;
+            tensors.push((name, QTensor::quantize(&t, GgmlDType::F32)?));
+            Ok(())
+        };
+        vector("output_norm.weight".into(), dim, 0.2, 1.0)?;
+        for i in 0..2 {
+            vector(format!("blk.{i}.attn_norm.weight"), dim, 0.2, 1.0)?;
+            vector(format!("blk.{i}.ffn_norm.weight"), dim, 0.2, 1.0)?;
+            if arch == "qwen2" {
+                vector(format!("blk.{i}.attn_q.bias"), heads * head, 0.5, 0.0)?;
+                vector(format!("blk.{i}.attn_k.bias"), kv_heads * head, 0.5, 0.0)?;
+                vector(format!("blk.{i}.attn_v.bias"), kv_heads * head, 0.5, 0.0)?;
+            }
+            if arch == "qwen3" {
+                vector(format!("blk.{i}.attn_q_norm.weight"), head, 0.2, 1.0)?;
+                vector(format!("blk.{i}.attn_k_norm.weight"), head, 0.2, 1.0)?;
+            }
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let metadata = [
+            ("general.architecture".to_string(), V::String(arch.into())),
+            // F32 activations in candle-transformers' Qwen3, as here.
+            ("general.dtype".to_string(), V::U32(0)),
+            (key("embedding_length"), V::U32(dim as u32)),
+            (key("block_count"), V::U32(2)),
+            (key("attention.head_count"), V::U32(heads as u32)),
+            (key("attention.head_count_kv"), V::U32(kv_heads as u32)),
+            (key("attention.key_length"), V::U32(head as u32)),
+            (key("rope.dimension_count"), V::U32(head as u32)),
+            (key("context_length"), V::U32(64)),
+            (key("feed_forward_length"), V::U32(ff as u32)),
+            (key("attention.layer_norm_rms_epsilon"), V::F32(1e-6)),
+            (key("rope.freq_base"), V::F32(10_000.0)),
+        ];
+        let metadata: Vec<(&str, &V)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        let mut file = std::io::Cursor::new(Vec::new());
+        gguf_file::write(&mut file, &metadata, &tensors)?;
+        Ok(file.into_inner())
+    }
+
+    /// A model's forward pass: tokens at a position to the last token's logits.
+    type Forward = Box<dyn FnMut(&Tensor, usize) -> Result<Tensor>>;
+
+    #[test]
+    fn each_architecture_matches_candle_transformers() -> Result<()> {
+        use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
+        for arch in ["llama", "qwen2", "qwen3"] {
+            let bytes = tiny_gguf(arch)?;
+            let content = || gguf_file::Content::read(&mut std::io::Cursor::new(&bytes));
+            let mut reader = std::io::Cursor::new(&bytes);
+            let mut ours = Transformer::load(&content()?, &mut reader, &Device::Cpu, arch, 64)?;
+            let mut reference: Forward = match arch {
+                "llama" => {
+                    let mut m = quantized_llama::ModelWeights::from_gguf(
+                        content()?,
+                        &mut reader,
+                        &Device::Cpu,
+                    )?;
+                    Box::new(move |x, p| m.forward(x, p))
+                }
+                "qwen2" => {
+                    let mut m = quantized_qwen2::ModelWeights::from_gguf(
+                        content()?,
+                        &mut reader,
+                        &Device::Cpu,
+                    )?;
+                    Box::new(move |x, p| m.forward(x, p))
+                }
+                _ => {
+                    let mut m = quantized_qwen3::ModelWeights::from_gguf(
+                        content()?,
+                        &mut reader,
+                        &Device::Cpu,
+                    )?;
+                    Box::new(move |x, p| m.forward(x, p))
+                }
+            };
+            // A prompt (the tensor path), then single tokens (the slice path).
+            let steps: [(&[u32], usize); 4] =
+                [(&[1, 5, 9, 13, 2], 0), (&[7], 5), (&[3], 6), (&[11], 7)];
+            for (tokens, position) in steps {
+                let input = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
+                let a: Vec<f32> = ours.forward(&input, position)?.flatten_all()?.to_vec1()?;
+                let b: Vec<f32> = reference(&input, position)?.flatten_all()?.to_vec1()?;
+                assert_eq!(a.len(), b.len());
+                let largest = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let worst = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    worst < 1e-3 * largest,
+                    "{arch} at {position}: logits differ by {worst} (largest {largest})"
+                );
+            }
+        }
+        Ok(())
+    }
 }
