@@ -241,7 +241,7 @@ impl Epoll {
     }
 }
 
-/// Wakes a thread blocked in [`poll`]: a non-blocking self-pipe.
+/// Wakes a thread blocked in [`poll`] or [`Epoll::wait`]: a non-blocking self-pipe.
 #[derive(Debug)]
 pub(crate) struct Waker {
     read: File,

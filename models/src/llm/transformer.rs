@@ -130,10 +130,10 @@ impl Projections {
     }
 
     /// Every part's product of one vector, one after another, with the parts' sizes.
-    fn vector_product(&self, x: &[f32]) -> Result<(Vec<f32>, Vec<usize>)> {
+    fn vector_product(&self, x: &[f32]) -> Result<(Vec<f32>, Cow<'_, [usize]>)> {
         match self {
             Projections::Stacked { linear, sizes } => {
-                Ok((linear.vector_product(x)?, sizes.clone()))
+                Ok((linear.vector_product(x)?, Cow::Borrowed(sizes)))
             }
             Projections::Separate(parts) => {
                 let mut all = Vec::new();
@@ -143,7 +143,7 @@ impl Projections {
                     sizes.push(y.len());
                     all.extend(y);
                 }
-                Ok((all, sizes))
+                Ok((all, Cow::Owned(sizes)))
             }
         }
     }
@@ -228,6 +228,20 @@ struct KvBuffer {
 }
 
 impl KvBuffer {
+    /// Readies the buffer for a sequence going on at `position`: 0 starts a new one (what is
+    /// held is dropped); any other position must be the length held.
+    fn continue_at(&mut self, position: usize) -> Result<()> {
+        if position == 0 {
+            self.len = 0;
+        } else if self.len != position {
+            candle_core::bail!(
+                "position {position} does not follow the cache ({})",
+                self.len
+            );
+        }
+        Ok(())
+    }
+
     /// Makes room for `len` positions of `heads × size` values.
     fn reserve(&mut self, len: usize, heads: usize, size: usize, device: &Device) -> Result<()> {
         if len <= self.capacity()? {
@@ -700,14 +714,7 @@ impl Transformer {
             let q = self.rotate(&q, position)?;
             let k = self.rotate(&k, position)?;
             let cache = &mut self.layers[layer_index].cache;
-            if position == 0 {
-                cache.len = 0;
-            } else if cache.len != position {
-                candle_core::bail!(
-                    "position {position} does not follow the cache ({})",
-                    cache.len
-                );
-            }
+            cache.continue_at(position)?;
             let (k, v) = cache.append(&k, &v)?;
             // Query heads share key/value heads in groups (head h uses h / groups): each
             // key/value head takes its group's queries as one matrix, with no copies of itself.
@@ -734,18 +741,15 @@ impl Transformer {
     }
 
     /// One generated token through plain loops on slices (`cpu_ops`) and this crate's kernels
-    /// (candle's for other formats),
-    /// with the same arithmetic as [`Transformer::step`]: a step of a small model is hundreds
-    /// of tiny operations, and as tensor operations their overhead outweighed their work.
+    /// (candle's for other formats), with the same arithmetic as [`Transformer::step`]: a step
+    /// of a small model is hundreds of tiny operations, and as tensor operations their overhead
+    /// outweighed their work.
     fn step_token(&mut self, token: usize, position: usize) -> Result<Tensor> {
         let (n_head, n_kv_head, head_dim) = (self.n_head, self.n_kv_head, self.head_dim);
         let groups = n_head / n_kv_head;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let device = self.embeddings.device().clone();
         let dim = self.embeddings.dim(1)?;
-        if position == 0 {
-            self.layers.iter_mut().for_each(|l| l.cache.len = 0);
-        }
         let mut x = CpuValues::of(&self.embeddings)?.get()[token * dim..(token + 1) * dim].to_vec();
         let mut h = vec![0.0; dim];
         let half = head_dim / 2;
@@ -762,12 +766,7 @@ impl Transformer {
         };
         let mut attention = vec![0.0; n_head * head_dim];
         for layer in &mut self.layers {
-            if layer.cache.len != position {
-                candle_core::bail!(
-                    "position {position} does not follow the cache ({})",
-                    layer.cache.len
-                );
-            }
+            layer.cache.continue_at(position)?;
             layer.attn_norm.apply(&x, &mut h)?;
             let (mut qkv, sizes) = layer.qkv.vector_product(&h)?;
             let (q, kv) = qkv.split_at_mut(sizes[0]);
