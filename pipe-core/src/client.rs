@@ -24,12 +24,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 use crate::fifo::{self, pollfd, Access};
 use crate::framing::{Frame, LineBuffer};
-use crate::message::{Event, Fields};
+use crate::message::{write_value, Event, Fields};
 use crate::paths::{self, ToolPaths};
 
 /// Default time to wait for any one reply.
@@ -57,11 +57,9 @@ pub struct Client {
     events: File,
     lines: LineBuffer,
     /// Events parsed from the pipe and not yet looked at.
-    parsed: VecDeque<Event>,
+    inbox: Inbox,
     /// Events looked at but not yet claimed by a request or by `next_event`.
     unclaimed: VecDeque<Event>,
-    /// Requests whose events are thrown away on arrival (e.g. our own `cancel`s).
-    discard: HashSet<u64>,
     next_id: u64,
     timeout: Option<Duration>,
     /// The server speaks plain named-pipes 0.4: no ids, no `end`.
@@ -150,9 +148,8 @@ impl Client {
             request_pipe: None,
             events,
             lines: LineBuffer::new(MAX_EVENT_BYTES),
-            parsed: VecDeque::new(),
+            inbox: Inbox::default(),
             unclaimed: VecDeque::new(),
-            discard: HashSet::new(),
             next_id: 1,
             timeout: options.timeout,
             legacy: true,
@@ -167,9 +164,9 @@ impl Client {
     fn subscribe(&mut self) -> Result<()> {
         let line = json!({"pid": self.pid, "cmd": "subscribe", "request_pipe": true});
         self.write_line(&json_line(&line), true)?;
-        let deadline = self.deadline();
+        let mut deadline = Deadline::FromFirstWait(self.timeout);
         loop {
-            let event = self.read_event(deadline, "the server to confirm subscribe")?;
+            let event = self.read_event(&mut deadline, "the server to confirm subscribe")?;
             if event.name() != "subscribed" {
                 continue; // nothing else is meant for us before this
             }
@@ -201,7 +198,7 @@ impl Client {
     pub fn send(&mut self, cmd: &str, args: Value) -> Result<u64> {
         let args = match args {
             Value::Object(fields) => fields,
-            Value::Null => Fields::new(),
+            Value::Null => Map::new(),
             other => {
                 return Err(Error::Protocol(format!(
                     "request arguments must be a JSON object, got {other}"
@@ -211,17 +208,21 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         // Written straight out rather than through a map: this is every request's hot path.
-        let mut line = format!("{{\"pid\":{},\"cmd\":", self.pid).into_bytes();
-        serde_json::to_writer(&mut line, cmd).expect("a string serializes");
-        line.extend_from_slice(format!(",\"id\":{id}").as_bytes());
+        let mut line = Vec::with_capacity(64);
+        line.extend_from_slice(b"{\"pid\":");
+        write_value(&mut line, &self.pid);
+        line.extend_from_slice(b",\"cmd\":");
+        write_value(&mut line, cmd);
+        line.extend_from_slice(b",\"id\":");
+        write_value(&mut line, &id);
         for (key, value) in args
             .iter()
             .filter(|(k, _)| !matches!(k.as_str(), "pid" | "cmd" | "id"))
         {
             line.push(b',');
-            serde_json::to_writer(&mut line, key).expect("a string serializes");
+            write_value(&mut line, key);
             line.push(b':');
-            serde_json::to_writer(&mut line, value).expect("a JSON value serializes");
+            write_value(&mut line, value);
         }
         line.extend_from_slice(b"}\n");
         self.write_line(&line, false)?;
@@ -279,7 +280,7 @@ impl Client {
     /// Asks the server to cancel request `id`. Its events end with a `cancelled` error.
     pub fn cancel(&mut self, id: u64) -> Result<()> {
         let cancel_id = self.send("cancel", json!({"target": id}))?;
-        self.discard.insert(cancel_id);
+        self.inbox.discard.insert(cancel_id);
         Ok(())
     }
 
@@ -289,8 +290,7 @@ impl Client {
         if let Some(event) = self.unclaimed.pop_front() {
             return Ok(event);
         }
-        let deadline = self.deadline();
-        self.read_event(deadline, "an event")
+        self.read_event(&mut Deadline::FromFirstWait(self.timeout), "an event")
     }
 
     /// Like [`Client::next_event`] but waits at most `wait`; `Ok(None)` if nothing came.
@@ -299,7 +299,7 @@ impl Client {
             return Ok(Some(event));
         }
         let saved = self.timeout.replace(wait);
-        let result = self.read_event(Some(Instant::now() + wait), "an event");
+        let result = self.read_event(&mut Deadline::At(Some(Instant::now() + wait)), "an event");
         self.timeout = saved;
         match result {
             Ok(e) => Ok(Some(e)),
@@ -308,26 +308,24 @@ impl Client {
         }
     }
 
-    fn deadline(&self) -> Option<Instant> {
-        self.timeout.map(|t| Instant::now() + t)
-    }
-
     /// Writes one request line whole, waiting for room up to the timeout.
     fn write_line(&mut self, line: &[u8], shared_pipe: bool) -> Result<()> {
         let pipe = match (&self.request_pipe, shared_pipe) {
             (Some(private), false) => private,
             _ => &self.upstream,
         };
-        let mut deadline = None;
+        let mut deadline = Deadline::FromFirstWait(self.timeout);
         let mut written = 0;
         while written < line.len() {
             match (&*pipe).write(&line[written..]) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let deadline = *deadline.get_or_insert_with(|| self.deadline());
-                    let remaining =
-                        remaining(deadline, "the server to read a request", self.timeout)?;
+                    let remaining = remaining(
+                        deadline.resolve(),
+                        "the server to read a request",
+                        self.timeout,
+                    )?;
                     let mut fds = [pollfd(pipe.as_raw_fd(), libc::POLLOUT)];
                     fifo::poll(&mut fds, remaining)
                         .map_err(|e| Error::io("waiting to write a request", e))?;
@@ -345,19 +343,20 @@ impl Client {
     }
 
     /// Reads the next event from the pipe (not from `unclaimed`).
-    fn read_event(&mut self, deadline: Option<Instant>, what: &str) -> Result<Event> {
+    fn read_event(&mut self, deadline: &mut Deadline, what: &str) -> Result<Event> {
         loop {
-            if let Some(event) = self.pop_parsed() {
+            if let Some(event) = self.inbox.events.pop_front() {
                 return Ok(event);
             }
-            self.wait_and_read(deadline, what)?;
+            self.wait_and_read(deadline.resolve(), what)?;
         }
     }
 
     /// Waits until the event pipe has data and reads it into `parsed`. Spins for up to
     /// [`SPIN`] first while replies have been coming quickly (see [`Client::spin`]).
     fn wait_and_read(&mut self, deadline: Option<Instant>, what: &str) -> Result<()> {
-        let started = Instant::now();
+        // Read only once a first check found nothing: a reply already there costs no clock.
+        let mut started = None;
         if self.spin {
             loop {
                 match self.read_available()? {
@@ -365,13 +364,16 @@ impl Client {
                     // No writer yet (the server has not opened the pipe) reads as end of
                     // file too; only `poll` tells the two apart.
                     Got::EndOfFile => break,
-                    Got::Nothing if started.elapsed() >= SPIN => break,
                     Got::Nothing => {}
+                }
+                if started.get_or_insert_with(Instant::now).elapsed() >= SPIN {
+                    break;
                 }
                 // Lets the server run when it shares this CPU.
                 std::thread::yield_now();
             }
         }
+        let started = *started.get_or_insert_with(Instant::now);
         loop {
             let remaining = remaining(deadline, what, self.timeout)?;
             let mut fds = [pollfd(self.events.as_raw_fd(), libc::POLLIN)];
@@ -398,26 +400,25 @@ impl Client {
         }
     }
 
-    /// One non-blocking read of the event pipe, parsed into `parsed`.
+    /// One non-blocking read of the event pipe, parsed into the inbox.
     fn read_available(&mut self) -> Result<Got> {
         match (&self.events).read(&mut self.buf) {
             Ok(0) => Ok(Got::EndOfFile),
             Ok(n) => {
-                let data = std::mem::take(&mut self.buf);
-                let mut parsed = Vec::new();
-                self.lines.push(&data[..n], |frame| match frame {
+                let inbox = &mut self.inbox;
+                self.lines.push(&self.buf[..n], |frame| match frame {
                     Frame::Line(line) => match serde_json::from_slice::<Fields>(line) {
-                        Ok(fields) => parsed.extend(Event::from_fields(fields)),
+                        Ok(fields) => {
+                            if let Some(event) = Event::from_fields(fields) {
+                                inbox.stash(event);
+                            }
+                        }
                         Err(e) => tracing::warn!("ignoring a malformed event line: {e}"),
                     },
                     Frame::TooLarge { len, .. } => {
                         tracing::warn!("ignoring an event line of {len} bytes")
                     }
                 });
-                self.buf = data;
-                for event in parsed {
-                    self.stash(event);
-                }
                 Ok(Got::Data)
             }
             Err(e)
@@ -431,7 +432,17 @@ impl Client {
             Err(e) => Err(Error::io("reading events", e)),
         }
     }
+}
 
+/// Events read from the pipe and not yet looked at, less those of discarded requests.
+#[derive(Default)]
+struct Inbox {
+    events: VecDeque<Event>,
+    /// Requests whose events are thrown away on arrival (e.g. our own `cancel`s).
+    discard: HashSet<u64>,
+}
+
+impl Inbox {
     /// Queues a newly parsed event, unless it answers a request whose events are discarded.
     fn stash(&mut self, event: Event) {
         // Most clients discard nothing; then no event needs its id looked up here.
@@ -448,12 +459,30 @@ impl Client {
                 self.discard.remove(&id);
             }
             Some(_) => {}
-            None => self.parsed.push_back(event),
+            None => self.events.push_back(event),
         }
     }
+}
 
-    fn pop_parsed(&mut self) -> Option<Event> {
-        self.parsed.pop_front()
+/// When a wait for events gives up. The client's own timeout starts at the first wait, so an
+/// event that is already read costs no clock reading.
+#[derive(Clone, Copy)]
+enum Deadline {
+    /// The client's timeout, counted from the first wait.
+    FromFirstWait(Option<Duration>),
+    /// A fixed instant (`None`: never).
+    At(Option<Instant>),
+}
+
+impl Deadline {
+    /// The instant, fixed from now on.
+    fn resolve(&mut self) -> Option<Instant> {
+        let at = match *self {
+            Self::FromFirstWait(timeout) => timeout.map(|t| Instant::now() + t),
+            Self::At(at) => at,
+        };
+        *self = Self::At(at);
+        at
     }
 }
 
@@ -535,7 +564,7 @@ impl RequestEvents<'_> {
     /// Waits at most `wait` for the request's next event: returns [`Step::Pending`] if none
     /// came, so a caller can check for Ctrl-C or its own deadline and call again.
     pub fn next_within(&mut self, wait: Duration) -> Result<Step> {
-        match self.next_until(Some(Instant::now() + wait)) {
+        match self.next_until(Deadline::At(Some(Instant::now() + wait))) {
             Ok(Some(event)) => Ok(Step::Event(event)),
             Ok(None) => Ok(Step::End),
             Err(Error::Timeout { .. }) => Ok(Step::Pending),
@@ -546,7 +575,7 @@ impl RequestEvents<'_> {
         }
     }
 
-    fn next_until(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
+    fn next_until(&mut self, mut deadline: Deadline) -> Result<Option<Event>> {
         if self.finished {
             return Ok(None);
         }
@@ -559,7 +588,7 @@ impl RequestEvents<'_> {
         let event = match claimed {
             Some(e) => e,
             None => loop {
-                let e = self.client.read_event(deadline, "the reply")?;
+                let e = self.client.read_event(&mut deadline, "the reply")?;
                 if self.belongs(&e) {
                     break e;
                 }
@@ -597,8 +626,7 @@ impl Iterator for RequestEvents<'_> {
     type Item = Result<Event>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let deadline = self.client.deadline();
-        match self.next_until(deadline) {
+        match self.next_until(Deadline::FromFirstWait(self.client.timeout)) {
             Ok(Some(e)) => Some(Ok(e)),
             Ok(None) => None,
             Err(e) => {

@@ -62,12 +62,18 @@ impl CommandSpec {
 
     /// Checks a request's fields against the declared arguments.
     pub fn check(&self, fields: &Fields) -> Result<(), ToolError> {
-        check_fields(&self.name, "", fields, &self.args)
+        check_fields(&self.name, "", &|key| fields.get(key), &self.args)
     }
 }
 
-/// Checks an object's `required` and `properties` (its `type` is known to be object).
-fn check_fields(cmd: &str, at: &str, fields: &Fields, schema: &Value) -> Result<(), ToolError> {
+/// Checks an object's `required` and `properties` (its `type` is known to be object). `field`
+/// looks a field up: the object is a request's [`Fields`] or a nested JSON object.
+fn check_fields<'v>(
+    cmd: &str,
+    at: &str,
+    field: &dyn Fn(&str) -> Option<&'v Value>,
+    schema: &Value,
+) -> Result<(), ToolError> {
     for key in schema
         .get("required")
         .and_then(Value::as_array)
@@ -75,7 +81,7 @@ fn check_fields(cmd: &str, at: &str, fields: &Fields, schema: &Value) -> Result<
         .flatten()
         .filter_map(Value::as_str)
     {
-        if fields.get(key).is_none_or(Value::is_null) {
+        if field(key).is_none_or(Value::is_null) {
             return Err(ToolError::invalid(format!(
                 "{cmd}: missing required field \"{key}\""
             )));
@@ -83,7 +89,7 @@ fn check_fields(cmd: &str, at: &str, fields: &Fields, schema: &Value) -> Result<
     }
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (key, sub) in props {
-            if let Some(v) = fields.get(key).filter(|v| !v.is_null()) {
+            if let Some(v) = field(key).filter(|v| !v.is_null()) {
                 let path = if at.is_empty() {
                     key.clone()
                 } else {
@@ -158,7 +164,7 @@ fn check_value(cmd: &str, at: &str, value: &Value, schema: &Value) -> Result<(),
         }
     }
     if let Value::Object(fields) = value {
-        check_fields(cmd, at, fields, schema)?;
+        check_fields(cmd, at, &|key| fields.get(key), schema)?;
     }
     if let (Value::Array(items), Some(item_schema)) = (value, schema.get("items")) {
         for (i, item) in items.iter().enumerate() {
@@ -208,7 +214,7 @@ mod tests {
     use super::*;
 
     fn fields(v: Value) -> Fields {
-        v.as_object().unwrap().clone()
+        v.as_object().unwrap().clone().into()
     }
 
     fn spec() -> CommandSpec {

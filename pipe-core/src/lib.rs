@@ -18,6 +18,7 @@ pub mod audio;
 mod client;
 pub mod discovery;
 mod error;
+mod fields;
 mod fifo;
 pub mod framing;
 mod interface;
@@ -27,9 +28,10 @@ mod server;
 
 pub use client::{Client, ConnectOptions, RequestEvents, Step, DEFAULT_TIMEOUT};
 pub use error::{Error, Result};
+pub use fields::Fields;
 pub use fifo::has_reader;
 pub use interface::CommandSpec;
-pub use message::{ErrorCode, Event, Fields, ParseOutcome, Request, ToolError};
+pub use message::{ErrorCode, Event, ParseOutcome, Request, ToolError};
 pub use server::{
     Builder, CancelReason, CancelToken, Handler, Interrupted, Limits, Responder, ServerHandle,
     ToolServer,

@@ -1,13 +1,13 @@
 //! The two kinds of line on the wire: requests (`{"pid":P,"cmd":...}`) and events
 //! (`{"event":...}`), plus the error vocabulary they share.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-/// A JSON object: the fields of a request or an event.
-pub type Fields = Map<String, Value>;
+pub use crate::fields::Fields;
 
 /// Machine-readable error codes carried in an error event's `code` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -110,21 +110,29 @@ impl Event {
     /// An event named `name` with no other fields.
     pub fn new(name: &str) -> Self {
         let mut fields = Fields::new();
-        fields.insert("event".into(), Value::String(name.into()));
+        fields.insert("event", name);
         Self(fields)
     }
 
     /// Adds (or replaces) a field. The `event` field itself cannot be replaced this way.
-    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+    /// A literal key costs no allocation; pass a `String` for a key made at run time.
+    pub fn with(mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Value>) -> Self {
         self.set(key, value);
         self
     }
 
     /// Sets a field, leaving `event` alone.
-    pub fn set(&mut self, key: &str, value: impl Into<Value>) {
+    pub fn set(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Value>) {
+        let key = key.into();
         if key != "event" {
-            self.0.insert(key.into(), value.into());
+            self.0.insert(key, value);
         }
+    }
+
+    /// Sets every field of `fields` but `event`: to pass a request's or a config's fields on.
+    pub fn set_all(&mut self, fields: &Fields) {
+        let others = fields.entries().filter(|(key, _)| key != "event");
+        self.0.extend(others.cloned());
     }
 
     /// The event's name (`""` if the peer sent none).
@@ -177,15 +185,43 @@ impl Event {
 
     /// The wire form: compact JSON and a newline.
     pub fn to_line(&self) -> Vec<u8> {
-        let mut line = serde_json::to_vec(&self.0).expect("a JSON map always serializes");
-        line.push(b'\n');
+        let mut line = Vec::with_capacity(64);
+        self.write_line(&mut line);
         line
     }
+
+    /// Appends the wire form to `out`, for several events sent in one write.
+    pub fn write_line(&self, out: &mut Vec<u8>) {
+        self.write_json(out);
+        out.push(b'\n');
+    }
+
+    /// Compact JSON with `event` first, as named-pipes writes it, then the other fields in the
+    /// order they were added (or received).
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let fields = self.0.iter().filter(|(key, _)| *key != "event");
+        out.extend_from_slice(b"{\"event\":");
+        write_value(out, self.name());
+        for (key, value) in fields {
+            out.push(b',');
+            write_value(out, key);
+            out.push(b':');
+            write_value(out, value);
+        }
+        out.push(b'}');
+    }
+}
+
+/// Appends `value` as compact JSON.
+pub(crate) fn write_value(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
+    serde_json::to_writer(out, value).expect("JSON values and strings always serialize");
 }
 
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&Value::Object(self.0.clone()).to_string())
+        let mut json = Vec::new();
+        self.write_json(&mut json);
+        f.write_str(&String::from_utf8_lossy(&json))
     }
 }
 
@@ -223,8 +259,17 @@ pub enum ParseOutcome {
 impl Request {
     /// Parses one line (without its newline).
     pub fn parse(line: &[u8]) -> ParseOutcome {
-        let value: Value = match serde_json::from_slice(line) {
-            Ok(v) => v,
+        let fields: Fields = match serde_json::from_slice(line) {
+            Ok(fields) => fields,
+            // Any value is accepted inside an object, so a type error means the line holds
+            // something other than an object (an array, a number, a string).
+            Err(e) if e.is_data() => {
+                return ParseOutcome::Invalid {
+                    pid: None,
+                    id: None,
+                    error: ToolError::invalid("a request must be a JSON object"),
+                }
+            }
             Err(e) => {
                 return ParseOutcome::Invalid {
                     pid: pid_hint(line),
@@ -234,13 +279,6 @@ impl Request {
                     )),
                 }
             }
-        };
-        let Value::Object(fields) = value else {
-            return ParseOutcome::Invalid {
-                pid: None,
-                id: None,
-                error: ToolError::invalid("a request must be a JSON object"),
-            };
         };
         if fields.is_empty() {
             return ParseOutcome::Empty;

@@ -100,11 +100,11 @@ fn model_thread(
         }
     };
     server.set_config(Fields::from_iter([
-        ("model".into(), llm.name().into()),
-        ("architecture".into(), llm.architecture().into()),
-        ("context_length".into(), llm.context_length().into()),
-        ("device".into(), models::device::describe(&device).into()),
-        ("source".into(), source.to_string().into()),
+        ("model", llm.name().into()),
+        ("architecture", llm.architecture().into()),
+        ("context_length", llm.context_length().into()),
+        ("device", models::device::describe(&device).into()),
+        ("source", source.to_string().into()),
     ]));
     server.set_state("idle");
     for job in jobs {

@@ -17,9 +17,7 @@ pub fn register(server: &mut ToolServer) {
         .emits(&["echo"]),
         |req, out| {
             let mut event = Event::new("echo");
-            for (key, value) in &req.fields {
-                event.set(key, value.clone());
-            }
+            event.set_all(&req.fields);
             out.emit(event)?;
             Ok(())
         },

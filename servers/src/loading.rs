@@ -16,7 +16,7 @@ pub fn failed<J>(
 ) {
     tracing::error!("cannot load the {what}: {message}");
     server.set_state("error");
-    server.set_config(Fields::from_iter([("error".into(), message.into())]));
+    server.set_config(Fields::from_iter([("error", message.into())]));
     for job in jobs {
         fail(
             job,

@@ -31,7 +31,7 @@ fn request_fields(cli: &Cli) -> Result<Fields, Failure> {
     let mut fields = Fields::new();
     if let Some(data) = &cli.data {
         let value = serde_json::from_str(data).unwrap_or_else(|_| Value::String(data.clone()));
-        fields.insert("data".into(), value);
+        fields.insert("data", value);
     }
     for item in &cli.fields {
         if let Ok(Value::Object(object)) = serde_json::from_str(item) {
@@ -47,7 +47,7 @@ fn request_fields(cli: &Cli) -> Result<Fields, Failure> {
             return Err(Failure::Usage(format!("-j {item:?}: the key is empty")));
         }
         let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
-        fields.insert(key.into(), value);
+        fields.insert(key.to_owned(), value);
     }
     for reserved in ["pid", "cmd", "id"] {
         if fields.contains_key(reserved) {
@@ -121,7 +121,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     };
     let mut failed = false;
     let mut last_event = Instant::now();
-    let mut events = client.request(cmd, Value::Object(fields))?;
+    let mut events = client.request(cmd, Value::from(fields))?;
     loop {
         match events.next_within(TICK) {
             Ok(Step::End) => break,

@@ -39,7 +39,7 @@ pub fn piece(event: &Event) -> Piece {
         .fields()
         .iter()
         .filter(|(k, _)| *k != "event" && *k != "id")
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| (k.to_owned(), v.clone()))
         .collect();
     Piece::Line(match payload.len() {
         0 => event.name().to_string(),
@@ -48,7 +48,7 @@ pub fn piece(event: &Event) -> Piece {
             Some((_, v)) => v.to_string(),
             None => String::new(),
         },
-        _ => Value::Object(payload).to_string(),
+        _ => serde_json::to_string(&payload).expect("JSON fields serialize"),
     })
 }
 
@@ -99,7 +99,7 @@ mod tests {
         let Value::Object(fields) = value else {
             unreachable!()
         };
-        Event::from_fields(fields).unwrap()
+        Event::from_fields(fields.into()).unwrap()
     }
 
     #[test]

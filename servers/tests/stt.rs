@@ -47,7 +47,7 @@ fn samples(path: &Path) -> (Vec<i16>, u32, u16) {
 fn chunk_fields(chunk: &AudioChunk) -> Value {
     let mut fields = chunk.to_event().fields().clone();
     fields.remove("event");
-    Value::Object(fields)
+    Value::from(fields)
 }
 
 fn flite(text: &str, voice: &str, out: &Path) {
@@ -175,7 +175,7 @@ fn a_file_as_microphone_streams_transcripts_to_subscribers() {
             }
             continue;
         };
-        events.push((e.name().to_string(), Value::Object(e.fields().clone())));
+        events.push((e.name().to_string(), Value::from(e.fields().clone())));
     }
     let count = |name: &str| events.iter().filter(|(n, _)| n == name).count();
     assert!(count("speech_start") >= 2, "{events:?}");

@@ -121,9 +121,7 @@ impl Listener {
             }
             "get_config" => {
                 let mut event = Event::new("config");
-                for (k, v) in read(&self.shared.config).iter() {
-                    event.set(k, v.clone());
-                }
+                event.set_all(&read(&self.shared.config));
                 self.reply(pid, id, event);
             }
             "get_interface" => {
@@ -294,15 +292,14 @@ impl Listener {
         let Some(sub) = self.shared.subscriber(pid) else {
             return;
         };
-        let lines = match id {
-            Some(id) => {
-                event.set("id", id.clone());
-                let mut lines = event.to_line();
-                lines.extend(Event::new("end").with("id", id).to_line());
-                lines
-            }
-            None => event.to_line(),
-        };
+        let mut lines = Vec::with_capacity(128);
+        if let Some(id) = id {
+            event.set("id", id.clone());
+            event.write_line(&mut lines);
+            Event::new("end").with("id", id).write_line(&mut lines);
+        } else {
+            event.write_line(&mut lines);
+        }
         // One write for the reply and its `end`, so the client wakes once.
         let _ = sub.send(&lines, Wait::Never);
     }

@@ -115,10 +115,13 @@ impl Listener {
 
     pub(super) fn run(mut self) -> Result<()> {
         let mut last_sweep = Instant::now();
+        // One clock reading per wake-up; the next wait's timeout may run long by the time
+        // spent handling this one, which only delays a sweep.
+        let mut now = last_sweep;
         let mut ready = Vec::with_capacity(MAX_READY);
         while !self.shared.stopping.load(Ordering::Acquire) {
             self.watch_event_pipes();
-            let timeout = SWEEP_EVERY.saturating_sub(last_sweep.elapsed());
+            let timeout = SWEEP_EVERY.saturating_sub(now - last_sweep);
             self.epoll
                 .wait(&mut ready, Some(timeout))
                 .map_err(|e| Error::io("waiting on the server's pipes failed", e))?;
@@ -132,9 +135,10 @@ impl Listener {
             if woken {
                 self.reap_closed();
             }
-            if last_sweep.elapsed() >= SWEEP_EVERY {
+            now = Instant::now();
+            if now - last_sweep >= SWEEP_EVERY {
                 self.sweep();
-                last_sweep = Instant::now();
+                last_sweep = now;
             }
         }
         self.shutdown();

@@ -28,7 +28,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -488,8 +488,7 @@ impl Responder {
     /// the client catches up, for at most the stall timeout.
     pub fn emit(&self, event: Event) -> Result<(), Interrupted> {
         self.check()?;
-        let deadline = Instant::now() + self.shared.limits.stall_timeout;
-        self.send(event, Wait::Until(deadline))
+        self.send(event, Wait::UpTo(self.shared.limits.stall_timeout))
     }
 
     fn send(&self, mut event: Event, wait: Wait) -> Result<(), Interrupted> {
@@ -501,7 +500,7 @@ impl Responder {
             event.set("id", id.clone());
         }
         if let Some(batch) = &self.batch {
-            lock(batch).extend_from_slice(&event.to_line());
+            event.write_line(&mut lock(batch));
             return Ok(());
         }
         sub.send(&event.to_line(), wait).map_err(|_| {

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::fifo::Waker;
 
@@ -50,8 +50,9 @@ pub(crate) struct Gone(pub DropReason);
 pub(crate) enum Wait {
     /// Broadcasts and the listener's own replies: never wait.
     Never,
-    /// A handler streaming to its own client: wait until this instant.
-    Until(Instant),
+    /// A handler streaming to its own client: wait this long for room, counted from when
+    /// waiting starts (most sends find room and never read the clock).
+    UpTo(Duration),
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +105,7 @@ impl Subscriber {
     /// Sends one encoded line, whole or not at all.
     pub(crate) fn send(&self, line: &[u8], wait: Wait) -> Result<(), Gone> {
         let mut out = self.lock();
+        let mut deadline = None;
         loop {
             if let Some(reason) = out.closed {
                 return Err(Gone(reason));
@@ -129,8 +131,9 @@ impl Subscriber {
             }
             match wait {
                 Wait::Never => return Err(self.close_locked(&mut out, DropReason::FellBehind)),
-                Wait::Until(deadline) => {
+                Wait::UpTo(patience) => {
                     let now = Instant::now();
+                    let deadline = *deadline.get_or_insert(now + patience);
                     if now >= deadline {
                         return Err(self.close_locked(&mut out, DropReason::Stalled));
                     }

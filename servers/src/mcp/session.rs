@@ -450,7 +450,7 @@ mod tests {
     fn transcript_drops_the_oldest_text_and_says_so() {
         let mut t = Transcript::default();
         let line = serde_json::json!({"event": "note", "text": "x".repeat(1 << 20)});
-        let event = Event::from_fields(line.as_object().unwrap().clone()).unwrap();
+        let event = Event::from_fields(line.as_object().unwrap().clone().into()).unwrap();
         for _ in 0..12 {
             t.push(&event);
         }

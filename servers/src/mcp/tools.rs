@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use pipe_core::discovery::{self, Liveness, ServerInfo};
-use pipe_core::{Event, Fields};
-use serde_json::{json, Value};
+use pipe_core::Event;
+use serde_json::{json, Map, Value};
 
 use super::session::{Chunk, SendError, Session, Sessions};
 use crate::listing;
@@ -84,15 +84,15 @@ type ServerTools = (Option<u32>, Vec<Value>);
 /// A tool's arguments, checked one by one with errors that say how to fix them.
 struct Args<'a> {
     tool: &'a str,
-    fields: &'a Fields,
+    fields: &'a Map<String, Value>,
 }
 
 impl<'a> Args<'a> {
     fn new(tool: &'a str, value: &'a Value, allowed: &[&str]) -> ArgResult<Self> {
-        static EMPTY: std::sync::OnceLock<Fields> = std::sync::OnceLock::new();
+        static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
         let fields = match value {
             Value::Object(fields) => fields,
-            Value::Null => EMPTY.get_or_init(Fields::new),
+            Value::Null => EMPTY.get_or_init(Map::new),
             other => {
                 return Err(Outcome::error(format!(
                     "{tool}: arguments must be a JSON object, got {other}"
@@ -548,7 +548,7 @@ impl Tools {
                         field("emits"),
                     );
                 }
-                structured["interface"] = Value::Object(interface.fields().clone());
+                structured["interface"] = Value::from(interface.fields().clone());
             }
             _ => {
                 // named-pipes servers have no get_interface: describe them by their help.

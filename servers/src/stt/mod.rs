@@ -622,11 +622,11 @@ fn whisper_thread(
         }
     };
     server.set_config(Fields::from_iter([
-        ("model".into(), options.model.display().to_string().into()),
-        ("vad".into(), options.vad.display().to_string().into()),
-        ("multilingual".into(), whisper.is_multilingual().into()),
-        ("language".into(), json!(options.language)),
-        ("sample_rate".into(), SAMPLE_RATE.into()),
+        ("model", options.model.display().to_string().into()),
+        ("vad", options.vad.display().to_string().into()),
+        ("multilingual", whisper.is_multilingual().into()),
+        ("language", json!(options.language)),
+        ("sample_rate", SAMPLE_RATE.into()),
     ]));
     server.set_state("idle");
     if let Some(source) = listen {

@@ -382,16 +382,13 @@ fn voice_thread(
     };
     playback.set_rate(voice.sample_rate());
     server.set_config(Fields::from_iter([
-        ("voice".into(), voice.name().into()),
-        ("path".into(), options.voice.display().to_string().into()),
-        ("sample_rate".into(), voice.sample_rate().into()),
-        ("language".into(), voice.language().into()),
-        ("speakers".into(), json!(voice.speakers())),
-        ("playback".into(), playback.device.to_string().into()),
-        (
-            "wav".into(),
-            json!(options.wav.map(|p| p.display().to_string())),
-        ),
+        ("voice", voice.name().into()),
+        ("path", options.voice.display().to_string().into()),
+        ("sample_rate", voice.sample_rate().into()),
+        ("language", voice.language().into()),
+        ("speakers", json!(voice.speakers())),
+        ("playback", playback.device.to_string().into()),
+        ("wav", json!(options.wav.map(|p| p.display().to_string()))),
     ]));
     server.set_state("idle");
     let mut queues = FairQueue::default();
