@@ -27,8 +27,15 @@ type Key = Cow<'static, str>;
 /// every round trip. A vector searched front to back does that with no hashing and, for
 /// literal and protocol keys, no allocation per key; and it writes fields back out in the
 /// order the sender wrote them. (Nested objects inside values are [`serde_json::Map`]s.)
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Fields(Vec<(Key, Value)>);
+
+/// Equal when they hold the same fields, in any order, as JSON objects are.
+impl PartialEq for Fields {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
+}
 
 impl Fields {
     /// No fields.
@@ -284,6 +291,13 @@ mod tests {
         assert_eq!(fields.remove("a"), Some(Value::from(1)));
         fields.insert("d", 4);
         assert_eq!(Value::from(fields), serde_json::json!({"b":20,"c":3,"d":4}));
+    }
+
+    #[test]
+    fn equality_ignores_order() {
+        assert_eq!(parse(r#"{"a":1,"b":2}"#), parse(r#"{"b":2,"a":1}"#));
+        assert_ne!(parse(r#"{"a":1,"b":2}"#), parse(r#"{"a":1,"b":3}"#));
+        assert_ne!(parse(r#"{"a":1}"#), parse(r#"{"a":1,"b":2}"#));
     }
 
     #[test]

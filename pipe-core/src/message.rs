@@ -451,6 +451,9 @@ mod tests {
     fn rejects_bad_input_clearly() {
         assert!(invalid_message("{not json").contains("malformed JSON"));
         assert!(invalid_message("[1,2]").contains("JSON object"));
+        assert!(invalid_message("\"ping\"").contains("JSON object"));
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        assert!(invalid_message(&deep).contains("malformed JSON"));
         assert!(invalid_message(r#"{"pid":"x","cmd":"ping"}"#).contains("pid"));
         assert!(invalid_message(r#"{"pid":1,"cmd":5}"#).contains("\"cmd\" must be a string"));
         assert!(invalid_message(r#"{"pid":1}"#).contains("missing \"cmd\""));
