@@ -92,32 +92,43 @@ impl Fields {
         self.0.iter()
     }
 
-    /// Builds fields from parsed pairs, in which a key may repeat: the last value wins, as in
-    /// serde_json.
-    fn from_pairs(mut pairs: Vec<(Key, Value)>) -> Self {
-        if pairs.len() <= SCAN_LIMIT {
-            let mut i = 0;
-            while i < pairs.len() {
-                if pairs[i + 1..].iter().any(|(k, _)| *k == pairs[i].0) {
-                    pairs.remove(i);
-                } else {
-                    i += 1;
-                }
+    /// Merges repeated keys as serde_json's map does: the field stays where its key first
+    /// appeared and takes the last value. Linear in the number of fields for large objects,
+    /// so a request with a million fields cannot make the listener scan quadratically.
+    fn merge_repeated_keys(&mut self) {
+        let pairs = &mut self.0;
+        let first: Vec<usize> = if pairs.len() <= SCAN_LIMIT {
+            let repeats =
+                (1..pairs.len()).any(|i| pairs[..i].iter().any(|(k, _)| *k == pairs[i].0));
+            if !repeats {
+                return; // the common case, with no allocation
             }
-            return Self(pairs);
+            (0..pairs.len())
+                .map(|i| {
+                    pairs[..i]
+                        .iter()
+                        .position(|(k, _)| *k == pairs[i].0)
+                        .unwrap_or(i)
+                })
+                .collect()
+        } else {
+            let mut seen: HashMap<&str, usize> = HashMap::with_capacity(pairs.len());
+            pairs
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| *seen.entry(k.as_ref()).or_insert(i))
+                .collect()
+        };
+        if first.iter().enumerate().all(|(i, &f)| f == i) {
+            return;
         }
-        let last: HashMap<&str, usize> = pairs
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (k.as_ref(), i))
-            .collect();
-        let keep: Vec<bool> = (0..pairs.len())
-            .map(|i| last[pairs[i].0.as_ref()] == i)
-            .collect();
-        drop(last);
-        let mut keep = keep.into_iter();
+        for (i, &f) in first.iter().enumerate() {
+            if f != i {
+                pairs[f].1 = std::mem::take(&mut pairs[i].1);
+            }
+        }
+        let mut keep = first.iter().enumerate().map(|(i, &f)| f == i);
         pairs.retain(|_| keep.next().unwrap_or(true));
-        Self(pairs)
     }
 }
 
@@ -139,11 +150,12 @@ impl<K: Into<Key>> FromIterator<(K, Value)> for Fields {
     }
 }
 
+/// Like [`Fields::insert`] for each pair in turn, in time linear in the total.
 impl<K: Into<Key>> Extend<(K, Value)> for Fields {
     fn extend<I: IntoIterator<Item = (K, Value)>>(&mut self, pairs: I) {
-        for (key, value) in pairs {
-            self.insert(key, value);
-        }
+        self.0
+            .extend(pairs.into_iter().map(|(key, value)| (key.into(), value)));
+        self.merge_repeated_keys();
     }
 }
 
@@ -209,11 +221,13 @@ impl<'de> Deserialize<'de> for Fields {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Fields, A::Error> {
-                let mut pairs = Vec::with_capacity(access.size_hint().unwrap_or(4).min(64));
+                let capacity = access.size_hint().unwrap_or(4).min(64);
+                let mut fields = Fields(Vec::with_capacity(capacity));
                 while let Some(key) = access.next_key_seed(KeySeed)? {
-                    pairs.push((key, access.next_value()?));
+                    fields.0.push((key, access.next_value()?));
                 }
-                Ok(Fields::from_pairs(pairs))
+                fields.merge_repeated_keys();
+                Ok(fields)
             }
         }
 
@@ -274,14 +288,32 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_key_keeps_its_last_value() {
+    fn a_repeated_key_keeps_its_first_place_and_last_value() {
         let small = parse(r#"{"a":1,"b":2,"a":3}"#);
-        assert_eq!((small.len(), small.get("a")), (2, Some(&Value::from(3))));
+        assert_eq!(serde_json::to_string(&small).unwrap(), r#"{"a":3,"b":2}"#);
         let many: Vec<String> = (0..100).map(|i| format!("\"k{}\":{i}", i % 40)).collect();
         let large = parse(&format!("{{{}}}", many.join(",")));
         assert_eq!(large.len(), 40);
-        assert_eq!(large.get("k0"), Some(&Value::from(80)));
+        assert_eq!(large.iter().next(), Some(("k0", &Value::from(80))));
         assert_eq!(large.get("k39"), Some(&Value::from(79)));
+    }
+
+    #[test]
+    fn extend_sets_each_pair_like_insert() {
+        let mut fields = parse(r#"{"event":"e","a":1}"#);
+        fields.extend([
+            ("b", Value::from(2)),
+            ("a", Value::from(3)),
+            ("b", Value::from(4)),
+        ]);
+        assert_eq!(
+            serde_json::to_string(&fields).unwrap(),
+            r#"{"event":"e","a":3,"b":4}"#
+        );
+        let mut large = Fields::new();
+        large.extend((0..1000).map(|i| (format!("k{}", i % 500), Value::from(i))));
+        assert_eq!(large.len(), 500);
+        assert_eq!(large.get("k0"), Some(&Value::from(500)));
     }
 
     #[test]

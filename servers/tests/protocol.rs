@@ -77,6 +77,22 @@ fn builtins_and_echo_answer_like_named_pipes() {
 }
 
 #[test]
+fn a_wide_request_is_echoed_whole_and_in_order() {
+    let dir = TestDir::new("wide");
+    let _server = dir.serve("echo", &[]);
+    let mut c = client(&dir, "echo");
+    let wide: serde_json::Map<String, Value> = (0..100_000)
+        .map(|i| (format!("k{i:06}"), Value::from(i)))
+        .collect();
+    let echo = c.call("echo", Value::Object(wide)).unwrap();
+    let keys: Vec<&str> = echo[0].fields().iter().map(|(k, _)| k).collect();
+    assert_eq!(keys.len(), 4 + 100_000);
+    assert_eq!(keys[..5], ["event", "pid", "cmd", "id", "k000000"]);
+    assert_eq!(keys[4 + 99_999], "k099999");
+    assert_eq!(echo[0].get("k054321"), Some(&Value::from(54_321)));
+}
+
+#[test]
 fn streams_keep_order_and_end_with_done() {
     let dir = TestDir::new("stream");
     let _server = dir.serve("echo", &[]);
