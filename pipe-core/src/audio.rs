@@ -9,7 +9,8 @@
 use base64::Engine;
 use serde_json::Value;
 
-use crate::message::{Event, Fields, ToolError};
+use crate::fields::Fields;
+use crate::message::{Event, ToolError};
 
 /// Sample encodings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

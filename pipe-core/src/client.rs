@@ -27,9 +27,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+use crate::fields::Fields;
 use crate::fifo::{self, pollfd, Access};
 use crate::framing::{Frame, LineBuffer};
-use crate::message::{write_value, Event, Fields};
+use crate::message::{write_value, Event};
 use crate::paths::{self, ToolPaths};
 
 /// Default time to wait for any one reply.

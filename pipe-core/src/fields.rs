@@ -182,8 +182,9 @@ impl<'a> IntoIterator for &'a Fields {
 }
 
 impl From<Map<String, Value>> for Fields {
+    /// A map's keys are already unique: nothing to merge.
     fn from(map: Map<String, Value>) -> Self {
-        map.into_iter().collect()
+        Self(map.into_iter().map(|(k, v)| (Cow::Owned(k), v)).collect())
     }
 }
 

@@ -4,7 +4,8 @@
 
 use serde_json::{json, Value};
 
-use crate::message::{Fields, ToolError};
+use crate::fields::Fields;
+use crate::message::ToolError;
 
 /// What one command does, takes and emits.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use crate::fields::Fields;
+use crate::fields::Fields;
 
 /// Machine-readable error codes carried in an error event's `code` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -35,9 +35,10 @@ use serde_json::Value;
 pub use cancel::{CancelReason, CancelToken};
 
 use crate::error::{Error, Result};
+use crate::fields::Fields;
 use crate::fifo::{self, Waker};
 use crate::interface::CommandSpec;
-use crate::message::{ErrorCode, Event, Fields, Request, ToolError};
+use crate::message::{ErrorCode, Event, Request, ToolError};
 use crate::paths::{self, ToolPaths};
 use subscriber::{Subscriber, Wait};
 
