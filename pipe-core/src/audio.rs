@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::fields::Fields;
 use crate::message::{Event, ToolError};
+use crate::vocabulary::ProtocolEvent;
 
 /// Sample encodings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +97,7 @@ impl AudioChunk {
 
     /// The chunk as an `audio` event.
     pub fn to_event(&self) -> Event {
-        Event::new("audio")
+        Event::new(ProtocolEvent::Audio)
             .with("rate", self.rate)
             .with("width", self.encoding.width())
             .with("channels", self.channels)

@@ -32,6 +32,7 @@ use crate::fifo::{self, pollfd, Access};
 use crate::framing::{Frame, LineBuffer};
 use crate::message::{write_value, Event};
 use crate::paths::{self, ToolPaths};
+use crate::vocabulary::ProtocolEvent;
 
 /// Default time to wait for any one reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -456,7 +457,7 @@ impl Inbox {
                 .filter(|id| self.discard.contains(id))
         };
         match discarded_id {
-            Some(id) if event.name() == "end" => {
+            Some(id) if event.is(ProtocolEvent::End) => {
                 self.discard.remove(&id);
             }
             Some(_) => {}
@@ -600,7 +601,7 @@ impl RequestEvents<'_> {
             },
         };
         if !self.client.legacy {
-            if event.name() == "end" {
+            if event.is(ProtocolEvent::End) {
                 self.finished = true;
                 return Ok(None);
             }

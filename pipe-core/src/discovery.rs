@@ -11,8 +11,10 @@ use serde_json::Value;
 use crate::client::{Client, ConnectOptions};
 use crate::error::{Error, Result};
 use crate::fifo;
+pub use crate::holders::pids_holding;
 use crate::message::Event;
 use crate::paths::{self, ToolPaths};
+use crate::vocabulary::ProtocolEvent;
 
 /// Whether a server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,7 +109,7 @@ fn probe(dir: &Path, name: &str, path: &Path, timeout: Duration) -> ServerInfo {
         path: path.into(),
         status: Liveness::Orphaned,
         state: None,
-        pid: crate::server::lock_holder(&tool),
+        pid: crate::name_lock::holder(&tool),
         subscribers: None,
     };
     if !matches!(fifo::has_reader(path), Ok(true)) {
@@ -121,7 +123,7 @@ fn probe(dir: &Path, name: &str, path: &Path, timeout: Duration) -> ServerInfo {
     let state =
         Client::connect_with(name, &options).and_then(|mut c| c.call("get_state", Value::Null));
     if let Ok(events) = state {
-        if let Some(event) = events.iter().find(|e| e.name() == "state") {
+        if let Some(event) = events.iter().find(|e| e.is(ProtocolEvent::State)) {
             info.apply_state(event);
         }
     }
@@ -159,30 +161,11 @@ pub fn clear_orphans(dir: &Path) -> Result<Vec<PathBuf>> {
         };
         let tool = ToolPaths::new(dir, name);
         if entry.file_type().is_ok_and(|t| t.is_file())
-            && crate::server::lock_holder(&tool).is_none()
+            && crate::name_lock::holder(&tool).is_none()
             && std::fs::remove_file(entry.path()).is_ok()
         {
             removed.push(entry.path());
         }
     }
     Ok(removed)
-}
-
-/// The pids of the processes that have `path` open (a scan of `/proc/*/fd`).
-pub fn pids_holding(path: &Path) -> Vec<u32> {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids: Vec<u32> = procs
-        .flatten()
-        .filter_map(|p| {
-            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
-            let fds = std::fs::read_dir(p.path().join("fd")).ok()?;
-            fds.flatten()
-                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == path))
-                .then_some(pid)
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
 }

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::fields::Fields;
 use crate::message::ToolError;
+use crate::vocabulary::EventName;
 
 /// What one command does, takes and emits.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,8 +43,8 @@ impl CommandSpec {
     }
 
     /// Declares the events the command emits.
-    pub fn emits(mut self, events: &[&str]) -> Self {
-        self.emits = events.iter().map(|e| e.to_string()).collect();
+    pub fn emits<E: Into<EventName> + Copy>(mut self, events: &[E]) -> Self {
+        self.emits = events.iter().map(|&e| e.into().as_str().into()).collect();
         self
     }
 

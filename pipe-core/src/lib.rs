@@ -21,10 +21,14 @@ mod error;
 mod fields;
 mod fifo;
 pub mod framing;
+mod holders;
 mod interface;
 mod message;
+mod name_lock;
 pub mod paths;
 mod server;
+mod sync;
+mod vocabulary;
 
 pub use client::{Client, ConnectOptions, RequestEvents, Step, DEFAULT_TIMEOUT};
 pub use error::{Error, Result};
@@ -33,9 +37,10 @@ pub use fifo::has_reader;
 pub use interface::CommandSpec;
 pub use message::{ErrorCode, Event, ParseOutcome, Request, ToolError};
 pub use server::{
-    Builder, CancelReason, CancelToken, Handler, Interrupted, Limits, Responder, ServerHandle,
-    ToolServer,
+    Builder, CancelReason, CancelToken, CancelWatch, Handler, Interrupted, Limits, Responder,
+    ServerHandle, ToolServer,
 };
+pub use vocabulary::{EventName, ProtocolEvent, ProtocolState, StateName};
 
 /// The version of cpipe's protocol extensions, announced in `subscribed` and `get_interface`.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,6 +1,7 @@
 //! The two kinds of line on the wire: requests (`{"pid":P,"cmd":...}`) and events
 //! (`{"event":...}`), plus the error vocabulary they share.
 
+use crate::vocabulary::{EventName, ProtocolEvent};
 use std::borrow::Cow;
 use std::fmt;
 
@@ -88,7 +89,7 @@ impl ToolError {
 
     /// The error as an event.
     pub fn to_event(&self) -> Event {
-        Event::new("error")
+        Event::new(ProtocolEvent::Error)
             .with("message", self.message.as_str())
             .with("code", self.code.as_str())
     }
@@ -107,11 +108,16 @@ impl std::error::Error for ToolError {}
 pub struct Event(Fields);
 
 impl Event {
-    /// An event named `name` with no other fields.
-    pub fn new(name: &str) -> Self {
+    /// An event named `name` (from a [`vocabulary!`](crate::vocabulary!)) with no other fields.
+    pub fn new(name: impl Into<EventName>) -> Self {
         let mut fields = Fields::new();
-        fields.insert("event", name);
+        fields.insert("event", name.into().as_str());
         Self(fields)
+    }
+
+    /// Whether the event is named `name`.
+    pub fn is(&self, name: impl Into<EventName>) -> bool {
+        self.name() == name.into().as_str()
     }
 
     /// Adds (or replaces) a field. The `event` field itself cannot be replaced this way.
@@ -173,7 +179,7 @@ impl Event {
 
     /// Whether this is an error event, and if so its code and message.
     pub fn as_error(&self) -> Option<ToolError> {
-        (self.name() == "error").then(|| {
+        self.is(ProtocolEvent::Error).then(|| {
             ToolError::new(
                 self.str("code")
                     .map(ErrorCode::parse)

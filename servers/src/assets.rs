@@ -87,12 +87,12 @@ pub fn import_whisper(folder: &Path, output: &Path) -> anyhow::Result<()> {
 
 /// `--listen`: auto (the default microphone when there is one), none, mic, mic:NAME, or a
 /// WAV file.
-pub fn listen_source(listen: &str) -> anyhow::Result<Option<crate::stt::Source>> {
-    use crate::stt::Source;
+pub fn listen_source(listen: &str) -> anyhow::Result<Option<crate::kinds::stt::Source>> {
+    use crate::kinds::stt::Source;
     Ok(match listen {
         "none" => None,
         "auto" => {
-            let (_, default) = crate::stt::list_devices();
+            let (_, default) = crate::kinds::stt::list_devices();
             if default.is_none() {
                 tracing::warn!(
                     "no microphone: not listening (send listen with a file, or push audio)"

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use pipe_core::discovery::{self, Liveness, ServerInfo};
 
+use crate::cli::{Cli, Failure};
 use crate::query::timeout;
-use crate::{Cli, Failure};
 
 /// How long `--list` waits for each server's state when --timeout is not lower.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);

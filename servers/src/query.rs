@@ -9,8 +9,8 @@ use anyhow::Context;
 use pipe_core::{Client, ConnectOptions, Event, Fields, Step};
 use serde_json::Value;
 
+use crate::cli::{Cli, Failure};
 use crate::text::TextWriter;
-use crate::{Cli, Failure};
 
 /// How often a waiting request checks for Ctrl-C.
 const TICK: Duration = Duration::from_millis(100);

@@ -196,6 +196,48 @@ fn cancel_and_client_death_stop_generation() {
 }
 
 #[test]
+fn a_queued_request_that_is_cancelled_gets_cancelled_at_once() {
+    let dir = TestDir::new("chatqueued");
+    let _server = start(&dir);
+    // Another client keeps the model busy, so this client's request waits in line.
+    let mut busy = dir.streaming(&[
+        "chat",
+        "chat",
+        "--data",
+        "Write a very long story about a lighthouse.",
+        "-j",
+        "max_tokens=4000",
+        "-j",
+        "temperature=0.8",
+    ]);
+    assert!(eventually(Duration::from_secs(10), || state(&dir) == "inferring"));
+    let mut c = client(&dir);
+    let id = c.send("chat", question("Say hi")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = std::time::Instant::now();
+    c.cancel(id).unwrap();
+    let events: Vec<Event> = c.events_of(id).map(|e| e.unwrap()).collect();
+    assert_eq!(
+        events.len(),
+        1,
+        "a queued request streams nothing: {events:?}"
+    );
+    assert_eq!(
+        events[0].as_error().map(|e| e.code),
+        Some(ErrorCode::Cancelled),
+        "{events:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(state(&dir), "inferring", "the other client's reply goes on");
+    busy.kill().unwrap();
+    busy.wait().unwrap();
+}
+
+#[test]
 fn eight_clients_at_once_each_get_their_own_complete_reply() {
     let dir = TestDir::new("chat8");
     let _server = start(&dir);

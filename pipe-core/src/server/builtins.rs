@@ -7,9 +7,11 @@ use serde_json::{json, Value};
 
 use super::listener::{Listener, Source};
 use super::subscriber::{DropReason, Subscriber, Wait};
-use super::{lock, read, CancelReason, CancelToken, InFlight, Job, Responder};
+use super::{CancelReason, CancelToken, InFlight, Job, Responder};
 use crate::interface::CommandSpec;
 use crate::message::{ErrorCode, Event, ParseOutcome, Request, ToolError};
+use crate::sync::{lock, read};
+use crate::vocabulary::ProtocolEvent;
 use crate::{fifo, PROTOCOL_VERSION};
 
 /// The commands every server answers itself.
@@ -23,36 +25,36 @@ pub(crate) fn builtin_specs() -> Vec<CommandSpec> {
         .args(json!({"type": "object", "properties": {
                 "request_pipe": {"type": "boolean", "description":
                     "Also open a private request pipe, for requests of any size."}}}))
-        .emits(&["subscribed"]),
+        .emits(&[ProtocolEvent::Subscribed]),
         CommandSpec::new("unsubscribe", "Stop receiving events; no reply.").args(no_args.clone()),
         CommandSpec::new("ping", "Liveness check.")
             .args(no_args.clone())
-            .emits(&["pong"]),
+            .emits(&[ProtocolEvent::Pong]),
         CommandSpec::new("get_state", "The server's state, pid and subscriber count.")
             .args(no_args.clone())
-            .emits(&["state"]),
+            .emits(&[ProtocolEvent::State]),
         CommandSpec::new("get_description", "One line on what the server does.")
             .args(no_args.clone())
-            .emits(&["description"]),
+            .emits(&[ProtocolEvent::Description]),
         CommandSpec::new("get_help", "How to use the server.")
             .args(no_args.clone())
-            .emits(&["help"]),
+            .emits(&[ProtocolEvent::Help]),
         CommandSpec::new("get_config", "The server's configuration.")
             .args(no_args.clone())
-            .emits(&["config"]),
+            .emits(&[ProtocolEvent::Config]),
         CommandSpec::new(
             "get_interface",
             "Every command with its argument schema and events.",
         )
         .args(no_args.clone())
-        .emits(&["interface"]),
+        .emits(&[ProtocolEvent::Interface]),
         CommandSpec::new("cancel", "Cancel one of your own requests by its id.")
             .args(
                 json!({"type": "object", "required": ["target"], "properties": {
                 "target": {"type": ["string", "integer"], "description":
                     "The id of the request to cancel."}}}),
             )
-            .emits(&["error"]),
+            .emits(&[ProtocolEvent::Error]),
         CommandSpec::new(
             "stop",
             "Stop the server; subscribers get state_changed: stopping.",
@@ -95,17 +97,19 @@ impl Listener {
                     let sub = self.shared.subscriber(Some(pid));
                     if let (Some(sub), Some(id)) = (sub, &id) {
                         let _ = sub.send(
-                            &Event::new("end").with("id", id.clone()).to_line(),
+                            &Event::new(ProtocolEvent::End)
+                                .with("id", id.clone())
+                                .to_line(),
                             Wait::Never,
                         );
                     }
                     self.drop_subscriber(pid, DropReason::Unsubscribed);
                 }
             }
-            "ping" => self.reply(pid, id, Event::new("pong")),
+            "ping" => self.reply(pid, id, Event::new(ProtocolEvent::Pong)),
             "get_state" => {
-                let event = Event::new("state")
-                    .with("state", lock(&self.shared.state).clone())
+                let event = Event::new(ProtocolEvent::State)
+                    .with("state", lock(&self.shared.state).as_str())
                     .with("pid", std::process::id())
                     .with("subscribers", lock(&self.shared.subscribers).len())
                     .with("name", self.shared.paths.name());
@@ -113,14 +117,18 @@ impl Listener {
             }
             "get_description" => {
                 let text = self.shared.description.clone();
-                self.reply(pid, id, Event::new("description").with("description", text));
+                self.reply(
+                    pid,
+                    id,
+                    Event::new(ProtocolEvent::Description).with("description", text),
+                );
             }
             "get_help" => {
                 let text = self.shared.help.clone();
-                self.reply(pid, id, Event::new("help").with("help", text));
+                self.reply(pid, id, Event::new(ProtocolEvent::Help).with("help", text));
             }
             "get_config" => {
-                let mut event = Event::new("config");
+                let mut event = Event::new(ProtocolEvent::Config);
                 event.set_all(&read(&self.shared.config));
                 self.reply(pid, id, event);
             }
@@ -162,7 +170,7 @@ impl Listener {
         ));
         lock(&self.shared.subscribers).insert(pid, sub);
         tracing::debug!(pid, "client subscribed");
-        let mut event = Event::new("subscribed").with("protocol", PROTOCOL_VERSION);
+        let mut event = Event::new(ProtocolEvent::Subscribed).with("protocol", PROTOCOL_VERSION);
         if request.opt_bool("request_pipe").ok().flatten() == Some(true) {
             match self.open_request_pipe(pid) {
                 Ok(path) => {
@@ -181,7 +189,7 @@ impl Listener {
         let mut names: Vec<&String> = registered.keys().collect();
         names.sort();
         commands.extend(names.into_iter().map(|n| registered[n].spec.to_json()));
-        Event::new("interface")
+        Event::new(ProtocolEvent::Interface)
             .with("name", self.shared.paths.name())
             .with("description", self.shared.description.clone())
             .with("protocol", PROTOCOL_VERSION)
@@ -296,7 +304,9 @@ impl Listener {
         if let Some(id) = id {
             event.set("id", id.clone());
             event.write_line(&mut lines);
-            Event::new("end").with("id", id).write_line(&mut lines);
+            Event::new(ProtocolEvent::End)
+                .with("id", id)
+                .write_line(&mut lines);
         } else {
             event.write_line(&mut lines);
         }
@@ -306,7 +316,10 @@ impl Listener {
 
     fn reply_end(&mut self, pid: Option<u32>, id: Option<Value>) {
         if let (Some(sub), Some(id)) = (self.shared.subscriber(pid), id) {
-            let _ = sub.send(&Event::new("end").with("id", id).to_line(), Wait::Never);
+            let _ = sub.send(
+                &Event::new(ProtocolEvent::End).with("id", id).to_line(),
+                Wait::Never,
+            );
         }
     }
 

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::subscriber::{DropReason, Subscriber};
-use super::{lock, CancelReason, Shared};
+use super::{CancelReason, Shared};
 use crate::error::{Error, Result};
 use crate::fifo::{self, Epoll};
 use crate::framing::{Frame, LineBuffer};
 use crate::message::{pid_hint, ErrorCode, ToolError};
+use crate::sync::lock;
 
 /// How often dead clients and stalled subscribers are looked for.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);

@@ -1,11 +1,21 @@
 //! The server side: bind a tool name, register command handlers, run.
 //!
 //! ```no_run
-//! use pipe_core::{CommandSpec, Event, ToolServer};
+//! use pipe_core::{vocabulary, CommandSpec, Event, ToolServer};
+//!
+//! vocabulary! {
+//!     /// What the greeter says.
+//!     enum GreeterEvent: EventName {
+//!         /// A greeting.
+//!         Hello = "hello",
+//!     }
+//! }
 //!
 //! let mut server = ToolServer::builder("greeter").description("Says hello.").bind()?;
-//! server.handle(CommandSpec::new("hello", "Greets."), |req, out| {
-//!     out.emit(Event::new("hello").with("to", req.opt_str("name")?.unwrap_or("world")))?;
+//! let spec = CommandSpec::new("hello", "Greets.").emits(&[GreeterEvent::Hello]);
+//! server.handle(spec, |req, out| {
+//!     let to = req.opt_str("name")?.unwrap_or("world");
+//!     out.emit(Event::new(GreeterEvent::Hello).with("to", to))?;
 //!     Ok(())
 //! });
 //! server.run()?;
@@ -19,7 +29,6 @@
 mod builtins;
 mod cancel;
 mod listener;
-mod lock;
 mod pool;
 mod subscriber;
 
@@ -27,19 +36,22 @@ use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::Value;
 
-pub use cancel::{CancelReason, CancelToken};
+pub use cancel::{CancelReason, CancelToken, CancelWatch};
 
 use crate::error::{Error, Result};
 use crate::fields::Fields;
 use crate::fifo::{self, Waker};
 use crate::interface::CommandSpec;
 use crate::message::{ErrorCode, Event, Request, ToolError};
+use crate::name_lock::NameLock;
 use crate::paths::{self, ToolPaths};
+use crate::sync::{lock, write};
+use crate::vocabulary::{ProtocolEvent, ProtocolState, StateName};
 use subscriber::{Subscriber, Wait};
 
 /// A command handler: reads the request, emits events through the [`Responder`].
@@ -73,7 +85,7 @@ pub struct Builder {
     dir: PathBuf,
     description: String,
     help: Option<String>,
-    state: String,
+    state: StateName,
     limits: Limits,
 }
 
@@ -97,7 +109,7 @@ impl Builder {
     }
 
     /// The state before anything calls [`ServerHandle::set_state`] (default `running`).
-    pub fn initial_state(mut self, state: impl Into<String>) -> Self {
+    pub fn initial_state(mut self, state: impl Into<StateName>) -> Self {
         self.state = state.into();
         self
     }
@@ -115,13 +127,13 @@ impl Builder {
         }
         let paths = ToolPaths::new(self.dir, self.name);
         create_dir(paths.dir())?;
-        let lock = lock::NameLock::acquire(&paths)?;
+        let lock = NameLock::acquire(&paths)?;
         clear_stale_pipes(&paths);
         let upstream_path = paths.upstream();
         if upstream_path.exists() && fifo::has_reader(&upstream_path)? {
             return Err(Error::AlreadyRunning {
                 name: paths.name().into(),
-                pid: crate::discovery::pids_holding(&upstream_path)
+                pid: crate::holders::pids_holding(&upstream_path)
                     .first()
                     .copied(),
             });
@@ -197,7 +209,7 @@ fn clear_stale_pipes(paths: &ToolPaths) {
 pub struct ToolServer {
     shared: Arc<Shared>,
     upstream: std::fs::File,
-    lock: lock::NameLock,
+    lock: NameLock,
 }
 
 impl ToolServer {
@@ -208,7 +220,7 @@ impl ToolServer {
             dir: paths::default_dir(),
             description: String::new(),
             help: None,
-            state: "running".into(),
+            state: ProtocolState::Running.into(),
             limits: Limits::default(),
         }
     }
@@ -277,11 +289,6 @@ impl ToolServer {
     }
 }
 
-/// The pid of the live server holding `paths`' name, from its lock file.
-pub(crate) fn lock_holder(paths: &ToolPaths) -> Option<u32> {
-    lock::holder(paths)
-}
-
 struct Command {
     spec: CommandSpec,
     handler: Arc<Handler>,
@@ -317,24 +324,12 @@ struct Shared {
     commands: RwLock<HashMap<String, Command>>,
     limits: Limits,
     subscribers: Mutex<HashMap<u32, Arc<Subscriber>>>,
-    state: Mutex<String>,
+    state: Mutex<StateName>,
     inflight: Mutex<HashMap<u32, Vec<InFlight>>>,
     lanes: Mutex<HashMap<Option<u32>, Lane>>,
     pool: pool::Pool,
     waker: Arc<Waker>,
     stopping: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
@@ -353,20 +348,20 @@ impl Shared {
         }
     }
 
-    fn set_state(&self, state: &str) {
+    fn set_state(&self, state: StateName) {
         {
             let mut current = lock(&self.state);
             if *current == state {
                 return;
             }
-            *current = state.to_string();
+            *current = state;
         }
-        self.broadcast(&Event::new("state_changed").with("state", state));
+        self.broadcast(&Event::new(ProtocolEvent::StateChanged).with("state", state.as_str()));
     }
 
     fn request_stop(&self) {
         if !self.stopping.swap(true, Ordering::AcqRel) {
-            self.set_state("stopping");
+            self.set_state(ProtocolState::Stopping.into());
         }
         self.waker.wake();
     }
@@ -514,7 +509,7 @@ impl Responder {
     /// events an inline handler gathered.
     fn finish(&self) {
         if self.id.is_some() {
-            let _ = self.send(Event::new("end"), Wait::Never);
+            let _ = self.send(Event::new(ProtocolEvent::End), Wait::Never);
         }
         if let (Some(batch), Some(sub)) = (&self.batch, &self.subscriber) {
             let lines = std::mem::take(&mut *lock(batch));
@@ -554,8 +549,8 @@ pub struct ServerHandle(Arc<Shared>);
 
 impl ServerHandle {
     /// Changes the state and broadcasts `{"event":"state_changed","state":...}` if it changed.
-    pub fn set_state(&self, state: &str) {
-        self.0.set_state(state);
+    pub fn set_state(&self, state: impl Into<StateName>) {
+        self.0.set_state(state.into());
     }
 
     /// Replaces the fields answered to `get_config` (e.g. once a model has loaded).
@@ -564,8 +559,8 @@ impl ServerHandle {
     }
 
     /// The current state.
-    pub fn state(&self) -> String {
-        lock(&self.0.state).clone()
+    pub fn state(&self) -> StateName {
+        *lock(&self.0.state)
     }
 
     /// Sends `event` to every subscriber. Subscribers too far behind to take it are dropped.

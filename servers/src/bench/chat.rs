@@ -204,7 +204,7 @@ fn default_llama_bench() -> PathBuf {
 /// Runs the benchmark and prints the tables.
 pub fn run(options: &ChatBench) -> Result<()> {
     let repetitions = options.repetitions.max(1);
-    let source = crate::chat::model_source(&options.model)?;
+    let source = crate::kinds::chat::model_source(&options.model)?;
     let path = source.resolve()?;
     let bench = options
         .llama_bench

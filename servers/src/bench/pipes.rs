@@ -16,7 +16,7 @@ use anyhow::{bail, ensure, Context, Result};
 use pipe_core::{Client, ConnectOptions};
 use serde_json::{json, Value};
 
-use crate::echo;
+use crate::kinds::echo;
 
 /// Options of `cpipe bench pipes`.
 #[derive(Debug, clap::Args)]
@@ -336,7 +336,7 @@ struct Placement {
 /// Measures every transport in `placement`, and prints the table.
 fn round_trips(dir: &Path, n: usize, tag: usize, placement: &Placement) -> Result<()> {
     let name = format!("bench-rt-{tag}");
-    let mut server = echo::builder(&name).dir(dir).bind()?;
+    let mut server = pipe_core::ToolServer::builder(&name).dir(dir).bind()?;
     echo::register(&mut server);
     let handle = server.handle_ref();
     let server_cpus = placement.server.clone();
@@ -426,7 +426,7 @@ fn run_in(dir: &Path, options: &PipesBench) -> Result<()> {
     }
     // The throughput runs use every CPU.
     run_on(&all)?;
-    let mut server = echo::builder("bench").dir(dir).bind()?;
+    let mut server = pipe_core::ToolServer::builder("bench").dir(dir).bind()?;
     echo::register(&mut server);
     let handle = server.handle_ref();
     let server_thread = std::thread::spawn(move || server.run());

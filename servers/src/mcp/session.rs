@@ -2,6 +2,7 @@
 //! every event as it comes (so the server never drops us for not reading) into a bounded
 //! text log, one for the whole server and one per request, that agents read with cursors.
 
+use crate::lock;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -423,10 +424,6 @@ fn wait_released(dir: &Path, name: &str) {
     while downstream.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -272,11 +272,16 @@ impl RawClient {
 
     /// The next event within `wait`.
     pub fn next(&mut self, wait: Duration) -> Option<Value> {
+        let line = self.next_line(wait)?;
+        Some(serde_json::from_slice(&line).unwrap())
+    }
+
+    /// The next event's line as the server wrote it (its keys in their order), within `wait`.
+    pub fn next_line(&mut self, wait: Duration) -> Option<Vec<u8>> {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=end).collect();
-                return Some(serde_json::from_slice(&line).unwrap());
+                return Some(self.buf.drain(..=end).collect());
             }
             let mut chunk = [0u8; 65536];
             match self.events.read(&mut chunk) {

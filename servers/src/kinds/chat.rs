@@ -1,22 +1,51 @@
 //! `cpipe --serve chat`: a resident LLM streaming tokens to many clients.
 //!
-//! One model thread owns the model and runs one generation at a time, taking jobs in arrival
-//! order. Each client's requests already run one at a time (pipe-core's lanes), so arrival
+//! The model runs on the engine worker ([`crate::engine`]), one generation at a time. Each
+//! client's requests already run one at a time (pipe-core's lanes), so the worker's fair
 //! order is round-robin across clients. Handlers only translate: they queue a job and forward
 //! its pieces as events, which keeps back-pressure and cancellation in pipe-core's hands.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::time::Duration;
 
+use clap::{Args, FromArgMatches};
 use models::llm::{ChatMessage, GenerationParams, Llm, LlmError, Role, Usage};
 use models::source::ModelSource;
-use pipe_core::{
-    CancelToken, CommandSpec, ErrorCode, Event, Fields, Request, Responder, ServerHandle,
-    ToolError, ToolServer,
-};
+use pipe_core::{CommandSpec, Event, Fields, Request, Responder, ToolError, ToolServer};
 use serde_json::{json, Value};
+
+use super::Kind;
+use crate::engine::{Engine, Place, Work, Worker};
+use crate::vocab::{ServerEvent, ServerState};
+
+/// The chat kind.
+pub const KIND: Kind = Kind {
+    name: "chat",
+    summary: "LLM chat server: a resident GGUF model on candle, streaming tokens.",
+    help: include_str!("../../../skills/cpipe/chat.md"),
+    args: ChatArgs::augment_args,
+    build: |matches, builder| build(ChatArgs::from_arg_matches(matches)?, builder),
+};
+
+/// The chat server's own flags.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// The model: a GGUF path; a Hugging Face file as owner/repo:file (fetched once into the
+    /// hub cache); or an offline model installed by scripts/fetch-models.sh: smollm2,
+    /// qwen-coder.
+    #[arg(long, value_name = "MODEL", default_value = DEFAULT_HUB_MODEL)]
+    pub model: String,
+
+    /// A tokenizer.json to use instead of the one rebuilt from the GGUF (needed for
+    /// SentencePiece vocabularies such as Llama 2's and Mistral's).
+    #[arg(long, value_name = "PATH")]
+    pub tokenizer: Option<PathBuf>,
+
+    /// The system prompt for conversations that bring none (by default the model's chat
+    /// template decides, and some insert a long one of their own).
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+}
 
 /// The model real users get by default: fetched once from the Hugging Face hub.
 pub const DEFAULT_HUB_MODEL: &str =
@@ -32,9 +61,6 @@ const OFFLINE_MODELS: [(&str, &str, &str); 2] = [
     ),
 ];
 
-/// What `get_help` answers: this server's part of the cpipe skill (skills/cpipe/).
-const HELP: &str = include_str!("../../skills/cpipe/chat.md");
-
 /// Turns `--model` into a source: an offline short name, a path, or a hub reference.
 pub fn model_source(model: &str) -> anyhow::Result<ModelSource> {
     if let Some((_, file, fetch)) = OFFLINE_MODELS.iter().find(|(name, ..)| *name == model) {
@@ -45,19 +71,10 @@ pub fn model_source(model: &str) -> anyhow::Result<ModelSource> {
     Ok(ModelSource::parse(model)?)
 }
 
-/// A generation for the model thread.
+/// A generation for the engine.
 struct Job {
     messages: Vec<ChatMessage>,
     params: GenerationParams,
-    cancel: CancelToken,
-    out: SyncSender<Piece>,
-}
-
-/// What the model thread sends back for a job.
-enum Piece {
-    Text(String),
-    Done(Usage),
-    Failed(ToolError),
 }
 
 fn to_tool_error(e: LlmError) -> ToolError {
@@ -68,37 +85,45 @@ fn to_tool_error(e: LlmError) -> ToolError {
     }
 }
 
-/// Loads the model, then runs jobs until the server goes away.
-fn model_thread(
+/// The loaded model on the engine worker: streams a reply's text pieces, answers its usage.
+struct ChatEngine {
+    llm: Llm,
+}
+
+impl Engine for ChatEngine {
+    type Job = Job;
+    type Piece = String;
+    type Output = Usage;
+    const BUSY: ServerState = ServerState::Inferring;
+
+    fn run(&mut self, job: Job, work: &Work<String>) -> Result<Usage, ToolError> {
+        self.llm
+            .chat(&job.messages, &job.params, |text| {
+                if work.stopped() || (!text.is_empty() && !work.send(text.to_string())) {
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            })
+            .map_err(to_tool_error)
+    }
+}
+
+/// Loads the model (on the worker thread) and reports it in `get_config`.
+fn load(
     source: ModelSource,
     tokenizer: Option<PathBuf>,
     system: Option<String>,
-    server: ServerHandle,
-    jobs: Receiver<Job>,
-) {
+    server: &pipe_core::ServerHandle,
+) -> Result<ChatEngine, String> {
     let device = models::device::best_device();
-    let loaded = source
-        .resolve()
-        .map_err(|e| e.to_string())
-        .and_then(|path| {
-            let mut llm = Llm::load_with_tokenizer(&path, tokenizer.as_deref(), &device)
-                .map_err(|e| e.to_string())?;
-            // Conversations get the server's system prompt: theirs is the start to run ahead.
-            if system.is_some() {
-                llm.share_prefix(system.as_deref())
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(llm)
-        });
-    let mut llm = match loaded {
-        Ok(llm) => llm,
-        Err(message) => {
-            crate::loading::failed(&server, "model", &message, jobs, |job, error| {
-                let _ = job.out.send(Piece::Failed(error));
-            });
-            return;
-        }
-    };
+    let path = source.resolve().map_err(|e| e.to_string())?;
+    let mut llm = Llm::load_with_tokenizer(&path, tokenizer.as_deref(), &device)
+        .map_err(|e| e.to_string())?;
+    // Conversations get the server's system prompt: theirs is the start to run ahead.
+    if system.is_some() {
+        llm.share_prefix(system.as_deref())
+            .map_err(|e| e.to_string())?;
+    }
     server.set_config(Fields::from_iter([
         ("model", llm.name().into()),
         ("architecture", llm.architecture().into()),
@@ -106,37 +131,7 @@ fn model_thread(
         ("device", models::device::describe(&device).into()),
         ("source", source.to_string().into()),
     ]));
-    server.set_state("idle");
-    for job in jobs {
-        if job.cancel.is_cancelled() {
-            continue;
-        }
-        server.set_state("inferring");
-        let out = job.out.clone();
-        // A panic inside the engine fails this request, not the server.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            llm.chat(&job.messages, &job.params, |text| {
-                if job.cancel.is_cancelled() {
-                    return ControlFlow::Break(());
-                }
-                if !text.is_empty() && out.send(Piece::Text(text.to_string())).is_err() {
-                    return ControlFlow::Break(());
-                }
-                ControlFlow::Continue(())
-            })
-        }));
-        let _ = job.out.send(match result {
-            Ok(Ok(usage)) => Piece::Done(usage),
-            Ok(Err(e)) => Piece::Failed(to_tool_error(e)),
-            Err(_) => {
-                tracing::error!("the engine crashed on a request");
-                Piece::Failed(ToolError::internal(
-                    "the model crashed on this request; the server is still running",
-                ))
-            }
-        });
-        server.set_state("idle");
-    }
+    Ok(ChatEngine { llm })
 }
 
 /// Reads the conversation from `messages`, or from `data` (messages, `{messages}`, or a string).
@@ -260,11 +255,11 @@ fn usage_json(usage: &Usage) -> Value {
 
 /// Queues a job and hands each piece to `on_text`; returns the usage.
 fn run_job(
-    jobs: &Sender<Job>,
+    worker: &Worker<ChatEngine>,
     system: Option<&str>,
     req: &Request,
     out: &Responder,
-    mut on_text: impl FnMut(String) -> Result<(), ToolError>,
+    on_text: impl FnMut(String) -> Result<(), ToolError>,
 ) -> Result<Usage, ToolError> {
     let mut messages = parse_messages(req)?;
     if let Some(system) = system {
@@ -273,27 +268,13 @@ fn run_job(
         }
     }
     let params = parse_params(req)?;
-    let (tx, rx) = mpsc::sync_channel(256);
-    let cancel = out.cancel_token();
-    jobs.send(Job {
-        messages,
-        params,
-        cancel: cancel.clone(),
-        out: tx,
-    })
-    .map_err(|_| ToolError::new(ErrorCode::Unavailable, "the model thread has stopped"))?;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Piece::Text(text)) => on_text(text)?,
-            Ok(Piece::Done(usage)) => return Ok(usage),
-            Ok(Piece::Failed(error)) => return Err(error),
-            // Queued behind others (or the model is loading): keep waiting unless cancelled.
-            Err(RecvTimeoutError::Timeout) => out.check()?,
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(ToolError::internal("the model thread stopped mid-reply"))
-            }
-        }
-    }
+    worker
+        .submit(
+            Job { messages, params },
+            Place::client(req.pid),
+            &out.cancel_token(),
+        )
+        .finish_with(on_text)
 }
 
 fn chat_args() -> Value {
@@ -315,55 +296,45 @@ fn chat_args() -> Value {
     })
 }
 
-/// How the chat server is set up.
-pub struct ChatOptions {
-    /// The model file.
-    pub source: ModelSource,
-    /// A `tokenizer.json` overriding the GGUF's own vocabulary.
-    pub tokenizer: Option<PathBuf>,
-    /// The system prompt for conversations that bring none (else the model's template decides).
-    pub system: Option<String>,
-}
-
-/// Binds the chat server and starts loading the model in the background.
-pub fn build(builder: pipe_core::Builder, options: ChatOptions) -> anyhow::Result<ToolServer> {
-    let ChatOptions {
-        source,
+/// Binds the chat server and starts loading the model on the engine worker.
+fn build(args: ChatArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolServer> {
+    let ChatArgs {
+        model,
         tokenizer,
         system,
-    } = options;
-    let stream_system = system.clone();
-    let model_system = system.clone();
-    let mut server = builder
-        .description("LLM chat server: a resident GGUF model on candle, streaming tokens.")
-        .help(HELP)
-        .initial_state("loading")
-        .bind()?;
-    let (jobs, queue) = mpsc::channel::<Job>();
+    } = args;
+    let source = model_source(&model)?;
+    let mut server = builder.initial_state(ServerState::Loading).bind()?;
     let handle = server.handle_ref();
-    std::thread::Builder::new()
-        .name("model".into())
-        .spawn(move || model_thread(source, tokenizer, model_system, handle, queue))?;
-
-    let stream_jobs = jobs.clone();
+    let model_system = system.clone();
+    let worker = Worker::new();
+    worker.start("model", "model", handle.clone(), move || {
+        load(source, tokenizer, model_system, &handle)
+    })?;
+    let stream_system = system.clone();
+    let stream_worker = worker.clone();
     server.handle(
         CommandSpec::new("chat", "Streams the assistant's reply to a conversation.")
             .args(chat_args())
-            .emits(&["token", "done"]),
+            .emits(&[ServerEvent::Token, ServerEvent::Done]),
         move |req, out| {
-            let usage = run_job(&stream_jobs, stream_system.as_deref(), req, out, |text| {
-                out.emit(Event::new("token").with("text", text).with("done", false))?;
+            let usage = run_job(&stream_worker, stream_system.as_deref(), req, out, |text| {
+                out.emit(
+                    Event::new(ServerEvent::Token)
+                        .with("text", text)
+                        .with("done", false),
+                )?;
                 Ok(())
             })?;
             let usage = usage_json(&usage);
             out.emit(
-                Event::new("token")
+                Event::new(ServerEvent::Token)
                     .with("text", "")
                     .with("done", true)
                     .with("usage", usage.clone()),
             )?;
             if out.id().is_some() {
-                out.emit(Event::new("done").with("usage", usage))?;
+                out.emit(Event::new(ServerEvent::Done).with("usage", usage))?;
             }
             Ok(())
         },
@@ -374,15 +345,15 @@ pub fn build(builder: pipe_core::Builder, options: ChatOptions) -> anyhow::Resul
             "Answers with the whole reply in one event.",
         )
         .args(chat_args())
-        .emits(&["reply"]),
+        .emits(&[ServerEvent::Reply]),
         move |req, out| {
             let mut reply = String::new();
-            let usage = run_job(&jobs, system.as_deref(), req, out, |text| {
+            let usage = run_job(&worker, system.as_deref(), req, out, |text| {
                 reply.push_str(&text);
                 Ok(())
             })?;
             out.emit(
-                Event::new("reply")
+                Event::new(ServerEvent::Reply)
                     .with("text", reply)
                     .with("usage", usage_json(&usage)),
             )?;

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use pipe_core::{Event, ServerHandle};
 
+use crate::vocab::ServerEvent;
+
 /// How often playback checks for a barge-in.
 const TICK: Duration = Duration::from_millis(10);
 /// Sentences waiting to be played before synthesis waits for room.
@@ -230,7 +232,7 @@ impl Player {
                         let epoch_changed = self.epoch.load(Ordering::Acquire) != self.played_epoch;
                         if epoch_changed || self.pending.load(Ordering::Acquire) == 0 {
                             self.speaking.store(false, Ordering::Release);
-                            self.server.broadcast(&Event::new("speech_end"));
+                            self.server.broadcast(&Event::new(ServerEvent::SpeechEnd));
                         }
                         continue;
                     }
@@ -249,7 +251,7 @@ impl Player {
             }
             self.played_epoch = epoch;
             if !self.speaking.swap(true, Ordering::AcqRel) {
-                self.server.broadcast(&Event::new("speech_start"));
+                self.server.broadcast(&Event::new(ServerEvent::SpeechStart));
             }
             self.record(&clip.samples, clip.rate);
             let length = Duration::from_secs_f64(clip.samples.len() as f64 / clip.rate as f64);
@@ -279,7 +281,7 @@ impl Player {
                     p.play();
                 }
                 self.speaking.store(false, Ordering::Release);
-                self.server.broadcast(&Event::new("speech_end"));
+                self.server.broadcast(&Event::new(ServerEvent::SpeechEnd));
             }
         }
     }

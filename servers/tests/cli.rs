@@ -1,0 +1,63 @@
+//! The `cpipe` command line as a user meets it: the server kinds and their flags come from
+//! the registry, and a flag given to a kind that does not take it is refused.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn help_lists_every_kind_with_its_flags() {
+    let dir = TestDir::new("clihelp");
+    let out = dir.run(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for (kind, flag) in [
+        ("chat", "--model"),
+        ("tts", "--voice"),
+        ("stt", "--whisper"),
+        ("echo", "--name"),
+    ] {
+        assert!(
+            help.contains(&format!("  {kind} ")),
+            "{kind} missing:\n{help}"
+        );
+        assert!(help.contains(flag), "{flag} missing:\n{help}");
+    }
+    let out = dir.run(&["--serve", "stt", "--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("--whisper") && help.contains("--listen"),
+        "{help}"
+    );
+    assert!(
+        !help.contains("--model"),
+        "chat's flag in stt's help:\n{help}"
+    );
+}
+
+#[test]
+fn a_flag_of_another_kind_is_refused_with_the_kinds_own() {
+    let dir = TestDir::new("cliwrong");
+    let out = dir.run(&["--serve", "stt", "--model", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let error = text(&out.stderr);
+    assert!(error.contains("--model"), "{error}");
+    assert!(
+        error.contains("The stt server takes:") && error.contains("--whisper"),
+        "{error}"
+    );
+
+    let out = dir.run(&["--serve", "nosuch"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("chat, tts, stt, echo"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The old order still works: a flag before --serve is the kind's.
+    let out = dir.run(&["--name", "x", "--serve", "echo", "--stall-timeout", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--stall-timeout must be a positive"));
+}
