@@ -9,8 +9,6 @@
 //! - [`source`]: where model files come from (a local path, or the Hugging Face hub).
 //! - [`device`]: the compute device, GPU when built with `cuda` or `metal`.
 
-#![warn(missing_docs)]
-
 pub mod device;
 pub mod llm;
 pub mod onnx;

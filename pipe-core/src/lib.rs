@@ -12,8 +12,6 @@
 //!
 //! Processes using this crate must not die of `SIGPIPE`; Rust binaries ignore it by default.
 
-#![warn(missing_docs)]
-
 pub mod audio;
 mod client;
 pub mod discovery;

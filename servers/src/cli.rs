@@ -46,6 +46,7 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "cpipe", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// A subcommand, instead of a request.
     #[command(subcommand)]
     pub command: Option<Subcommand>,
 
@@ -108,6 +109,7 @@ pub struct Cli {
 pub enum Subcommand {
     /// Benchmarks that compare cpipe against anchors measured in the same run.
     Bench {
+        /// Which benchmark.
         #[command(subcommand)]
         which: bench::BenchKind,
     },

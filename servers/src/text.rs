@@ -9,11 +9,21 @@ use serde_json::Value;
 #[derive(Debug, PartialEq)]
 pub enum Piece {
     /// Streamed text, joined to what came before; `end_line` closes the stream.
-    Stream { text: String, end_line: bool },
+    Stream {
+        /// The text.
+        text: String,
+        /// The stream ends here: close its line.
+        end_line: bool,
+    },
     /// A line of its own.
     Line(String),
     /// The server reported an error.
-    Error { code: String, message: String },
+    Error {
+        /// The error's code.
+        code: String,
+        /// What went wrong.
+        message: String,
+    },
     /// Nothing to show (the usage summary that closes a stream, which JSON mode shows).
     Nothing,
 }

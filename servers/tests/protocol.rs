@@ -437,7 +437,9 @@ fn pipes_are_private_and_impostors_refused() {
     let _server = dir.serve("echo", &[]);
     let meta = std::fs::symlink_metadata(dir.path().join("tool-echo")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    assert_eq!(meta.uid(), unsafe { libc::geteuid() });
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(meta.uid(), uid);
 
     // A planted symlink where a client's event pipe goes is refused, not followed.
     let pid = std::process::id();

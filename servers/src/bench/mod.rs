@@ -71,6 +71,7 @@ impl Drop for BenchServer {
     }
 }
 
+/// Starts `cpipe --serve ARGS` of this binary with its pipes in `dir`.
 pub fn serve(dir: &Path, args: &[&str]) -> Result<BenchServer> {
     let child = Command::new(std::env::current_exe()?)
         .arg("--serve")

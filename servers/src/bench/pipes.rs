@@ -109,11 +109,8 @@ fn scratch_dir() -> Result<PathBuf> {
 fn mkfifo(path: &Path) -> Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: a valid NUL-terminated path.
-    ensure!(
-        unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0,
-        "mkfifo {}",
-        path.display()
-    );
+    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0;
+    ensure!(made, "mkfifo {}", path.display());
     Ok(())
 }
 

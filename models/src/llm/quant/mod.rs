@@ -68,10 +68,11 @@ impl Format {
         target_feature = "f16c"
     ))]
     fn kernel(self) -> Kernel {
-        // SAFETY (both): the build targets AVX2, FMA and F16C, so the CPU has them; the row
-        // and the input have the same number of blocks (`QuantMatrix::matmul`).
         match self {
+            // SAFETY: the build targets AVX2, FMA and F16C, so the CPU has them; the row and
+            // the input have the same number of blocks (`QuantMatrix::matmul`).
             Self::Q4_1 => |blocks, input| unsafe { q4_1::dot_avx2(blocks, input) },
+            // SAFETY: as for Q4_1.
             Self::Q8_0 => |blocks, input| unsafe { q8_0::dot_avx2(blocks, input) },
         }
     }

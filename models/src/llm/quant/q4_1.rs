@@ -61,7 +61,8 @@ pub(super) unsafe fn dot_avx2(blocks: &[u8], input: &QuantizedInput) -> f32 {
         let factors = _mm_mul_ps(dm, scale_sum);
         let low = _mm_and_si128(packed, low_nibbles);
         let high = _mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles);
-        let products = dot_u8_i8(_mm256_set_m128i(high, low), values);
+        // SAFETY: `dot_u8_i8` is compiled only for target features this build has.
+        let products = unsafe { dot_u8_i8(_mm256_set_m128i(high, low), values) };
         let lane = b & 1;
         scaled[lane] = _mm256_fmadd_ps(
             _mm256_broadcastss_ps(factors),

@@ -52,10 +52,13 @@ pub(super) unsafe fn dot_avx2(blocks: &[u8], input: &QuantizedInput) -> f32 {
         };
         // Signed × signed as |w| × (x with w's sign): the unsigned-by-signed form the
         // instructions take.
-        let products = dot_u8_i8(
-            _mm256_sign_epi8(weights, weights),
-            _mm256_sign_epi8(values, weights),
-        );
+        // SAFETY: `dot_u8_i8` is compiled only for target features this build has.
+        let products = unsafe {
+            dot_u8_i8(
+                _mm256_sign_epi8(weights, weights),
+                _mm256_sign_epi8(values, weights),
+            )
+        };
         let lane = b & 1;
         scaled[lane] = _mm256_fmadd_ps(
             _mm256_broadcastss_ps(_mm_mul_ss(d, input_scale)),
