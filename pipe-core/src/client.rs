@@ -169,7 +169,7 @@ impl Client {
         let mut deadline = Deadline::FromFirstWait(self.timeout);
         loop {
             let event = self.read_event(&mut deadline, "the server to confirm subscribe")?;
-            if event.name() != "subscribed" {
+            if !event.is(ProtocolEvent::Subscribed) {
                 continue; // nothing else is meant for us before this
             }
             self.legacy = event.get("protocol").is_none();
@@ -560,7 +560,7 @@ impl RequestEvents<'_> {
             return event.id().and_then(Value::as_u64) == Some(self.id);
         }
         // named-pipes 0.4 has no ids: a reply is whatever comes that is not a broadcast.
-        event.name() != "state_changed"
+        event.answers_legacy_request()
     }
 
     /// Waits at most `wait` for the request's next event: returns [`Step::Pending`] if none

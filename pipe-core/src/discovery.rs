@@ -47,6 +47,14 @@ pub struct ServerInfo {
 }
 
 impl ServerInfo {
+    /// Records what a `get_state` answer says, if it holds a `state` event (see
+    /// [`ServerInfo::apply_state`]).
+    pub fn apply_state_reply(&mut self, reply: &[Event]) {
+        if let Some(event) = reply.iter().find(|e| e.is(ProtocolEvent::State)) {
+            self.apply_state(event);
+        }
+    }
+
     /// Records what the server's `state` event (its `get_state` answer) says: it is alive,
     /// in that state, with that many subscribers and that pid.
     pub fn apply_state(&mut self, event: &Event) {
@@ -123,9 +131,7 @@ fn probe(dir: &Path, name: &str, path: &Path, timeout: Duration) -> ServerInfo {
     let state =
         Client::connect_with(name, &options).and_then(|mut c| c.call("get_state", Value::Null));
     if let Ok(events) = state {
-        if let Some(event) = events.iter().find(|e| e.is(ProtocolEvent::State)) {
-            info.apply_state(event);
-        }
+        info.apply_state_reply(&events);
     }
     if info.pid.is_none() {
         info.pid = pids_holding(path).first().copied();

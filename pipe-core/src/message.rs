@@ -115,6 +115,12 @@ impl Event {
         Self(fields)
     }
 
+    /// Whether this event, from a named-pipes 0.4 server (which sends no ids), answers the
+    /// request waiting for one: anything but the `state_changed` broadcast does.
+    pub fn answers_legacy_request(&self) -> bool {
+        !self.is(ProtocolEvent::StateChanged)
+    }
+
     /// Whether the event is named `name`.
     pub fn is(&self, name: impl Into<EventName>) -> bool {
         self.name() == name.into().as_str()

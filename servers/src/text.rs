@@ -2,7 +2,9 @@
 //! texts joined, other events' payloads one per line. Shared by `cpipe NAME CMD --text` and
 //! `cpipe mcp`, so an agent reads what a person reads.
 
-use pipe_core::{Event, Fields};
+use pipe_core::{Event, Fields, ProtocolEvent};
+
+use crate::vocab::ServerEvent;
 use serde_json::Value;
 
 /// One event's contribution to the text.
@@ -42,7 +44,7 @@ pub fn piece(event: &Event) -> Piece {
             end_line: done.as_bool() == Some(true),
         };
     }
-    if event.name() == "done" || event.name() == "end" {
+    if event.is(ServerEvent::Done) || event.is(ProtocolEvent::End) {
         return Piece::Nothing;
     }
     let payload: Fields = event

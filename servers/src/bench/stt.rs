@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use models::stt::{audio::to_16k_mono, encoder_window, word_error_rate};
 use pipe_core::Client;
+
+use crate::vocab::ServerEvent;
 use serde_json::{json, Value};
 
 use super::{connect_ready, serve};
@@ -192,7 +194,7 @@ fn end_to_transcript(client: &mut Client, clip: &Path, speech_end: f64) -> Resul
     // request, which may wait for a VAD to load.
     let started = Instant::now();
     ensure!(
-        reply.iter().any(|e| e.name() == "listening"),
+        reply.iter().any(|e| e.is(ServerEvent::Listening)),
         "listen failed"
     );
     let mut vad_end = f64::NAN;

@@ -11,7 +11,9 @@ use anyhow::{bail, ensure, Context, Result};
 
 use super::{connect_ready, serve};
 use pipe_core::audio::AudioChunk;
-use pipe_core::{Client, Event};
+use pipe_core::{Client, Event, ProtocolEvent};
+
+use crate::vocab::ServerEvent;
 use serde_json::{json, Value};
 
 /// Options of `cpipe bench tts`.
@@ -83,7 +85,7 @@ fn ours(tts: &mut Client, text: &str) -> Result<Run> {
         if let Some(e) = event.as_error() {
             bail!("synthesize failed: {e}");
         }
-        if event.name() == "audio" {
+        if event.is(ProtocolEvent::Audio) {
             first.get_or_insert(start.elapsed().as_secs_f64());
             audio += audio_seconds(&event)?;
         }
@@ -149,10 +151,10 @@ fn streamed_first_audio(tts: &mut Client) -> Result<f64> {
     let mut first = None;
     loop {
         let event = tts.next_event()?;
-        if event.name() == "audio" && first.is_none() {
+        if event.is(ProtocolEvent::Audio) && first.is_none() {
             first = Some(Instant::now());
         }
-        if event.name() == "end" && event.id().and_then(Value::as_u64) == Some(flush) {
+        if event.is(ProtocolEvent::End) && event.id().and_then(Value::as_u64) == Some(flush) {
             break;
         }
     }
@@ -187,7 +189,7 @@ fn pipeline(dir: &Path, tts: &mut Client) -> Result<f64> {
     tts.send("flush", Value::Null)?;
     loop {
         let event = tts.next_event()?;
-        if event.name() == "speech_start" {
+        if event.is(ServerEvent::SpeechStart) {
             return Ok(start.elapsed().as_secs_f64());
         }
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pipe_core::{Client, ConnectOptions, Event};
+use pipe_core::{Client, ConnectOptions, Event, ProtocolEvent};
 use serde_json::Value;
 
 use crate::text::TextWriter;
@@ -135,14 +135,14 @@ pub struct Log {
 
 impl Log {
     fn record(&mut self, event: &Event, legacy: bool) {
-        if event.name() == "state_changed" {
+        if event.is(ProtocolEvent::StateChanged) {
             self.state = event.str("state").map(String::from);
         }
         self.all.push(event);
         let id = match event.id().and_then(Value::as_u64) {
             Some(id) => Some(id),
             // named-pipes sends no ids: a reply belongs to the request still waiting.
-            None if legacy && event.name() != "state_changed" => self
+            None if legacy && event.answers_legacy_request() => self
                 .order
                 .iter()
                 .rev()
@@ -153,7 +153,7 @@ impl Log {
         let Some(request) = id.and_then(|id| self.requests.get_mut(&id)) else {
             return;
         };
-        if event.name() == "end" {
+        if event.is(ProtocolEvent::End) {
             request.finished = true;
             request
                 .transcript

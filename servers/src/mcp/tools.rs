@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use pipe_core::discovery::{self, Liveness, ServerInfo};
-use pipe_core::Event;
+use pipe_core::{Event, ProtocolEvent};
 use serde_json::{json, Map, Value};
 
 use super::session::{Chunk, SendError, Session, Sessions};
@@ -746,7 +746,7 @@ impl Tools {
 /// The server's `get_interface` answer (a remote error from servers without the command).
 fn interface(session: &Session) -> pipe_core::Result<Option<Event>> {
     let events = session.control("get_interface")?;
-    Ok(events.into_iter().find(|e| e.name() == "interface"))
+    Ok(events.into_iter().find(|e| e.is(ProtocolEvent::Interface)))
 }
 
 /// Reads the unread output of request `id`, advancing its cursor.
@@ -823,8 +823,6 @@ fn current_state(session: &Session) -> String {
 
 fn fill_state(server: &mut ServerInfo, session: &Session) {
     if let Ok(events) = session.control("get_state") {
-        if let Some(event) = events.iter().find(|e| e.name() == "state") {
-            server.apply_state(event);
-        }
+        server.apply_state_reply(&events);
     }
 }

@@ -1,0 +1,186 @@
+//! pipe-core's two sides together, in one process: a `ToolServer` with real handlers on real
+//! FIFOs, driven by the crate's own `Client`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pipe_core::{
+    vocabulary, Client, CommandSpec, ConnectOptions, ErrorCode, Event, ServerHandle, Step,
+    ToolError, ToolServer,
+};
+use serde_json::{json, Value};
+
+vocabulary! {
+    /// What the test server emits.
+    enum TestEvent: EventName {
+        /// One streamed piece.
+        Tick = "tick",
+        /// The answer to `add`.
+        Sum = "sum",
+    }
+}
+
+/// A server on its own thread in a private directory; stopped and removed on drop.
+struct Running {
+    dir: PathBuf,
+    handle: ServerHandle,
+    thread: Option<std::thread::JoinHandle<pipe_core::Result<()>>>,
+    /// Set when the `wait` handler saw its request cancelled.
+    saw_cancel: Arc<AtomicBool>,
+}
+
+impl Running {
+    fn start(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("pipe-core-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut server = ToolServer::builder(name)
+            .dir(&dir)
+            .description("A test server.")
+            .bind()
+            .unwrap();
+        server.handle(
+            CommandSpec::new("ticks", "Streams n ticks.")
+                .args(json!({"type": "object", "required": ["n"],
+                    "properties": {"n": {"type": "integer", "minimum": 0}}}))
+                .emits(&[TestEvent::Tick]),
+            |req, out| {
+                for i in 0..req.opt_u64("n")?.unwrap_or(0) {
+                    out.emit(Event::new(TestEvent::Tick).with("i", i))?;
+                }
+                Ok(())
+            },
+        );
+        server.handle_inline(
+            CommandSpec::new("add", "Adds a and b.").emits(&[TestEvent::Sum]),
+            |req, out| {
+                let (a, b) = (req.opt_f64("a")?, req.opt_f64("b")?);
+                let sum = a
+                    .zip(b)
+                    .map(|(a, b)| a + b)
+                    .ok_or_else(|| ToolError::invalid("add needs numbers a and b"))?;
+                out.emit(Event::new(TestEvent::Sum).with("sum", sum))?;
+                Ok(())
+            },
+        );
+        server.handle(CommandSpec::new("crash", "Panics."), |_, _| {
+            panic!("on purpose")
+        });
+        let saw_cancel = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&saw_cancel);
+        server.handle(
+            CommandSpec::new("wait", "Waits until cancelled."),
+            move |_, out| {
+                let started = Instant::now();
+                while out.check().is_ok() && started.elapsed() < Duration::from_secs(20) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                seen.store(out.check().is_err(), Ordering::SeqCst);
+                Ok(out.check()?)
+            },
+        );
+        let handle = server.handle_ref();
+        let thread = Some(std::thread::spawn(move || server.run()));
+        Self {
+            dir,
+            handle,
+            thread,
+            saw_cancel,
+        }
+    }
+
+    fn client(&self, name: &str) -> Client {
+        let options = ConnectOptions {
+            dir: self.dir.clone(),
+            timeout: Some(Duration::from_secs(10)),
+        };
+        Client::connect_with(name, &options).unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.handle.stop();
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap().unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn requests_stream_in_order_and_end() {
+    let server = Running::start("stream");
+    let mut client = server.client("stream");
+    let events = client.call("ticks", json!({"n": 500})).unwrap();
+    let ticks: Vec<u64> = events
+        .iter()
+        .map(|e| {
+            assert!(e.is(TestEvent::Tick), "{e}");
+            e.get("i").and_then(Value::as_u64).unwrap()
+        })
+        .collect();
+    assert_eq!(ticks, (0..500).collect::<Vec<_>>());
+    let sum = client.call("add", json!({"a": 2, "b": 3.5})).unwrap();
+    assert_eq!(sum[0].get("sum"), Some(&json!(5.5)));
+}
+
+#[test]
+fn bad_arguments_and_a_panicking_handler_get_errors_and_the_server_goes_on() {
+    let server = Running::start("errors");
+    let mut client = server.client("errors");
+    let error = client.call("ticks", json!({"n": "three"})).unwrap_err();
+    assert!(
+        matches!(error, pipe_core::Error::Remote { ref code, .. } if *code == ErrorCode::InvalidRequest),
+        "{error}"
+    );
+    let error = client.call("add", json!({"a": 1})).unwrap_err();
+    assert!(error.to_string().contains("add needs numbers"), "{error}");
+    let error = client.call("crash", Value::Null).unwrap_err();
+    assert!(
+        matches!(error, pipe_core::Error::Remote { ref code, .. } if *code == ErrorCode::Internal),
+        "{error}"
+    );
+    let error = client.call("nosuch", Value::Null).unwrap_err();
+    assert!(error.to_string().contains("nosuch"), "{error}");
+    assert_eq!(client.call("ticks", json!({"n": 2})).unwrap().len(), 2);
+}
+
+#[test]
+fn a_cancel_reaches_the_handler_and_ends_the_request() {
+    let server = Running::start("cancel");
+    let mut client = server.client("cancel");
+    let id = client.send("wait", Value::Null).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    client.cancel(id).unwrap();
+    let mut events = client.events_of(id);
+    let mut seen = Vec::new();
+    loop {
+        match events.next_within(Duration::from_secs(10)).unwrap() {
+            Step::Event(e) => seen.push(e),
+            Step::End => break,
+            Step::Pending => panic!("the cancelled request never ended"),
+        }
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].as_error().unwrap().code, ErrorCode::Cancelled);
+    assert!(server.saw_cancel.load(Ordering::SeqCst));
+}
+
+#[test]
+fn get_interface_describes_the_registered_commands() {
+    let server = Running::start("iface");
+    let mut client = server.client("iface");
+    let interface = client.call("get_interface", Value::Null).unwrap();
+    let commands = interface[0]
+        .get("commands")
+        .and_then(Value::as_array)
+        .unwrap();
+    let ticks = commands.iter().find(|c| c["name"] == "ticks").unwrap();
+    assert_eq!(ticks["emits"], json!(["tick"]));
+    assert_eq!(ticks["args"]["required"], json!(["n"]));
+    assert!(commands
+        .iter()
+        .any(|c| c["name"] == "ping" && c["builtin"] == true));
+}
