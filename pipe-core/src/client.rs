@@ -28,10 +28,11 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 use crate::fields::Fields;
-use crate::fifo::{self, pollfd, Access};
+use crate::fifo::{self, Access};
 use crate::framing::{Frame, LineBuffer};
 use crate::message::{write_value, Event};
 use crate::paths::{self, ToolPaths};
+use crate::poll::{self, pollfd};
 use crate::vocabulary::ProtocolEvent;
 
 /// Default time to wait for any one reply.
@@ -329,7 +330,7 @@ impl Client {
                         self.timeout,
                     )?;
                     let mut fds = [pollfd(pipe.as_raw_fd(), libc::POLLOUT)];
-                    fifo::poll(&mut fds, remaining)
+                    poll::poll(&mut fds, remaining)
                         .map_err(|e| Error::io("waiting to write a request", e))?;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
@@ -379,7 +380,7 @@ impl Client {
         loop {
             let remaining = remaining(deadline, what, self.timeout)?;
             let mut fds = [pollfd(self.events.as_raw_fd(), libc::POLLIN)];
-            fifo::poll(&mut fds, remaining).map_err(|e| Error::io("waiting for events", e))?;
+            poll::poll(&mut fds, remaining).map_err(|e| Error::io("waiting for events", e))?;
             if fds[0].revents == 0 {
                 continue; // timed out: `remaining` reports it on the next turn
             }

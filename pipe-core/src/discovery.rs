@@ -11,9 +11,9 @@ use serde_json::Value;
 use crate::client::{Client, ConnectOptions};
 use crate::error::{Error, Result};
 use crate::fifo;
-pub use crate::holders::pids_holding;
 use crate::message::Event;
 use crate::paths::{self, ToolPaths};
+pub use crate::processes::pids_holding;
 use crate::vocabulary::ProtocolEvent;
 
 /// Whether a server answers.

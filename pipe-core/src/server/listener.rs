@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 use super::subscriber::{DropReason, Subscriber};
 use super::{CancelReason, Shared};
 use crate::error::{Error, Result};
-use crate::fifo::{self, Epoll};
+use crate::fifo;
 use crate::framing::{Frame, LineBuffer};
 use crate::message::{pid_hint, ErrorCode, ToolError};
+use crate::poll::Epoll;
+use crate::processes::pid_alive;
 use crate::sync::lock;
 
 /// How often dead clients and stalled subscribers are looked for.
@@ -317,7 +319,7 @@ impl Listener {
         let stall = self.shared.limits.stall_timeout;
         let subscribers: Vec<_> = lock(&self.shared.subscribers).values().cloned().collect();
         for sub in subscribers {
-            if !fifo::pid_alive(sub.pid) {
+            if !pid_alive(sub.pid) {
                 sub.close(DropReason::Gone);
             } else if sub.stalled_since().is_some_and(|t| t.elapsed() >= stall) {
                 sub.close(DropReason::Stalled);

@@ -45,11 +45,12 @@ pub use cancel::{CancelReason, CancelToken, CancelWatch};
 
 use crate::error::{Error, Result};
 use crate::fields::Fields;
-use crate::fifo::{self, Waker};
+use crate::fifo;
 use crate::interface::CommandSpec;
 use crate::message::{ErrorCode, Event, Request, ToolError};
 use crate::name_lock::NameLock;
 use crate::paths::{self, ToolPaths};
+use crate::poll::Waker;
 use crate::sync::{lock, write};
 use crate::vocabulary::{ProtocolEvent, ProtocolState, StateName};
 use subscriber::{Subscriber, Wait};
@@ -133,7 +134,7 @@ impl Builder {
         if upstream_path.exists() && fifo::has_reader(&upstream_path)? {
             return Err(Error::AlreadyRunning {
                 name: paths.name().into(),
-                pid: crate::holders::pids_holding(&upstream_path)
+                pid: crate::processes::pids_holding(&upstream_path)
                     .first()
                     .copied(),
             });

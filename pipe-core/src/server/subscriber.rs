@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::fifo::Waker;
+use crate::poll::Waker;
 
 /// Why a subscriber was let go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
