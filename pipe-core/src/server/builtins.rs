@@ -5,9 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
+use super::lanes::Job;
 use super::listener::{Listener, Source};
 use super::subscriber::{DropReason, Subscriber, Wait};
-use super::{CancelReason, CancelToken, InFlight, Job, Responder};
+use super::{CancelReason, CancelToken, InFlight, Responder};
 use crate::interface::CommandSpec;
 use crate::message::{ErrorCode, Event, ParseOutcome, Request, ToolError};
 use crate::sync::{lock, read};
