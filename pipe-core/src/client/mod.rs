@@ -16,9 +16,13 @@
 //! named-pipes 0.4 server there are no ids: requests go over the shared pipe, and a request's
 //! events are the next reply, or a `done:false` stream up to its `done:true` chunk.
 
-use std::collections::{HashSet, VecDeque};
+mod backoff;
+mod events;
+mod waiting;
+
+use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -27,13 +31,16 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::fields::Fields;
 use crate::fifo::{self, Access};
-use crate::framing::{Frame, LineBuffer};
+use crate::framing::LineBuffer;
 use crate::message::{write_value, Event};
 use crate::paths::{self, ToolPaths};
 use crate::poll::{self, pollfd};
 use crate::vocabulary::ProtocolEvent;
+
+use backoff::Backoff;
+pub use events::{RequestEvents, Step};
+use waiting::{remaining, Deadline, Inbox};
 
 /// Default time to wait for any one reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,12 +48,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_EVENT_BYTES: usize = 256 << 20;
 /// Unclaimed broadcasts kept for [`Client::next_event`] before the oldest are dropped.
 const MAX_UNCLAIMED: usize = 100_000;
-/// How long a client checks for a reply before it sleeps. Waking a sleeping thread on another
-/// CPU costs tens of microseconds on a virtual machine, more than a quick reply takes.
-const SPIN: Duration = Duration::from_micros(50);
-/// A reply that took longer than this stops the spinning until replies are quick again.
-const SPIN_AGAIN_UNDER: Duration = Duration::from_micros(200);
-
 /// Pipes this process is connected to: the protocol names a client by its pid, so one
 /// process can hold only one connection per server.
 static CONNECTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
@@ -69,9 +70,8 @@ pub struct Client {
     legacy: bool,
     /// `unsubscribe` was sent already.
     unsubscribed: bool,
-    /// Replies have been quick, so waiting starts with a short spin: request/reply traffic
-    /// pays no wake-up, while a slow stream (tokens every few milliseconds) never spins.
-    spin: bool,
+    /// Whether a wait spins before it sleeps.
+    backoff: Backoff,
     buf: Vec<u8>,
 }
 
@@ -157,7 +157,7 @@ impl Client {
             timeout: options.timeout,
             legacy: true,
             unsubscribed: false,
-            spin: true,
+            backoff: Backoff::new(),
             buf: vec![0; 64 << 10],
         };
         client.subscribe()?;
@@ -344,149 +344,6 @@ impl Client {
         }
         Ok(())
     }
-
-    /// Reads the next event from the pipe (not from `unclaimed`).
-    fn read_event(&mut self, deadline: &mut Deadline, what: &str) -> Result<Event> {
-        loop {
-            if let Some(event) = self.inbox.events.pop_front() {
-                return Ok(event);
-            }
-            self.wait_and_read(deadline.resolve(), what)?;
-        }
-    }
-
-    /// Waits until the event pipe has data and reads it into `parsed`. Spins for up to
-    /// [`SPIN`] first while replies have been coming quickly (see [`Client::spin`]).
-    fn wait_and_read(&mut self, deadline: Option<Instant>, what: &str) -> Result<()> {
-        // Read only once a first check found nothing: a reply already there costs no clock.
-        let mut started = None;
-        if self.spin {
-            loop {
-                match self.read_available()? {
-                    Got::Data => return Ok(()),
-                    // No writer yet (the server has not opened the pipe) reads as end of
-                    // file too; only `poll` tells the two apart.
-                    Got::EndOfFile => break,
-                    Got::Nothing => {}
-                }
-                if started.get_or_insert_with(Instant::now).elapsed() >= SPIN {
-                    break;
-                }
-                // Lets the server run when it shares this CPU.
-                std::thread::yield_now();
-            }
-        }
-        let started = *started.get_or_insert_with(Instant::now);
-        loop {
-            let remaining = remaining(deadline, what, self.timeout)?;
-            let mut fds = [pollfd(self.events.as_raw_fd(), libc::POLLIN)];
-            poll::poll(&mut fds, remaining).map_err(|e| Error::io("waiting for events", e))?;
-            if fds[0].revents == 0 {
-                continue; // timed out: `remaining` reports it on the next turn
-            }
-            match self.read_available()? {
-                Got::Data => {
-                    // A slow reply (a token stream, a long job) is not worth spinning for.
-                    self.spin = started.elapsed() < SPIN_AGAIN_UNDER;
-                    return Ok(());
-                }
-                Got::EndOfFile => {
-                    return Err(Error::Disconnected {
-                        path: self.paths.upstream(),
-                        reason: "the server closed this client's event pipe (it stopped, or \
-                                 dropped this client for not reading)"
-                            .into(),
-                    })
-                }
-                Got::Nothing => {}
-            }
-        }
-    }
-
-    /// One non-blocking read of the event pipe, parsed into the inbox.
-    fn read_available(&mut self) -> Result<Got> {
-        match (&self.events).read(&mut self.buf) {
-            Ok(0) => Ok(Got::EndOfFile),
-            Ok(n) => {
-                let inbox = &mut self.inbox;
-                self.lines.push(&self.buf[..n], |frame| match frame {
-                    Frame::Line(line) => match serde_json::from_slice::<Fields>(line) {
-                        Ok(fields) => {
-                            if let Some(event) = Event::from_fields(fields) {
-                                inbox.stash(event);
-                            }
-                        }
-                        Err(e) => tracing::warn!("ignoring a malformed event line: {e}"),
-                    },
-                    Frame::TooLarge { len, .. } => {
-                        tracing::warn!("ignoring an event line of {len} bytes")
-                    }
-                });
-                Ok(Got::Data)
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(Got::Nothing)
-            }
-            Err(e) => Err(Error::io("reading events", e)),
-        }
-    }
-}
-
-/// Events read from the pipe and not yet looked at, less those of discarded requests.
-#[derive(Default)]
-struct Inbox {
-    events: VecDeque<Event>,
-    /// Requests whose events are thrown away on arrival (e.g. our own `cancel`s).
-    discard: HashSet<u64>,
-}
-
-impl Inbox {
-    /// Queues a newly parsed event, unless it answers a request whose events are discarded.
-    fn stash(&mut self, event: Event) {
-        // Most clients discard nothing; then no event needs its id looked up here.
-        let discarded_id = if self.discard.is_empty() {
-            None
-        } else {
-            event
-                .id()
-                .and_then(Value::as_u64)
-                .filter(|id| self.discard.contains(id))
-        };
-        match discarded_id {
-            Some(id) if event.is(ProtocolEvent::End) => {
-                self.discard.remove(&id);
-            }
-            Some(_) => {}
-            None => self.events.push_back(event),
-        }
-    }
-}
-
-/// When a wait for events gives up. The client's own timeout starts at the first wait, so an
-/// event that is already read costs no clock reading.
-#[derive(Clone, Copy)]
-enum Deadline {
-    /// The client's timeout, counted from the first wait.
-    FromFirstWait(Option<Duration>),
-    /// A fixed instant (`None`: never).
-    At(Option<Instant>),
-}
-
-impl Deadline {
-    /// The instant, fixed from now on.
-    fn resolve(&mut self) -> Option<Instant> {
-        let at = match *self {
-            Self::FromFirstWait(timeout) => timeout.map(|t| Instant::now() + t),
-            Self::At(at) => at,
-        };
-        *self = Self::At(at);
-        at
-    }
 }
 
 /// A request's wire form: compact JSON and a newline.
@@ -494,33 +351,6 @@ fn json_line(value: &Value) -> Vec<u8> {
     let mut line = serde_json::to_vec(value).expect("JSON values serialize");
     line.push(b'\n');
     line
-}
-
-/// What one non-blocking read of the event pipe found.
-enum Got {
-    Data,
-    Nothing,
-    /// No writer: the server closed the pipe, or has not opened it yet.
-    EndOfFile,
-}
-
-/// Time left until `deadline`, or a timeout error naming `what` and the client's timeout.
-fn remaining(
-    deadline: Option<Instant>,
-    what: &str,
-    timeout: Option<Duration>,
-) -> Result<Option<Duration>> {
-    let Some(deadline) = deadline else {
-        return Ok(None);
-    };
-    let now = Instant::now();
-    if now >= deadline {
-        return Err(Error::Timeout {
-            what: what.into(),
-            after: timeout.unwrap_or_default(),
-        });
-    }
-    Ok(Some(deadline - now))
 }
 
 fn forget(upstream: &Path) {
@@ -540,102 +370,5 @@ impl Drop for Client {
         }
         fifo::remove_fifo(&self.paths.downstream(self.pid));
         forget(&self.paths.upstream());
-    }
-}
-
-/// The events of one request, in order, ending before its `end`.
-pub struct RequestEvents<'a> {
-    client: &'a mut Client,
-    id: u64,
-    finished: bool,
-}
-
-impl RequestEvents<'_> {
-    /// The request's id.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    fn belongs(&self, event: &Event) -> bool {
-        if !self.client.legacy {
-            return event.id().and_then(Value::as_u64) == Some(self.id);
-        }
-        // named-pipes 0.4 has no ids: a reply is whatever comes that is not a broadcast.
-        event.answers_legacy_request()
-    }
-
-    /// Waits at most `wait` for the request's next event: returns [`Step::Pending`] if none
-    /// came, so a caller can check for Ctrl-C or its own deadline and call again.
-    pub fn next_within(&mut self, wait: Duration) -> Result<Step> {
-        match self.next_until(Deadline::At(Some(Instant::now() + wait))) {
-            Ok(Some(event)) => Ok(Step::Event(event)),
-            Ok(None) => Ok(Step::End),
-            Err(Error::Timeout { .. }) => Ok(Step::Pending),
-            Err(e) => {
-                self.finished = true;
-                Err(e)
-            }
-        }
-    }
-
-    fn next_until(&mut self, mut deadline: Deadline) -> Result<Option<Event>> {
-        if self.finished {
-            return Ok(None);
-        }
-        let claimed = self
-            .client
-            .unclaimed
-            .iter()
-            .position(|e| self.belongs(e))
-            .and_then(|i| self.client.unclaimed.remove(i));
-        let event = match claimed {
-            Some(e) => e,
-            None => loop {
-                let e = self.client.read_event(&mut deadline, "the reply")?;
-                if self.belongs(&e) {
-                    break e;
-                }
-                if self.client.unclaimed.len() >= MAX_UNCLAIMED {
-                    self.client.unclaimed.pop_front();
-                }
-                self.client.unclaimed.push_back(e);
-            },
-        };
-        if !self.client.legacy {
-            if event.is(ProtocolEvent::End) {
-                self.finished = true;
-                return Ok(None);
-            }
-            return Ok(Some(event));
-        }
-        // Without ids, a reply ends the request unless it is a `done:false` stream chunk.
-        self.finished = event.get("done").and_then(Value::as_bool) != Some(false);
-        Ok(Some(event))
-    }
-}
-
-/// One step of [`RequestEvents::next_within`].
-#[derive(Debug)]
-pub enum Step {
-    /// The request's next event.
-    Event(Event),
-    /// Nothing yet.
-    Pending,
-    /// The request has ended.
-    End,
-}
-
-impl Iterator for RequestEvents<'_> {
-    type Item = Result<Event>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        match self.next_until(Deadline::FromFirstWait(self.client.timeout)) {
-            Ok(Some(e)) => Some(Ok(e)),
-            Ok(None) => None,
-            Err(e) => {
-                self.finished = true;
-                Some(Err(e))
-            }
-        }
     }
 }
