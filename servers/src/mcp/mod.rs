@@ -7,6 +7,7 @@
 //! `subscriptions/listen`); and only the tools feature. Tool calls run on their own threads,
 //! so a long `call` never blocks a `read_output` or a cancellation.
 
+mod arguments;
 mod session;
 mod tools;
 

@@ -11,29 +11,20 @@ use pipe_core::discovery::{self, Liveness, ServerInfo};
 use pipe_core::{Event, ProtocolEvent};
 use serde_json::{json, Map, Value};
 
+use super::arguments::{ArgResult, Args, Param};
 use super::session::{Chunk, SendError, Session, Sessions};
 use crate::listing;
 
 /// Output returned per tool call unless `max_chars` says otherwise: enough for a long
 /// reply, small enough for an agent's context.
-const DEFAULT_MAX_CHARS: u64 = 20_000;
-const MAX_MAX_CHARS: u64 = 1_000_000;
+pub(super) const DEFAULT_MAX_CHARS: u64 = 20_000;
+pub(super) const MAX_MAX_CHARS: u64 = 1_000_000;
 /// How long `call` waits for a request to finish unless told.
-const DEFAULT_CALL_SECS: f64 = 120.0;
-const MAX_CALL_SECS: f64 = 3600.0;
-const MAX_READ_WAIT_SECS: f64 = 60.0;
+pub(super) const DEFAULT_CALL_SECS: f64 = 120.0;
+pub(super) const MAX_CALL_SECS: f64 = 3600.0;
+pub(super) const MAX_READ_WAIT_SECS: f64 = 60.0;
 /// How long `stop_server` waits for a server to go.
 const STOP_WAIT: Duration = Duration::from_secs(5);
-/// Commands an agent must not send itself: the connection is `cpipe mcp`'s.
-const MANAGED: [(&str, &str); 4] = [
-    ("subscribe", "cpipe mcp subscribes to each server itself"),
-    ("unsubscribe", "cpipe mcp manages its own subscriptions"),
-    ("cancel", "use the cancel tool"),
-    (
-        "stop",
-        "use the stop_server tool, which also reclaims the server's pipes",
-    ),
-];
 
 /// A tool's answer: text for the agent, the same facts as JSON, and whether it failed.
 #[derive(Debug)]
@@ -55,7 +46,7 @@ impl Outcome {
         }
     }
 
-    fn error(text: impl Into<String>) -> Self {
+    pub(super) fn error(text: impl Into<String>) -> Self {
         let text = text.into();
         Self {
             structured: json!({"error": text}),
@@ -76,205 +67,158 @@ pub struct Tools {
     generated: Mutex<HashMap<String, ServerTools>>,
 }
 
-type ArgResult<T> = Result<T, Outcome>;
-
 /// The tools generated for one server, and the pid of the server they were read from.
 type ServerTools = (Option<u32>, Vec<Value>);
 
-/// A tool's arguments, checked one by one with errors that say how to fix them.
-struct Args<'a> {
-    tool: &'a str,
-    fields: &'a Map<String, Value>,
+/// One fixed tool, written once: the catalogue entry and the checked call both come from it.
+struct FixedTool {
+    name: &'static str,
+    title: &'static str,
+    description: &'static str,
+    /// The arguments it takes, in the order its schema lists them.
+    params: &'static [Param],
+    required: &'static [Param],
+    annotations: &'static [(&'static str, bool)],
+    run: fn(&Tools, &Args, &AtomicBool) -> ArgResult<Outcome>,
 }
 
-impl<'a> Args<'a> {
-    fn new(tool: &'a str, value: &'a Value, allowed: &[&str]) -> ArgResult<Self> {
-        static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
-        let fields = match value {
-            Value::Object(fields) => fields,
-            Value::Null => EMPTY.get_or_init(Map::new),
-            other => {
-                return Err(Outcome::error(format!(
-                    "{tool}: arguments must be a JSON object, got {other}"
-                )))
-            }
-        };
-        if let Some(unknown) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(Outcome::error(format!(
-                "{tool}: unknown argument \"{unknown}\"; it takes {}",
-                allowed.join(", ")
-            )));
-        }
-        Ok(Self { tool, fields })
-    }
+const READS_AND_WRITES: &[(&str, bool)] = &[("readOnlyHint", false), ("openWorldHint", false)];
+const DESTRUCTIVE: &[(&str, bool)] = &[
+    ("readOnlyHint", false),
+    ("destructiveHint", true),
+    ("openWorldHint", false),
+];
 
-    fn fail(&self, key: &str, what: &str, got: &Value) -> Outcome {
-        Outcome::error(format!(
-            "{}: argument \"{key}\" must be {what}, got {got}",
-            self.tool
-        ))
-    }
+/// The tools that work on any server.
+const FIXED: &[FixedTool] = &[
+    FixedTool {
+        name: "list_servers",
+        title: "List cpipe servers",
+        description: "Lists every tool server on this machine (cpipe or named-pipes) with its state, pid, subscriber count and status (alive, unresponsive, or orphaned). Orphaned pipes, left by servers that died, are removed as a side effect.",
+        params: &[],
+        required: &[],
+        annotations: &[
+            ("readOnlyHint", false),
+            ("destructiveHint", false),
+            ("idempotentHint", true),
+            ("openWorldHint", false),
+        ],
+        run: |tools, _, _| Ok(tools.list_servers()),
+    },
+    FixedTool {
+        name: "describe_server",
+        title: "Describe a server",
+        description: "What a server does: its description, its help text, and every command with the JSON Schema of its arguments and the events it emits (its get_interface answer).",
+        params: &[Param::Server],
+        required: &[Param::Server],
+        annotations: &[("readOnlyHint", true), ("openWorldHint", false)],
+        run: |tools, args, _| Ok(tools.describe(args.server()?)),
+    },
+    FixedTool {
+        name: "call",
+        title: "Call a command and wait",
+        description: "Sends one command to a server and waits for it to finish, returning its whole output as text: streamed tokens joined (a full chat reply), other events one per line. Output beyond max_chars, or still coming at the timeout, is readable with read_output.",
+        params: &[
+            Param::Server,
+            Param::Command,
+            Param::Arguments,
+            Param::TimeoutSeconds,
+            Param::MaxChars,
+        ],
+        required: &[Param::Server, Param::Command],
+        annotations: READS_AND_WRITES,
+        run: |tools, args, stop| {
+            tools.call_command(
+                args.server()?,
+                args.command()?,
+                args.arguments()?,
+                args.seconds("timeout_seconds", DEFAULT_CALL_SECS, MAX_CALL_SECS)?,
+                args.max_chars()?,
+                stop,
+            )
+        },
+    },
+    FixedTool {
+        name: "send",
+        title: "Start a command",
+        description: "Starts a command on a server without waiting and returns its request id; read its output with read_output. One request per server at a time: while the previous one runs, send answers busy.",
+        params: &[Param::Server, Param::Command, Param::Arguments],
+        required: &[Param::Server, Param::Command],
+        annotations: READS_AND_WRITES,
+        run: |tools, args, _| Ok(tools.send(args.server()?, args.command()?, args.arguments()?)),
+    },
+    FixedTool {
+        name: "read_output",
+        title: "Read new output",
+        description: "Returns the output that arrived since your last read, from one request (request_id) or from everything the server sent, broadcasts included (no request_id); plus the server's current state. A server that is gone reads as stopped.",
+        params: &[
+            Param::Server,
+            Param::RequestId,
+            Param::WaitSeconds,
+            Param::MaxChars,
+        ],
+        required: &[Param::Server],
+        annotations: READS_AND_WRITES,
+        run: |tools, args, _| {
+            Ok(tools.read_output(
+                args.server()?,
+                args.request_id()?,
+                args.seconds("wait_seconds", 0.0, MAX_READ_WAIT_SECS)?,
+                args.max_chars()?,
+            ))
+        },
+    },
+    FixedTool {
+        name: "cancel",
+        title: "Cancel a request",
+        description: "Cancels a running request started with send or call; its output ends with a cancelled error.",
+        params: &[Param::Server, Param::RequestId],
+        required: &[Param::Server, Param::RequestId],
+        annotations: DESTRUCTIVE,
+        run: |tools, args, _| {
+            let id = args.request_id()?.ok_or_else(|| {
+                Outcome::error("cancel: missing required argument \"request_id\"")
+            })?;
+            Ok(tools.cancel(args.server()?, id))
+        },
+    },
+    FixedTool {
+        name: "stop_server",
+        title: "Stop a server",
+        description: "Asks a server to stop, waits for it to go, and removes its leftover pipes.",
+        params: &[Param::Server],
+        required: &[Param::Server],
+        annotations: DESTRUCTIVE,
+        run: |tools, args, _| Ok(tools.stop_server(args.server()?)),
+    },
+];
 
-    fn server(&self) -> ArgResult<&'a str> {
-        match self.fields.get("server") {
-            Some(Value::String(s)) if pipe_core::paths::valid_name(s) => Ok(s),
-            None | Some(Value::Null) => Err(Outcome::error(format!(
-                "{}: missing required argument \"server\" (a name from list_servers, e.g. \"chat\")",
-                self.tool
-            ))),
-            Some(other) => Err(self.fail("server", "a server name such as \"chat\"", other)),
-        }
-    }
-
-    fn command(&self) -> ArgResult<&'a str> {
-        let command = match self.fields.get("command") {
-            Some(Value::String(s)) if !s.trim().is_empty() => s.as_str(),
-            None | Some(Value::Null) => {
-                return Err(Outcome::error(format!(
-                    "{}: missing required argument \"command\" (see describe_server for a \
-                     server's commands)",
-                    self.tool
-                )))
-            }
-            Some(other) => return Err(self.fail("command", "a command name", other)),
-        };
-        if let Some((_, why)) = MANAGED
+impl FixedTool {
+    /// The tool as `tools/list` describes it.
+    fn to_json(&self) -> Value {
+        let properties: Map<String, Value> = self
+            .params
             .iter()
-            .find(|(c, _)| c.eq_ignore_ascii_case(command))
-        {
-            return Err(Outcome::error(format!(
-                "{}: '{command}' cannot be sent this way: {why}",
-                self.tool
-            )));
+            .map(|p| (p.name().to_string(), p.schema()))
+            .collect();
+        let required: Vec<&str> = self.required.iter().map(|p| p.name()).collect();
+        let mut schema = json!({"type": "object", "properties": properties});
+        if !required.is_empty() {
+            schema["required"] = json!(required);
         }
-        Ok(command)
+        let annotations: Map<String, Value> = self
+            .annotations
+            .iter()
+            .map(|(hint, on)| (hint.to_string(), Value::Bool(*on)))
+            .collect();
+        json!({
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "inputSchema": schema,
+            "annotations": annotations,
+        })
     }
-
-    fn arguments(&self) -> ArgResult<Value> {
-        match self.fields.get("arguments") {
-            None | Some(Value::Null) => Ok(json!({})),
-            Some(Value::Object(o)) => {
-                if let Some(reserved) = ["pid", "cmd", "id"].iter().find(|k| o.contains_key(**k)) {
-                    return Err(Outcome::error(format!(
-                        "{}: \"{reserved}\" is set by cpipe mcp; leave it out of arguments",
-                        self.tool
-                    )));
-                }
-                Ok(Value::Object(o.clone()))
-            }
-            Some(other) => {
-                Err(self.fail("arguments", "a JSON object of the command's fields", other))
-            }
-        }
-    }
-
-    fn request_id(&self) -> ArgResult<Option<u64>> {
-        match self.fields.get("request_id") {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                .map(Some)
-                .ok_or_else(|| self.fail("request_id", "a request id from send or call", v)),
-        }
-    }
-
-    fn seconds(&self, key: &str, default: f64, max: f64) -> ArgResult<Duration> {
-        let secs = match self.fields.get(key) {
-            None | Some(Value::Null) => default,
-            Some(v) => match v.as_f64() {
-                Some(s) if (0.0..=max).contains(&s) => s,
-                _ => {
-                    return Err(self.fail(key, &format!("a number of seconds from 0 to {max}"), v))
-                }
-            },
-        };
-        Ok(Duration::from_secs_f64(secs))
-    }
-
-    fn max_chars(&self) -> ArgResult<usize> {
-        match self.fields.get("max_chars") {
-            None | Some(Value::Null) => Ok(DEFAULT_MAX_CHARS as usize),
-            Some(v) => match v.as_u64() {
-                Some(n @ 1..=MAX_MAX_CHARS) => Ok(n as usize),
-                _ => Err(self.fail(
-                    "max_chars",
-                    &format!("an integer from 1 to {MAX_MAX_CHARS}"),
-                    v,
-                )),
-            },
-        }
-    }
-}
-
-/// The fixed tools' definitions.
-fn fixed_tools() -> Vec<Value> {
-    let server = json!({"type": "string", "description": "The server's name, as list_servers shows it (e.g. \"chat\")."});
-    let request_id = json!({"type": "integer", "minimum": 1, "description": "A request id returned by send or call."});
-    let max_chars = json!({"type": "integer", "minimum": 1, "maximum": MAX_MAX_CHARS,
-        "description": format!("Most characters of output to return (default {DEFAULT_MAX_CHARS}); the rest stays readable with read_output.")});
-    let arguments = json!({"type": "object", "description": "The command's fields, as describe_server lists them (e.g. {\"messages\": [...]} for chat)."});
-    let command =
-        json!({"type": "string", "description": "The command to send (see describe_server)."});
-    vec![
-        json!({
-            "name": "list_servers",
-            "title": "List cpipe servers",
-            "description": "Lists every tool server on this machine (cpipe or named-pipes) with its state, pid, subscriber count and status (alive, unresponsive, or orphaned). Orphaned pipes, left by servers that died, are removed as a side effect.",
-            "inputSchema": {"type": "object", "properties": {}},
-            "annotations": {"readOnlyHint": false, "destructiveHint": false, "idempotentHint": true, "openWorldHint": false}
-        }),
-        json!({
-            "name": "describe_server",
-            "title": "Describe a server",
-            "description": "What a server does: its description, its help text, and every command with the JSON Schema of its arguments and the events it emits (its get_interface answer).",
-            "inputSchema": {"type": "object", "required": ["server"], "properties": {"server": server}},
-            "annotations": {"readOnlyHint": true, "openWorldHint": false}
-        }),
-        json!({
-            "name": "call",
-            "title": "Call a command and wait",
-            "description": "Sends one command to a server and waits for it to finish, returning its whole output as text: streamed tokens joined (a full chat reply), other events one per line. Output beyond max_chars, or still coming at the timeout, is readable with read_output.",
-            "inputSchema": {"type": "object", "required": ["server", "command"], "properties": {
-                "server": server, "command": command, "arguments": arguments,
-                "timeout_seconds": {"type": "number", "minimum": 0, "maximum": MAX_CALL_SECS, "description": format!("How long to wait for the command to finish (default {DEFAULT_CALL_SECS}).")},
-                "max_chars": max_chars}},
-            "annotations": {"readOnlyHint": false, "openWorldHint": false}
-        }),
-        json!({
-            "name": "send",
-            "title": "Start a command",
-            "description": "Starts a command on a server without waiting and returns its request id; read its output with read_output. One request per server at a time: while the previous one runs, send answers busy.",
-            "inputSchema": {"type": "object", "required": ["server", "command"], "properties": {
-                "server": server, "command": command, "arguments": arguments}},
-            "annotations": {"readOnlyHint": false, "openWorldHint": false}
-        }),
-        json!({
-            "name": "read_output",
-            "title": "Read new output",
-            "description": "Returns the output that arrived since your last read, from one request (request_id) or from everything the server sent, broadcasts included (no request_id); plus the server's current state. A server that is gone reads as stopped.",
-            "inputSchema": {"type": "object", "required": ["server"], "properties": {
-                "server": server, "request_id": request_id,
-                "wait_seconds": {"type": "number", "minimum": 0, "maximum": MAX_READ_WAIT_SECS, "description": "If nothing new has arrived, wait up to this long for it (default 0)."},
-                "max_chars": max_chars}},
-            "annotations": {"readOnlyHint": false, "openWorldHint": false}
-        }),
-        json!({
-            "name": "cancel",
-            "title": "Cancel a request",
-            "description": "Cancels a running request started with send or call; its output ends with a cancelled error.",
-            "inputSchema": {"type": "object", "required": ["server", "request_id"], "properties": {
-                "server": server, "request_id": request_id}},
-            "annotations": {"readOnlyHint": false, "destructiveHint": true, "openWorldHint": false}
-        }),
-        json!({
-            "name": "stop_server",
-            "title": "Stop a server",
-            "description": "Asks a server to stop, waits for it to go, and removes its leftover pipes.",
-            "inputSchema": {"type": "object", "required": ["server"], "properties": {"server": server}},
-            "annotations": {"readOnlyHint": false, "destructiveHint": true, "openWorldHint": false}
-        }),
-    ]
 }
 
 impl Tools {
@@ -288,7 +232,7 @@ impl Tools {
 
     /// Every tool: the fixed ones, then one per command of each live cpipe server.
     pub fn list(&self) -> Vec<Value> {
-        let mut tools = fixed_tools();
+        let mut tools: Vec<Value> = FIXED.iter().map(FixedTool::to_json).collect();
         let servers = self.servers().unwrap_or_default();
         let mut generated = self.generated.lock().unwrap_or_else(|p| p.into_inner());
         generated.retain(|name, _| servers.iter().any(|s| &s.name == name));
@@ -363,79 +307,32 @@ impl Tools {
         args: &Value,
         stop: &AtomicBool,
     ) -> Result<Outcome, UnknownTool> {
-        let outcome = match name {
-            "list_servers" => Args::new(name, args, &[]).map(|_| self.list_servers()),
-            "describe_server" => {
-                Args::new(name, args, &["server"]).and_then(|a| Ok(self.describe(a.server()?)))
-            }
-            "call" => Args::new(
-                name,
-                args,
-                &[
-                    "server",
-                    "command",
-                    "arguments",
-                    "timeout_seconds",
-                    "max_chars",
-                ],
-            )
-            .and_then(|a| {
-                self.call_command(
-                    a.server()?,
-                    a.command()?,
-                    a.arguments()?,
-                    a.seconds("timeout_seconds", DEFAULT_CALL_SECS, MAX_CALL_SECS)?,
-                    a.max_chars()?,
-                    stop,
-                )
-            }),
-            "send" => Args::new(name, args, &["server", "command", "arguments"])
-                .and_then(|a| Ok(self.send(a.server()?, a.command()?, a.arguments()?))),
-            "read_output" => Args::new(
-                name,
-                args,
-                &["server", "request_id", "wait_seconds", "max_chars"],
-            )
-            .and_then(|a| {
-                Ok(self.read_output(
-                    a.server()?,
-                    a.request_id()?,
-                    a.seconds("wait_seconds", 0.0, MAX_READ_WAIT_SECS)?,
-                    a.max_chars()?,
-                ))
-            }),
-            "cancel" => Args::new(name, args, &["server", "request_id"]).and_then(|a| {
-                let id = a.request_id()?.ok_or_else(|| {
-                    Outcome::error("cancel: missing required argument \"request_id\"")
-                })?;
-                Ok(self.cancel(a.server()?, id))
-            }),
-            "stop_server" => {
-                Args::new(name, args, &["server"]).and_then(|a| Ok(self.stop_server(a.server()?)))
-            }
-            generated => {
-                let Some((server, cmd)) = generated.split_once('.') else {
-                    return Err(UnknownTool(name.into()));
-                };
-                let arguments = match args {
-                    Value::Null => json!({}),
-                    Value::Object(_) => args.clone(),
-                    other => {
-                        return Ok(Outcome::error(format!(
-                            "{name}: arguments must be a JSON object, got {other}"
-                        )))
-                    }
-                };
-                self.call_command(
-                    server,
-                    cmd,
-                    arguments,
-                    Duration::from_secs_f64(DEFAULT_CALL_SECS),
-                    DEFAULT_MAX_CHARS as usize,
-                    stop,
-                )
+        if let Some(tool) = FIXED.iter().find(|tool| tool.name == name) {
+            let outcome =
+                Args::new(name, args, tool.params).and_then(|a| (tool.run)(self, &a, stop));
+            return Ok(outcome.unwrap_or_else(|e| e));
+        }
+        // A generated tool: SERVER.COMMAND.
+        let Some((server, cmd)) = name.split_once('.') else {
+            return Err(UnknownTool(name.into()));
+        };
+        let arguments = match args {
+            Value::Null => json!({}),
+            Value::Object(_) => args.clone(),
+            other => {
+                return Ok(Outcome::error(format!(
+                    "{name}: arguments must be a JSON object, got {other}"
+                )))
             }
         };
+        let outcome = self.call_command(
+            server,
+            cmd,
+            arguments,
+            Duration::from_secs_f64(DEFAULT_CALL_SECS),
+            DEFAULT_MAX_CHARS as usize,
+            stop,
+        );
         Ok(outcome.unwrap_or_else(|e| e))
     }
 
