@@ -108,6 +108,23 @@ impl AudioChunk {
             )
     }
 
+    /// The highest sample rate a chunk may declare.
+    pub const MAX_RATE: u32 = 384_000;
+    /// The most channels a chunk may have.
+    pub const MAX_CHANNELS: u16 = 32;
+
+    /// The JSON Schema properties of a chunk's fields, for the commands that take audio: the
+    /// same limits [`AudioChunk::from_fields`] checks.
+    pub fn schema_properties() -> Value {
+        serde_json::json!({
+            "rate": {"type": "integer", "minimum": 1, "maximum": Self::MAX_RATE},
+            "width": {"type": "integer", "enum": [2, 4]},
+            "channels": {"type": "integer", "minimum": 1, "maximum": Self::MAX_CHANNELS},
+            "encoding": {"type": "string", "enum": [Encoding::PcmS16Le.as_str(), Encoding::PcmF32Le.as_str()]},
+            "data": {"type": "string", "description": "Base64 PCM (see PROTOCOL.md, audio chunks)."}
+        })
+    }
+
     /// Reads and checks a chunk from the fields of a request or event.
     pub fn from_fields(fields: &Fields) -> Result<Self, ToolError> {
         let uint = |key: &str, max: u64| -> Result<u64, ToolError> {
@@ -120,8 +137,8 @@ impl AudioChunk {
                 ))
             })
         };
-        let rate = uint("rate", 384_000)? as u32;
-        let channels = uint("channels", 32)? as u16;
+        let rate = uint("rate", Self::MAX_RATE.into())? as u32;
+        let channels = uint("channels", Self::MAX_CHANNELS.into())? as u16;
         let width = uint("width", 8)? as usize;
         let encoding = match fields.get("encoding").and_then(Value::as_str) {
             None | Some("pcm_s16le") if width == 2 => Encoding::PcmS16Le,

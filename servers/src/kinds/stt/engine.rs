@@ -1,0 +1,187 @@
+//! Whisper on the engine worker: what a transcription is for decides its place in line (live
+//! finals first, clients' audio next, partials last), and every job has an off switch.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use models::stt::{Segment, SileroVad, SttError, Whisper, SAMPLE_RATE};
+use pipe_core::{CancelReason, CancelToken, ErrorCode, Fields, Request, Responder, ToolError};
+use serde_json::json;
+
+use super::live::Shared;
+use super::{source, Source, SttOptions};
+use crate::engine::{Engine, Pending, Place, Work, Worker};
+use crate::lock;
+use crate::vocab::ServerState;
+
+/// What a transcription is for, which decides its place in line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// A client's audio.
+    Request,
+    /// The final text of a live utterance: first in line.
+    Final,
+    /// Partial text of a live utterance: last in line.
+    Partial,
+}
+
+impl Purpose {
+    /// Its place in line: live finals first, clients' audio next, partials last.
+    pub(super) fn priority(self) -> u8 {
+        match self {
+            Self::Final => 0,
+            Self::Request => 1,
+            Self::Partial => 2,
+        }
+    }
+}
+
+/// A transcription for the engine.
+pub(super) struct Job {
+    pub(super) samples: Vec<f32>,
+    pub(super) purpose: Purpose,
+}
+
+/// A transcription's result, once the engine gets to it.
+pub(super) type Answer = Pending<Infallible, Vec<Segment>>;
+
+/// Waits for a transcription's result.
+pub(super) fn wait(answer: Answer) -> Result<Vec<Segment>, ToolError> {
+    answer.finish_with(|never| match never {})
+}
+
+/// A queued transcription: its result, and its off switch.
+pub(super) struct Ticket {
+    pub(super) result: Answer,
+    pub(super) stop: CancelToken,
+}
+
+impl Ticket {
+    /// Stops the transcription, queued or running (it then answers `cancelled`).
+    pub(super) fn cancel(&self) {
+        self.stop.cancel(CancelReason::Requested);
+    }
+}
+
+/// Sends audio to the engine and waits for its text.
+#[derive(Clone)]
+pub(super) struct Transcriber {
+    pub(super) worker: Worker<WhisperEngine>,
+}
+
+impl Transcriber {
+    /// Queues live audio for transcription, with an off switch of its own.
+    pub(super) fn submit(&self, samples: Vec<f32>, purpose: Purpose) -> Ticket {
+        let stop = CancelToken::new();
+        let place = Place {
+            client: None,
+            priority: purpose.priority(),
+        };
+        let result = self.worker.submit(Job { samples, purpose }, place, &stop);
+        Ticket { result, stop }
+    }
+
+    /// Transcribes a client's audio, waiting for the result; `out`'s cancellation stops the
+    /// work too.
+    pub(super) fn transcribe(
+        &self,
+        samples: Vec<f32>,
+        req: &Request,
+        out: &Responder,
+    ) -> Result<Vec<Segment>, ToolError> {
+        let purpose = Purpose::Request;
+        let place = Place {
+            client: req.pid,
+            priority: purpose.priority(),
+        };
+        wait(
+            self.worker
+                .submit(Job { samples, purpose }, place, &out.cancel_token()),
+        )
+    }
+}
+
+/// Loads Whisper and the VAD (on the worker thread) and reports them in `get_config`.
+pub(super) fn load(options: SttOptions, shared: Shared) -> Result<WhisperEngine, String> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let whisper = Whisper::load(&options.model, threads).map_err(|e| e.to_string())?;
+    // The VAD must load too, or audio cannot be cut into utterances; it is the first idle one.
+    let vad = SileroVad::load(&options.vad, Some(&options.runtime)).map_err(|e| e.to_string())?;
+    lock(&shared.idle_vads).push(vad);
+    shared.server.set_config(Fields::from_iter([
+        ("model", options.model.display().to_string().into()),
+        ("vad", options.vad.display().to_string().into()),
+        ("multilingual", whisper.is_multilingual().into()),
+        ("language", json!(options.language)),
+        ("sample_rate", SAMPLE_RATE.into()),
+    ]));
+    Ok(WhisperEngine {
+        whisper,
+        language: options.language,
+        live: Arc::clone(&shared.live),
+        first_source: options.listen.map(|source| (shared, source)),
+    })
+}
+
+/// The loaded model on the engine worker.
+pub(super) struct WhisperEngine {
+    whisper: Whisper,
+    language: Option<String>,
+    /// The live source, when one runs: the state rests at `listening` then.
+    live: Arc<Mutex<Option<source::Running>>>,
+    /// The source to listen to once loaded (`--listen`).
+    first_source: Option<(Shared, Source)>,
+}
+
+impl Engine for WhisperEngine {
+    type Job = Job;
+    type Piece = Infallible;
+    type Output = Vec<Segment>;
+    const BUSY: ServerState = ServerState::Transcribing;
+
+    fn run(&mut self, job: Job, work: &Work<Infallible>) -> Result<Vec<Segment>, ToolError> {
+        // whisper.cpp polls a flag between steps of its graph: raise it on cancellation.
+        let stop = Arc::new(AtomicBool::new(false));
+        let _watch = {
+            let stop = Arc::clone(&stop);
+            work.cancel_token()
+                .on_cancel(move |_| stop.store(true, Ordering::Release))
+        };
+        let started = std::time::Instant::now();
+        let result = self
+            .whisper
+            .transcribe_unless(&job.samples, self.language.as_deref(), &stop);
+        tracing::debug!(
+            "whisper ({:?}): {:.2} s of audio in {:?}",
+            job.purpose,
+            job.samples.len() as f32 / SAMPLE_RATE as f32,
+            started.elapsed()
+        );
+        match result {
+            Ok(segments) => Ok(segments),
+            Err(SttError::Language(m)) => Err(ToolError::invalid(m)),
+            Err(SttError::Interrupted) => Err(ToolError::new(
+                ErrorCode::Cancelled,
+                "transcription cancelled",
+            )),
+            Err(e) => Err(ToolError::internal(e.to_string())),
+        }
+    }
+
+    fn rest_state(&self) -> ServerState {
+        if lock(&self.live).is_some() {
+            ServerState::Listening
+        } else {
+            ServerState::Idle
+        }
+    }
+
+    fn ready(&mut self) {
+        if let Some((shared, source)) = self.first_source.take() {
+            if let Err(e) = shared.listen(source.clone()) {
+                tracing::error!("cannot listen to {source}: {}", e.message);
+            }
+        }
+    }
+}
