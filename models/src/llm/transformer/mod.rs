@@ -1,4 +1,6 @@
-//! The decoder of Llama-architecture, Qwen2 and Qwen3 GGUF models, in one file.
+//! The decoder of Llama-architecture, Qwen2 and Qwen3 GGUF models: the layers and the two
+//! forward paths (prompts as tensors, a generated token on slices). Weights are in
+//! [`weights`], the key/value buffers in [`kv`].
 //!
 //! Why not candle-transformers' own quantized models: they run every matrix product through
 //! candle's quantized vector-dot kernels, one prompt row at a time, which makes prompt
@@ -10,27 +12,18 @@
 //! - a dense f32 copy for prompt processing (many rows: a compute-bound GEMM), kept while the
 //!   whole dense model fits in [`DENSE_BUDGET_BYTES`].
 
-use std::borrow::Cow;
+mod kv;
+mod weights;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{
-    CpuStorage, DType, Device, InplaceOp1, Layout, Module, Result, Storage, StorageRef, Tensor, D,
-};
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::cpu_ops;
-use super::quant::QuantMatrix;
-use super::tokenizer::meta_u32;
-
-/// Largest total size of the dense prompt-processing copies. Bigger models process prompts
-/// through the quantized kernels instead.
-pub const DENSE_BUDGET_BYTES: usize = 3 << 30;
-
-/// Matrix products with at least this many rows (prompt tokens) use the dense copy.
-const PROMPT_MIN_ROWS: usize = 2;
-
-/// The same for weights on this crate's kernels, which read each weight once for several rows:
-/// reading the dense copy (4 to 8 times the bytes) is slower for a short prompt.
-const DENSE_MIN_ROWS_BLOCKS: usize = 32;
+use kv::KvBuffer;
+pub(in crate::llm) use kv::KvCache;
+use weights::{
+    meta, meta_f32, CpuValues, Linear, Loader, Projections, RmsNorm, DENSE_BUDGET_BYTES,
+};
 
 /// How a GGUF lays out rotary embeddings.
 #[derive(Clone, Copy)]
@@ -39,169 +32,6 @@ enum Rope {
     Interleaved,
     /// Qwen's halves layout (GPT-NeoX style).
     Halves,
-}
-
-/// The form a weight takes for generation.
-enum Quantized {
-    /// candle's kernels.
-    Candle(QMatMul),
-    /// Blocks as stored, on this crate's CPU kernels.
-    Blocks(QuantMatrix),
-}
-
-/// A weight matrix in its generation and prompt-processing forms, with an optional bias.
-struct Linear {
-    quantized: Quantized,
-    dense: Option<Tensor>,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let rows = x.elem_count() / x.dim(D::Minus1)?;
-        let y = match (&self.dense, &self.quantized) {
-            (_, Quantized::Blocks(w)) if rows < DENSE_MIN_ROWS_BLOCKS => {
-                let mut shape = x.dims().to_vec();
-                *shape
-                    .last_mut()
-                    .expect("a matrix product's input has a dimension") = w.rows();
-                let y = w.matmul(&x.flatten_all()?.to_vec1::<f32>()?);
-                Tensor::from_vec(y, shape, x.device())?
-            }
-            (Some(w), _) if rows >= PROMPT_MIN_ROWS => x.broadcast_matmul(&w.t()?)?,
-            (_, Quantized::Candle(w)) => w.forward(x)?,
-            (_, Quantized::Blocks(_)) => candle_core::bail!(
-                "a block weight without its dense copy takes at most {} rows at a time",
-                DENSE_MIN_ROWS_BLOCKS - 1
-            ),
-        };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
-    }
-
-    /// `x · selfᵀ (+ bias)` for one vector: on this crate's kernels straight from the slice,
-    /// on candle's through a one-row tensor.
-    fn vector_product(&self, x: &[f32]) -> Result<Vec<f32>> {
-        match &self.quantized {
-            Quantized::Blocks(w) => {
-                let mut y = w.matmul(x);
-                if let Some(b) = &self.bias {
-                    cpu_ops::add(&mut y, CpuValues::of(b)?.get());
-                }
-                Ok(y)
-            }
-            Quantized::Candle(_) => self
-                .forward(&Tensor::from_slice(x, (1, x.len()), &Device::Cpu)?)?
-                .flatten_all()?
-                .to_vec1(),
-        }
-    }
-}
-
-/// Weights that take the same input (queries, keys and values; gate and up), stacked into one
-/// matrix when they share a format, so that one product (one hand-off to the thread pool, one
-/// quantized input) serves them all.
-enum Projections {
-    /// One matrix, the parts' rows one after another; the parts' output sizes.
-    Stacked { linear: Linear, sizes: Vec<usize> },
-    /// Formats differ (k-quant mixes often give values more bits).
-    Separate(Vec<Linear>),
-}
-
-impl Projections {
-    /// Each part's output, in order.
-    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        match self {
-            Projections::Stacked { linear, sizes } => {
-                let y = linear.forward(x)?;
-                let mut offset = 0;
-                sizes
-                    .iter()
-                    .map(|&n| {
-                        offset += n;
-                        y.narrow(D::Minus1, offset - n, n)
-                    })
-                    .collect()
-            }
-            Projections::Separate(parts) => parts.iter().map(|l| l.forward(x)).collect(),
-        }
-    }
-
-    /// Every part's product of one vector, one after another, with the parts' sizes.
-    fn vector_product(&self, x: &[f32]) -> Result<(Vec<f32>, Cow<'_, [usize]>)> {
-        match self {
-            Projections::Stacked { linear, sizes } => {
-                Ok((linear.vector_product(x)?, Cow::Borrowed(sizes)))
-            }
-            Projections::Separate(parts) => {
-                let mut all = Vec::new();
-                let mut sizes = Vec::with_capacity(parts.len());
-                for part in parts {
-                    let y = part.vector_product(x)?;
-                    sizes.push(y.len());
-                    all.extend(y);
-                }
-                Ok((all, Cow::Owned(sizes)))
-            }
-        }
-    }
-}
-
-struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
-    }
-
-    /// The same on slices: each `weight`-sized piece of `x` normalised on its own into `out`.
-    fn apply(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
-        let weight = CpuValues::of(&self.weight)?;
-        let n = weight.get().len();
-        for (x, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            cpu_ops::rms_norm(x, weight.get(), self.eps, out);
-        }
-        Ok(())
-    }
-}
-
-/// The values of a contiguous f32 tensor on the CPU, borrowed from its storage.
-struct CpuValues<'a> {
-    storage: StorageRef<'a>,
-    range: std::ops::Range<usize>,
-}
-
-impl<'a> CpuValues<'a> {
-    fn of(tensor: &'a Tensor) -> Result<Self> {
-        let (storage, layout) = tensor.storage_and_layout();
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("expected a contiguous tensor");
-        };
-        match &*storage {
-            Storage::Cpu(cpu) => {
-                cpu.as_slice::<f32>()?;
-            }
-            _ => candle_core::bail!("expected a tensor on the CPU"),
-        }
-        Ok(Self {
-            storage,
-            range: start..end,
-        })
-    }
-
-    fn get(&self) -> &[f32] {
-        match &*self.storage {
-            Storage::Cpu(cpu) => {
-                &cpu.as_slice::<f32>().expect("checked in `of`")[self.range.clone()]
-            }
-            _ => unreachable!("checked in `of`"),
-        }
-    }
 }
 
 struct Layer {
@@ -219,133 +49,6 @@ struct Layer {
     cache: KvBuffer,
 }
 
-/// A layer's keys and values so far, `[1, kv heads, positions, head size]`, in buffers that
-/// grow by doubling: a step writes its own keys and values instead of copying the whole past.
-#[derive(Default)]
-struct KvBuffer {
-    buffers: Option<(Tensor, Tensor)>,
-    len: usize,
-}
-
-impl KvBuffer {
-    /// Readies the buffer for a sequence going on at `position`: 0 starts a new one (what is
-    /// held is dropped); any other position must be the length held.
-    fn continue_at(&mut self, position: usize) -> Result<()> {
-        if position == 0 {
-            self.len = 0;
-        } else if self.len != position {
-            candle_core::bail!(
-                "position {position} does not follow the cache ({})",
-                self.len
-            );
-        }
-        Ok(())
-    }
-
-    /// Makes room for `len` positions of `heads × size` values.
-    fn reserve(&mut self, len: usize, heads: usize, size: usize, device: &Device) -> Result<()> {
-        if len <= self.capacity()? {
-            return Ok(());
-        }
-        let shape = (1, heads, len.next_power_of_two().max(256), size);
-        let grown = (
-            Tensor::zeros(shape, DType::F32, device)?,
-            Tensor::zeros(shape, DType::F32, device)?,
-        );
-        if let Some((old_k, old_v)) = &self.buffers {
-            grown
-                .0
-                .slice_set(&old_k.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
-            grown
-                .1
-                .slice_set(&old_v.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
-        }
-        self.buffers = Some(grown);
-        Ok(())
-    }
-
-    fn capacity(&self) -> Result<usize> {
-        self.buffers.as_ref().map_or(Ok(0), |(b, _)| b.dim(2))
-    }
-
-    /// Appends `k` and `v` (contiguous, for `seq` new positions); returns all keys and values.
-    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (_, heads, seq, size) = k.dims4()?;
-        let len = self.len + seq;
-        self.reserve(len, heads, size, k.device())?;
-        let (all_k, all_v) = self.buffers.as_ref().expect("reserved above");
-        all_k.slice_set(k, 2, self.len)?;
-        all_v.slice_set(v, 2, self.len)?;
-        self.len = len;
-        Ok((all_k.narrow(2, 0, len)?, all_v.narrow(2, 0, len)?))
-    }
-
-    /// Appends one position given as slices (`heads × size` values each).
-    fn push(&mut self, k: &[f32], v: &[f32], heads: usize, device: &Device) -> Result<()> {
-        self.reserve(self.len + 1, heads, k.len() / heads, device)?;
-        let (all_k, all_v) = self.buffers.as_ref().expect("reserved above");
-        let position = self.len;
-        all_k.inplace_op1(&WritePosition {
-            values: k,
-            position,
-        })?;
-        all_v.inplace_op1(&WritePosition {
-            values: v,
-            position,
-        })?;
-        self.len += 1;
-        Ok(())
-    }
-
-    /// All keys and values, `[heads, capacity, size]` each (the first `len` positions hold
-    /// data), with the capacity.
-    fn values(&self) -> Result<(CpuValues<'_>, CpuValues<'_>, usize)> {
-        let (k, v) = self.buffers.as_ref().expect("a value was pushed first");
-        Ok((CpuValues::of(k)?, CpuValues::of(v)?, k.dim(2)?))
-    }
-
-    /// A copy of what is held.
-    fn snapshot(&self) -> Result<Option<(Tensor, Tensor)>> {
-        match &self.buffers {
-            // `copy` for storage of its own (appends write into the buffers in place), then
-            // `contiguous` for the layout `append` takes.
-            Some((k, v)) if self.len > 0 => Ok(Some((
-                k.narrow(2, 0, self.len)?.copy()?.contiguous()?,
-                v.narrow(2, 0, self.len)?.copy()?.contiguous()?,
-            ))),
-            _ => Ok(None),
-        }
-    }
-}
-
-/// Writes one position of every head into a `[1, heads, capacity, size]` key or value buffer.
-struct WritePosition<'a> {
-    values: &'a [f32],
-    position: usize,
-}
-
-impl InplaceOp1 for WritePosition<'_> {
-    fn name(&self) -> &'static str {
-        "write-kv-position"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let (_, heads, capacity, size) = layout.shape().dims4()?;
-        let (CpuStorage::F32(data), Some((start, _))) = (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("the key/value cache is not a contiguous f32 buffer");
-        };
-        for (head, values) in self.values.chunks_exact(size).enumerate().take(heads) {
-            let at = start + (head * capacity + self.position) * size;
-            data[at..at + size].copy_from_slice(values);
-        }
-        Ok(())
-    }
-}
-
-/// Every layer's cached keys and values (copies): what a sequence so far leaves behind.
-pub(super) type KvCache = Vec<Option<(Tensor, Tensor)>>;
-
 /// A loaded decoder with its key/value cache.
 pub(super) struct Transformer {
     embeddings: Tensor,
@@ -362,151 +65,6 @@ pub(super) struct Transformer {
     pub(super) max_positions: usize,
     /// A generated token takes the slice path ([`Transformer::step_token`]): on the CPU.
     slice_path: bool,
-}
-
-/// Reads tensors from the file, tracking how much dense memory is handed out.
-struct Loader<'a, R> {
-    content: &'a gguf_file::Content,
-    reader: &'a mut R,
-    device: &'a Device,
-    dense: bool,
-}
-
-impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
-    fn qtensor(&mut self, name: &str) -> Result<QTensor> {
-        self.content.tensor(self.reader, name, self.device)
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(name)
-    }
-
-    fn vector(&mut self, name: &str) -> Result<Tensor> {
-        self.qtensor(name)?.dequantize(self.device)
-    }
-
-    fn norm(&mut self, name: &str, eps: f32) -> Result<RmsNorm> {
-        Ok(RmsNorm {
-            weight: self.vector(name)?,
-            eps,
-        })
-    }
-
-    fn linear_from(&mut self, q: QTensor, bias: Option<Tensor>) -> Result<Linear> {
-        let dense = if self.dense {
-            Some(q.dequantize(self.device)?)
-        } else {
-            None
-        };
-        // This crate's kernels serve at most short prompts, so they need the dense copy.
-        let own_kernels = matches!(self.device, Device::Cpu) && dense.is_some();
-        // Formats with no SIMD kernel, in candle or here, are repacked into Q8_0.
-        let repack = match q.dtype() {
-            GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1 => true,
-            GgmlDType::Q4_1 => !own_kernels,
-            _ => false,
-        };
-        let q = if repack {
-            let values = match &dense {
-                Some(d) => d.clone(),
-                None => q.dequantize(self.device)?,
-            };
-            QTensor::quantize(&values, GgmlDType::Q8_0)?
-        } else {
-            q
-        };
-        if own_kernels {
-            if let Some(blocks) = QuantMatrix::from_qtensor(&q)? {
-                return Ok(Linear {
-                    quantized: Quantized::Blocks(blocks),
-                    dense,
-                    bias,
-                });
-            }
-        }
-        Ok(Linear {
-            quantized: Quantized::Candle(QMatMul::from_qtensor(q)?),
-            dense,
-            bias,
-        })
-    }
-
-    fn bias(&mut self, name: Option<&str>) -> Result<Option<Tensor>> {
-        match name {
-            Some(name) if self.has(name) => Ok(Some(self.vector(name)?)),
-            _ => Ok(None),
-        }
-    }
-
-    fn linear(&mut self, name: &str, bias: Option<&str>) -> Result<Linear> {
-        let q = self.qtensor(name)?;
-        let bias = self.bias(bias)?;
-        self.linear_from(q, bias)
-    }
-
-    /// The weights `parts` (names, with their bias's name), stacked when they share a format.
-    fn projections(&mut self, parts: &[(String, String)]) -> Result<Projections> {
-        let mut weights = Vec::with_capacity(parts.len());
-        let mut biases = Vec::with_capacity(parts.len());
-        for (name, bias) in parts {
-            weights.push(self.qtensor(name)?);
-            biases.push(self.bias(Some(bias))?);
-        }
-        let dtype = weights[0].dtype();
-        let cols = weights[0].shape().dims2()?.1;
-        let stackable = weights
-            .iter()
-            .all(|w| w.dtype() == dtype && w.shape().dims2().is_ok_and(|(_, c)| c == cols));
-        if !stackable {
-            return Ok(Projections::Separate(
-                weights
-                    .into_iter()
-                    .zip(biases)
-                    .map(|(w, b)| self.linear_from(w, b))
-                    .collect::<Result<_>>()?,
-            ));
-        }
-        // Rows are whole blocks, so the stacked matrix is the parts' bytes one after another.
-        let sizes: Vec<usize> = weights.iter().map(|w| w.shape().dims()[0]).collect();
-        let mut bytes = Vec::new();
-        for w in &weights {
-            bytes.extend_from_slice(&w.data()?);
-        }
-        let storage = QStorage::from_data(Cow::Owned(bytes), self.device, dtype)?;
-        let stacked = QTensor::new(storage, (sizes.iter().sum::<usize>(), cols))?;
-        let bias = if biases.iter().all(Option::is_none) {
-            None
-        } else {
-            let parts = biases
-                .into_iter()
-                .zip(&sizes)
-                .map(|(b, &n)| match b {
-                    Some(b) => Ok(b),
-                    None => Tensor::zeros(n, DType::F32, self.device),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Some(Tensor::cat(&parts, 0)?)
-        };
-        Ok(Projections::Stacked {
-            linear: self.linear_from(stacked, bias)?,
-            sizes,
-        })
-    }
-}
-
-fn meta(content: &gguf_file::Content, key: &str) -> Result<usize> {
-    match meta_u32(content, key) {
-        Some(n) => Ok(n as usize),
-        None => candle_core::bail!("the GGUF lacks {key}"),
-    }
-}
-
-fn meta_f32(content: &gguf_file::Content, key: &str, default: f32) -> f32 {
-    content
-        .metadata
-        .get(key)
-        .and_then(|v| v.to_f32().ok())
-        .unwrap_or(default)
 }
 
 impl Transformer {
@@ -822,6 +380,7 @@ impl Transformer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
 
     /// The offline default model, as `tests/llm.rs` finds it.
     fn smollm2() -> std::path::PathBuf {

@@ -1,0 +1,145 @@
+//! Each layer's keys and values so far, in buffers that grow by doubling and take a step's
+//! keys and values in place.
+
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Result, Tensor};
+
+use super::weights::CpuValues;
+
+/// A layer's keys and values so far, `[1, kv heads, positions, head size]`, in buffers that
+/// grow by doubling: a step writes its own keys and values instead of copying the whole past.
+#[derive(Default)]
+pub(super) struct KvBuffer {
+    pub(super) buffers: Option<(Tensor, Tensor)>,
+    pub(super) len: usize,
+}
+
+impl KvBuffer {
+    /// Readies the buffer for a sequence going on at `position`: 0 starts a new one (what is
+    /// held is dropped); any other position must be the length held.
+    pub(super) fn continue_at(&mut self, position: usize) -> Result<()> {
+        if position == 0 {
+            self.len = 0;
+        } else if self.len != position {
+            candle_core::bail!(
+                "position {position} does not follow the cache ({})",
+                self.len
+            );
+        }
+        Ok(())
+    }
+
+    /// Makes room for `len` positions of `heads × size` values.
+    pub(super) fn reserve(
+        &mut self,
+        len: usize,
+        heads: usize,
+        size: usize,
+        device: &Device,
+    ) -> Result<()> {
+        if len <= self.capacity()? {
+            return Ok(());
+        }
+        let shape = (1, heads, len.next_power_of_two().max(256), size);
+        let grown = (
+            Tensor::zeros(shape, DType::F32, device)?,
+            Tensor::zeros(shape, DType::F32, device)?,
+        );
+        if let Some((old_k, old_v)) = &self.buffers {
+            grown
+                .0
+                .slice_set(&old_k.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+            grown
+                .1
+                .slice_set(&old_v.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+        }
+        self.buffers = Some(grown);
+        Ok(())
+    }
+
+    pub(super) fn capacity(&self) -> Result<usize> {
+        self.buffers.as_ref().map_or(Ok(0), |(b, _)| b.dim(2))
+    }
+
+    /// Appends `k` and `v` (contiguous, for `seq` new positions); returns all keys and values.
+    pub(super) fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (_, heads, seq, size) = k.dims4()?;
+        let len = self.len + seq;
+        self.reserve(len, heads, size, k.device())?;
+        let (all_k, all_v) = self.buffers.as_ref().expect("reserved above");
+        all_k.slice_set(k, 2, self.len)?;
+        all_v.slice_set(v, 2, self.len)?;
+        self.len = len;
+        Ok((all_k.narrow(2, 0, len)?, all_v.narrow(2, 0, len)?))
+    }
+
+    /// Appends one position given as slices (`heads × size` values each).
+    pub(super) fn push(
+        &mut self,
+        k: &[f32],
+        v: &[f32],
+        heads: usize,
+        device: &Device,
+    ) -> Result<()> {
+        self.reserve(self.len + 1, heads, k.len() / heads, device)?;
+        let (all_k, all_v) = self.buffers.as_ref().expect("reserved above");
+        let position = self.len;
+        all_k.inplace_op1(&WritePosition {
+            values: k,
+            position,
+        })?;
+        all_v.inplace_op1(&WritePosition {
+            values: v,
+            position,
+        })?;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// All keys and values, `[heads, capacity, size]` each (the first `len` positions hold
+    /// data), with the capacity.
+    pub(super) fn values(&self) -> Result<(CpuValues<'_>, CpuValues<'_>, usize)> {
+        let (k, v) = self.buffers.as_ref().expect("a value was pushed first");
+        Ok((CpuValues::of(k)?, CpuValues::of(v)?, k.dim(2)?))
+    }
+
+    /// A copy of what is held.
+    pub(super) fn snapshot(&self) -> Result<Option<(Tensor, Tensor)>> {
+        match &self.buffers {
+            // `copy` for storage of its own (appends write into the buffers in place), then
+            // `contiguous` for the layout `append` takes.
+            Some((k, v)) if self.len > 0 => Ok(Some((
+                k.narrow(2, 0, self.len)?.copy()?.contiguous()?,
+                v.narrow(2, 0, self.len)?.copy()?.contiguous()?,
+            ))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Writes one position of every head into a `[1, heads, capacity, size]` key or value buffer.
+struct WritePosition<'a> {
+    values: &'a [f32],
+    position: usize,
+}
+
+impl InplaceOp1 for WritePosition<'_> {
+    fn name(&self) -> &'static str {
+        "write-kv-position"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let (_, heads, capacity, size) = layout.shape().dims4()?;
+        let (CpuStorage::F32(data), Some((start, _))) = (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("the key/value cache is not a contiguous f32 buffer");
+        };
+        for (head, values) in self.values.chunks_exact(size).enumerate().take(heads) {
+            let at = start + (head * capacity + self.position) * size;
+            data[at..at + size].copy_from_slice(values);
+        }
+        Ok(())
+    }
+}
+
+/// Every layer's cached keys and values (copies): what a sequence so far leaves behind.
+pub(in crate::llm) type KvCache = Vec<Option<(Tensor, Tensor)>>;

@@ -1,0 +1,331 @@
+//! A decoder's weights as loaded from a GGUF: each matrix in its generation form (quantized
+//! blocks) and, while the model fits the budget, a dense copy for prompts; norms; and the
+//! loader that reads them.
+
+use std::borrow::Cow;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, Module, Result, Storage, StorageRef, Tensor, D};
+
+use super::super::cpu_ops;
+use super::super::quant::QuantMatrix;
+use super::super::tokenizer::meta_u32;
+
+/// Largest total size of the dense prompt-processing copies. Bigger models process prompts
+/// through the quantized kernels instead.
+pub(super) const DENSE_BUDGET_BYTES: usize = 3 << 30;
+
+/// Matrix products with at least this many rows (prompt tokens) use the dense copy.
+pub(super) const PROMPT_MIN_ROWS: usize = 2;
+
+/// The same for weights on this crate's kernels, which read each weight once for several rows:
+/// reading the dense copy (4 to 8 times the bytes) is slower for a short prompt.
+pub(super) const DENSE_MIN_ROWS_BLOCKS: usize = 32;
+
+/// The form a weight takes for generation.
+pub(super) enum Quantized {
+    /// candle's kernels.
+    Candle(QMatMul),
+    /// Blocks as stored, on this crate's CPU kernels.
+    Blocks(QuantMatrix),
+}
+
+/// A weight matrix in its generation and prompt-processing forms, with an optional bias.
+pub(super) struct Linear {
+    pub(super) quantized: Quantized,
+    pub(super) dense: Option<Tensor>,
+    pub(super) bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.elem_count() / x.dim(D::Minus1)?;
+        let y = match (&self.dense, &self.quantized) {
+            (_, Quantized::Blocks(w)) if rows < DENSE_MIN_ROWS_BLOCKS => {
+                let mut shape = x.dims().to_vec();
+                *shape
+                    .last_mut()
+                    .expect("a matrix product's input has a dimension") = w.rows();
+                let y = w.matmul(&x.flatten_all()?.to_vec1::<f32>()?);
+                Tensor::from_vec(y, shape, x.device())?
+            }
+            (Some(w), _) if rows >= PROMPT_MIN_ROWS => x.broadcast_matmul(&w.t()?)?,
+            (_, Quantized::Candle(w)) => w.forward(x)?,
+            (_, Quantized::Blocks(_)) => candle_core::bail!(
+                "a block weight without its dense copy takes at most {} rows at a time",
+                DENSE_MIN_ROWS_BLOCKS - 1
+            ),
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// `x · selfᵀ (+ bias)` for one vector: on this crate's kernels straight from the slice,
+    /// on candle's through a one-row tensor.
+    pub(super) fn vector_product(&self, x: &[f32]) -> Result<Vec<f32>> {
+        match &self.quantized {
+            Quantized::Blocks(w) => {
+                let mut y = w.matmul(x);
+                if let Some(b) = &self.bias {
+                    cpu_ops::add(&mut y, CpuValues::of(b)?.get());
+                }
+                Ok(y)
+            }
+            Quantized::Candle(_) => self
+                .forward(&Tensor::from_slice(x, (1, x.len()), &Device::Cpu)?)?
+                .flatten_all()?
+                .to_vec1(),
+        }
+    }
+}
+
+/// Weights that take the same input (queries, keys and values; gate and up), stacked into one
+/// matrix when they share a format, so that one product (one hand-off to the thread pool, one
+/// quantized input) serves them all.
+pub(super) enum Projections {
+    /// One matrix, the parts' rows one after another; the parts' output sizes.
+    Stacked { linear: Linear, sizes: Vec<usize> },
+    /// Formats differ (k-quant mixes often give values more bits).
+    Separate(Vec<Linear>),
+}
+
+impl Projections {
+    /// Each part's output, in order.
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Projections::Stacked { linear, sizes } => {
+                let y = linear.forward(x)?;
+                let mut offset = 0;
+                sizes
+                    .iter()
+                    .map(|&n| {
+                        offset += n;
+                        y.narrow(D::Minus1, offset - n, n)
+                    })
+                    .collect()
+            }
+            Projections::Separate(parts) => parts.iter().map(|l| l.forward(x)).collect(),
+        }
+    }
+
+    /// Every part's product of one vector, one after another, with the parts' sizes.
+    pub(super) fn vector_product(&self, x: &[f32]) -> Result<(Vec<f32>, Cow<'_, [usize]>)> {
+        match self {
+            Projections::Stacked { linear, sizes } => {
+                Ok((linear.vector_product(x)?, Cow::Borrowed(sizes)))
+            }
+            Projections::Separate(parts) => {
+                let mut all = Vec::new();
+                let mut sizes = Vec::with_capacity(parts.len());
+                for part in parts {
+                    let y = part.vector_product(x)?;
+                    sizes.push(y.len());
+                    all.extend(y);
+                }
+                Ok((all, Cow::Owned(sizes)))
+            }
+        }
+    }
+}
+
+pub(super) struct RmsNorm {
+    pub(super) weight: Tensor,
+    pub(super) eps: f32,
+}
+
+impl RmsNorm {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+    }
+
+    /// The same on slices: each `weight`-sized piece of `x` normalised on its own into `out`.
+    pub(super) fn apply(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
+        let weight = CpuValues::of(&self.weight)?;
+        let n = weight.get().len();
+        for (x, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            cpu_ops::rms_norm(x, weight.get(), self.eps, out);
+        }
+        Ok(())
+    }
+}
+
+/// The values of a contiguous f32 tensor on the CPU, borrowed from its storage.
+pub(super) struct CpuValues<'a> {
+    pub(super) storage: StorageRef<'a>,
+    pub(super) range: std::ops::Range<usize>,
+}
+
+impl<'a> CpuValues<'a> {
+    pub(super) fn of(tensor: &'a Tensor) -> Result<Self> {
+        let (storage, layout) = tensor.storage_and_layout();
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("expected a contiguous tensor");
+        };
+        match &*storage {
+            Storage::Cpu(cpu) => {
+                cpu.as_slice::<f32>()?;
+            }
+            _ => candle_core::bail!("expected a tensor on the CPU"),
+        }
+        Ok(Self {
+            storage,
+            range: start..end,
+        })
+    }
+
+    pub(super) fn get(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(cpu) => {
+                &cpu.as_slice::<f32>().expect("checked in `of`")[self.range.clone()]
+            }
+            _ => unreachable!("checked in `of`"),
+        }
+    }
+}
+
+/// Reads tensors from the file, tracking how much dense memory is handed out.
+pub(super) struct Loader<'a, R> {
+    pub(super) content: &'a gguf_file::Content,
+    pub(super) reader: &'a mut R,
+    pub(super) device: &'a Device,
+    pub(super) dense: bool,
+}
+
+impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
+    pub(super) fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        self.content.tensor(self.reader, name, self.device)
+    }
+
+    pub(super) fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    pub(super) fn vector(&mut self, name: &str) -> Result<Tensor> {
+        self.qtensor(name)?.dequantize(self.device)
+    }
+
+    pub(super) fn norm(&mut self, name: &str, eps: f32) -> Result<RmsNorm> {
+        Ok(RmsNorm {
+            weight: self.vector(name)?,
+            eps,
+        })
+    }
+
+    pub(super) fn linear_from(&mut self, q: QTensor, bias: Option<Tensor>) -> Result<Linear> {
+        let dense = if self.dense {
+            Some(q.dequantize(self.device)?)
+        } else {
+            None
+        };
+        // This crate's kernels serve at most short prompts, so they need the dense copy.
+        let own_kernels = matches!(self.device, Device::Cpu) && dense.is_some();
+        // Formats with no SIMD kernel, in candle or here, are repacked into Q8_0.
+        let repack = match q.dtype() {
+            GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1 => true,
+            GgmlDType::Q4_1 => !own_kernels,
+            _ => false,
+        };
+        let q = if repack {
+            let values = match &dense {
+                Some(d) => d.clone(),
+                None => q.dequantize(self.device)?,
+            };
+            QTensor::quantize(&values, GgmlDType::Q8_0)?
+        } else {
+            q
+        };
+        if own_kernels {
+            if let Some(blocks) = QuantMatrix::from_qtensor(&q)? {
+                return Ok(Linear {
+                    quantized: Quantized::Blocks(blocks),
+                    dense,
+                    bias,
+                });
+            }
+        }
+        Ok(Linear {
+            quantized: Quantized::Candle(QMatMul::from_qtensor(q)?),
+            dense,
+            bias,
+        })
+    }
+
+    pub(super) fn bias(&mut self, name: Option<&str>) -> Result<Option<Tensor>> {
+        match name {
+            Some(name) if self.has(name) => Ok(Some(self.vector(name)?)),
+            _ => Ok(None),
+        }
+    }
+
+    pub(super) fn linear(&mut self, name: &str, bias: Option<&str>) -> Result<Linear> {
+        let q = self.qtensor(name)?;
+        let bias = self.bias(bias)?;
+        self.linear_from(q, bias)
+    }
+
+    /// The weights `parts` (names, with their bias's name), stacked when they share a format.
+    pub(super) fn projections(&mut self, parts: &[(String, String)]) -> Result<Projections> {
+        let mut weights = Vec::with_capacity(parts.len());
+        let mut biases = Vec::with_capacity(parts.len());
+        for (name, bias) in parts {
+            weights.push(self.qtensor(name)?);
+            biases.push(self.bias(Some(bias))?);
+        }
+        let dtype = weights[0].dtype();
+        let cols = weights[0].shape().dims2()?.1;
+        let stackable = weights
+            .iter()
+            .all(|w| w.dtype() == dtype && w.shape().dims2().is_ok_and(|(_, c)| c == cols));
+        if !stackable {
+            return Ok(Projections::Separate(
+                weights
+                    .into_iter()
+                    .zip(biases)
+                    .map(|(w, b)| self.linear_from(w, b))
+                    .collect::<Result<_>>()?,
+            ));
+        }
+        // Rows are whole blocks, so the stacked matrix is the parts' bytes one after another.
+        let sizes: Vec<usize> = weights.iter().map(|w| w.shape().dims()[0]).collect();
+        let mut bytes = Vec::new();
+        for w in &weights {
+            bytes.extend_from_slice(&w.data()?);
+        }
+        let storage = QStorage::from_data(Cow::Owned(bytes), self.device, dtype)?;
+        let stacked = QTensor::new(storage, (sizes.iter().sum::<usize>(), cols))?;
+        let bias = if biases.iter().all(Option::is_none) {
+            None
+        } else {
+            let parts = biases
+                .into_iter()
+                .zip(&sizes)
+                .map(|(b, &n)| match b {
+                    Some(b) => Ok(b),
+                    None => Tensor::zeros(n, DType::F32, self.device),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&parts, 0)?)
+        };
+        Ok(Projections::Stacked {
+            linear: self.linear_from(stacked, bias)?,
+            sizes,
+        })
+    }
+}
+
+pub(super) fn meta(content: &gguf_file::Content, key: &str) -> Result<usize> {
+    match meta_u32(content, key) {
+        Some(n) => Ok(n as usize),
+        None => candle_core::bail!("the GGUF lacks {key}"),
+    }
+}
+
+pub(super) fn meta_f32(content: &gguf_file::Content, key: &str, default: f32) -> f32 {
+    content
+        .metadata
+        .get(key)
+        .and_then(|v| v.to_f32().ok())
+        .unwrap_or(default)
+}
