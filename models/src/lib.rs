@@ -4,7 +4,8 @@
 //!
 //! - [`llm`]: chat models in quantized GGUF files, on candle.
 //! - [`stt`]: speech-to-text with Whisper (whisper.cpp), Silero VAD, and a CTranslate2 importer.
-//! - [`tts`]: text-to-speech with Piper voices, phonemized by espeak-ng.
+//! - `tts`: text-to-speech with Piper voices, phonemized by espeak-ng (the `tts` feature, on
+//!   by default: it links the GPL-3.0-or-later libespeak-ng).
 //! - [`onnx`]: ONNX Runtime, loaded at run time, for the ONNX models.
 //! - [`source`]: where model files come from (a local path, or the Hugging Face hub).
 //! - [`device`]: the compute device, GPU when built with `cuda` or `metal`.
@@ -14,4 +15,5 @@ pub mod llm;
 pub mod onnx;
 pub mod source;
 pub mod stt;
+#[cfg(feature = "tts")]
 pub mod tts;

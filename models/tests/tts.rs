@@ -1,5 +1,6 @@
 //! The Piper engine on the real en_US-joe-medium voice (installed by
 //! `scripts/fetch-models.sh piper`, with the ONNX Runtime library beside it).
+#![cfg(feature = "tts")]
 
 use models::source::offline_models_dir as models_dir;
 use models::tts::{PiperVoice, SpeakOptions, TtsError};

@@ -12,6 +12,7 @@ use serde_json::Value;
 pub mod chat;
 pub mod pipes;
 pub mod stt;
+#[cfg(feature = "tts")]
 pub mod tts;
 
 /// The benchmarks.
@@ -25,6 +26,7 @@ pub enum BenchKind {
     Chat(chat::ChatBench),
     /// The tts server against piper-tts on the same voice and sentences: real-time factor,
     /// time to first audio; streamed first audio; with --pipeline, chat → tts to first word.
+    #[cfg(feature = "tts")]
     Tts(tts::TtsBench),
     /// The stt server against whisper.cpp's CLI (same GGML) and faster-whisper int8 (same
     /// CTranslate2 folder): real-time factor on the same clips; end of speech → transcript.
@@ -53,6 +55,7 @@ pub fn run(which: &BenchKind) -> anyhow::Result<()> {
     match which {
         BenchKind::Pipes(options) => pipes::run(options),
         BenchKind::Chat(options) => chat::run(options),
+        #[cfg(feature = "tts")]
         BenchKind::Tts(options) => tts::run(options),
         BenchKind::Stt(options) => stt::run(options),
         BenchKind::Subscriber { events } => pipes::subscriber(*events),

@@ -6,13 +6,20 @@
 pub mod chat;
 pub mod echo;
 pub mod stt;
+#[cfg(feature = "tts")]
 pub mod tts;
 
 use clap::Args;
 use pipe_core::ToolServer;
 
 /// Every server kind `cpipe --serve` can run, in the order `--help` lists them.
-pub const KINDS: &[&Kind] = &[&chat::KIND, &tts::KIND, &stt::KIND, &echo::KIND];
+pub const KINDS: &[&Kind] = &[
+    &chat::KIND,
+    #[cfg(feature = "tts")]
+    &tts::KIND,
+    &stt::KIND,
+    &echo::KIND,
+];
 
 /// What a server kind declares.
 pub struct Kind {
