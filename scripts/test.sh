@@ -6,6 +6,7 @@ scripts/setup-test-deps.sh
 scripts/fetch-models.sh smollm2
 scripts/fetch-models.sh piper
 scripts/fetch-models.sh whisper
+scripts/fetch-models.sh minilm
 export CPIPE_PYTHON="$PWD/.venv/bin/python"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -6,11 +6,13 @@
 //! - [`stt`]: speech-to-text with Whisper (whisper.cpp), Silero VAD, and a CTranslate2 importer.
 //! - `tts`: text-to-speech with Piper voices, phonemized by espeak-ng (the `tts` feature, on
 //!   by default: it links the GPL-3.0-or-later libespeak-ng).
+//! - [`embed`]: sentence embeddings with BERT-family models (all-MiniLM, BGE), on candle.
 //! - [`onnx`]: ONNX Runtime, loaded at run time, for the ONNX models.
 //! - [`source`]: where model files come from (a local path, or the Hugging Face hub).
 //! - [`device`]: the compute device, GPU when built with `cuda` or `metal`.
 
 pub mod device;
+pub mod embed;
 pub mod llm;
 pub mod onnx;
 pub mod source;
