@@ -76,6 +76,12 @@ macro_rules! vocabulary {
                     $(Self::$variant => $wire,)*
                 }
             }
+
+            /// The typed wire name, for constants.
+            #[allow(dead_code)]
+            pub const fn name(self) -> $crate::$kind {
+                $crate::$kind::declare(self.as_str())
+            }
         }
 
         impl From<$name> for $crate::$kind {

@@ -13,7 +13,7 @@ pub mod queue;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use pipe_core::{CancelToken, ErrorCode, Fields, Interrupted, ServerHandle, ToolError};
+use pipe_core::{CancelToken, ErrorCode, Fields, Interrupted, ServerHandle, StateName, ToolError};
 
 use crate::vocab::ServerState;
 pub use mailbox::{Pending, Work};
@@ -28,16 +28,16 @@ pub trait Engine: Send + 'static {
     /// What it answers at the end.
     type Output: Send + 'static;
 
-    /// The state while a job runs.
-    const BUSY: ServerState;
+    /// The state while a job runs (a variant's `.name()` from a vocabulary).
+    const BUSY: StateName;
 
     /// Runs one job, sending pieces through `work` as they come; returns early once
     /// `work.stopped()`.
     fn run(&mut self, job: Self::Job, work: &Work<Self::Piece>) -> Result<Self::Output, ToolError>;
 
     /// The state while no job runs.
-    fn rest_state(&self) -> ServerState {
-        ServerState::Idle
+    fn rest_state(&self) -> StateName {
+        ServerState::Idle.name()
     }
 
     /// Runs once on the worker thread when the engine has loaded, before the first job (stt
@@ -234,7 +234,7 @@ mod tests {
         type Job = u32;
         type Piece = u32;
         type Output = &'static str;
-        const BUSY: ServerState = ServerState::Inferring;
+        const BUSY: StateName = ServerState::Inferring.name();
 
         fn run(&mut self, n: u32, work: &Work<u32>) -> Result<&'static str, ToolError> {
             if n == 666 {

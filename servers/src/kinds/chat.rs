@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use clap::{Args, FromArgMatches};
 use models::llm::{ChatMessage, GenerationParams, Llm, LlmError, Role, Usage};
 use models::source::ModelSource;
-use pipe_core::{CommandSpec, Event, Fields, Request, Responder, ToolError, ToolServer};
+use pipe_core::{CommandSpec, Event, Fields, Request, Responder, StateName, ToolError, ToolServer};
 use serde_json::{json, Value};
 
 use super::Kind;
@@ -94,7 +94,7 @@ impl Engine for ChatEngine {
     type Job = Job;
     type Piece = String;
     type Output = Usage;
-    const BUSY: ServerState = ServerState::Inferring;
+    const BUSY: StateName = ServerState::Inferring.name();
 
     fn run(&mut self, job: Job, work: &Work<String>) -> Result<Usage, ToolError> {
         self.llm

@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod echo;
+pub mod search;
 pub mod stt;
 #[cfg(feature = "tts")]
 pub mod tts;
@@ -18,6 +19,7 @@ pub const KINDS: &[&Kind] = &[
     #[cfg(feature = "tts")]
     &tts::KIND,
     &stt::KIND,
+    &search::KIND,
     &echo::KIND,
 ];
 

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use models::stt::{Segment, SileroVad, SttError, Whisper, SAMPLE_RATE};
-use pipe_core::{CancelReason, CancelToken, ErrorCode, Fields, Request, Responder, ToolError};
+use pipe_core::{
+    CancelReason, CancelToken, ErrorCode, Fields, Request, Responder, StateName, ToolError,
+};
 use serde_json::json;
 
 use super::live::Shared;
@@ -138,7 +140,7 @@ impl Engine for WhisperEngine {
     type Job = Job;
     type Piece = Infallible;
     type Output = Vec<Segment>;
-    const BUSY: ServerState = ServerState::Transcribing;
+    const BUSY: StateName = ServerState::Transcribing.name();
 
     fn run(&mut self, job: Job, work: &Work<Infallible>) -> Result<Vec<Segment>, ToolError> {
         // whisper.cpp polls a flag between steps of its graph: raise it on cancellation.
@@ -169,11 +171,11 @@ impl Engine for WhisperEngine {
         }
     }
 
-    fn rest_state(&self) -> ServerState {
+    fn rest_state(&self) -> StateName {
         if lock(&self.live).is_some() {
-            ServerState::Listening
+            ServerState::Listening.name()
         } else {
-            ServerState::Idle
+            ServerState::Idle.name()
         }
     }
 

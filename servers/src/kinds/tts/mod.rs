@@ -14,7 +14,8 @@ use clap::{Args, FromArgMatches};
 use models::tts::{voice_name, PiperVoice, SentenceSplitter, SpeakOptions};
 use pipe_core::audio::AudioChunk;
 use pipe_core::{
-    CommandSpec, ErrorCode, Event, Fields, Request, Responder, ServerHandle, ToolError, ToolServer,
+    CommandSpec, ErrorCode, Event, Fields, Request, Responder, ServerHandle, StateName, ToolError,
+    ToolServer,
 };
 use serde_json::{json, Value};
 
@@ -411,7 +412,7 @@ impl Engine for VoiceEngine {
     type Job = Job;
     type Piece = Audio;
     type Output = ();
-    const BUSY: ServerState = ServerState::Synthesizing;
+    const BUSY: StateName = ServerState::Synthesizing.name();
 
     /// Sends each piece's audio as it is made; a `stop_speaking` since the job was queued
     /// (a new barge-in epoch) drops it.
