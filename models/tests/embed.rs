@@ -75,3 +75,37 @@ fn long_texts_are_cut_and_say_so_and_empty_ones_are_refused() {
     let error = model.embed(&["fine", "  "], |_| ()).unwrap_err();
     assert!(error.to_string().contains("text 1 is empty"), "{error}");
 }
+
+#[test]
+fn vectors_match_sentence_transformers_on_the_same_weights() {
+    // Kept output of scripts/embedding-reference.py (sentence-transformers on PyTorch).
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("data/minilm-reference.json")).unwrap();
+    let model = minilm();
+    assert_eq!(
+        reference["max_seq_length"].as_u64(),
+        Some(model.max_tokens() as u64)
+    );
+    let sentences: Vec<&str> = reference["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let ours = model.embed(&sentences, |_| ()).unwrap();
+    for (i, expected) in reference["vectors"].as_array().unwrap().iter().enumerate() {
+        let expected: Vec<f32> = expected
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let similarity = cosine(&ours[i].vector, &expected);
+        assert!(
+            similarity >= 0.999,
+            "sentence {i} ({:?}): cosine {similarity} with sentence-transformers",
+            sentences[i]
+        );
+    }
+    assert!(ours.last().unwrap().truncated, "the long one is cut, as there");
+}
