@@ -107,5 +107,8 @@ fn vectors_match_sentence_transformers_on_the_same_weights() {
             sentences[i]
         );
     }
-    assert!(ours.last().unwrap().truncated, "the long one is cut, as there");
+    assert!(
+        ours.last().unwrap().truncated,
+        "the long one is cut, as there"
+    );
 }

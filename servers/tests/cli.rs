@@ -51,7 +51,7 @@ fn a_flag_of_another_kind_is_refused_with_the_kinds_own() {
     let out = dir.run(&["--serve", "nosuch"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("chat, tts, stt, echo"),
+        text(&out.stderr).contains("chat, tts, stt, search, echo"),
         "{}",
         text(&out.stderr)
     );

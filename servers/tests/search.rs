@@ -1,0 +1,354 @@
+//! End-to-end tests of `cpipe --serve search` on the real all-MiniLM-L6-v2 (installed by
+//! scripts/fetch-models.sh minilm) and a real SQLite database.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use pipe_core::{Client, ErrorCode, Step};
+use serde_json::{json, Value};
+
+fn start(dir: &TestDir, name: &str) -> Server {
+    let db = dir.path().join("search.db");
+    dir.serve_loaded(
+        "search",
+        &[
+            "--model",
+            "minilm",
+            "--db",
+            db.to_str().unwrap(),
+            "--name",
+            name,
+        ],
+    )
+}
+
+fn client(dir: &TestDir, name: &str) -> Client {
+    dir.client_of(name, Duration::from_secs(120))
+}
+
+fn ids(hits: &Value) -> Vec<&str> {
+    hits["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect()
+}
+
+fn call(c: &mut Client, cmd: &str, args: Value) -> Value {
+    let events = c.call(cmd, args).unwrap();
+    events.last().unwrap().fields().clone().into()
+}
+
+fn error_of(c: &mut Client, cmd: &str, args: Value) -> (ErrorCode, String) {
+    match c.call(cmd, args) {
+        Err(pipe_core::Error::Remote { code, message }) => (code, message),
+        other => panic!("{cmd}: expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn finds_paraphrases_filters_and_keeps_everything_across_a_restart() {
+    let dir = TestDir::new("search");
+    let mut server = start(&dir, "search");
+    let mut c = client(&dir, "search");
+    let added = call(
+        &mut c,
+        "add",
+        json!({"collection": "facts", "documents": [
+            {"id": "paris", "text": "Paris is the capital of France.", "metadata": {"topic": "geo", "year": 2020}},
+            {"id": "berlin", "text": "Berlin is the capital of Germany.", "metadata": {"topic": "geo", "year": 2021}},
+            {"id": "banana", "text": "Bananas are rich in potassium.", "metadata": {"topic": "food", "year": 2022}},
+            {"id": "pipes", "text": "Named pipes connect processes on one machine.", "metadata": {"topic": "tech", "year": 2023}}
+        ]}),
+    );
+    assert_eq!(added["stored"], 4);
+    assert_eq!(added["created"], true);
+    let hits = call(
+        &mut c,
+        "search",
+        json!({"collection": "facts", "query": "What is the main city of the French?", "k": 2}),
+    );
+    assert_eq!(ids(&hits)[0], "paris", "{hits}");
+    let hits = call(
+        &mut c,
+        "search",
+        json!({"collection": "facts", "query": "Which fruit is healthy?", "k": 1}),
+    );
+    assert_eq!(ids(&hits), ["banana"]);
+    let hits = call(
+        &mut c,
+        "search",
+        json!({"collection": "facts", "query": "capital city", "k": 5,
+               "filter": {"$and": [{"topic": "geo"}, {"year": {"$gte": 2021}}]}}),
+    );
+    assert_eq!(ids(&hits), ["berlin"]);
+    let hybrid = call(
+        &mut c,
+        "search",
+        json!({"collection": "facts", "query": "potassium", "k": 1, "hybrid": true}),
+    );
+    assert_eq!(ids(&hybrid), ["banana"]);
+    let replaced = call(
+        &mut c,
+        "upsert",
+        json!({"collection": "facts", "documents": [
+            {"id": "berlin", "text": "Berlin is a city of museums.", "metadata": {"topic": "art"}}]}),
+    );
+    assert_eq!(replaced["stored"], 1);
+    let deleted = call(
+        &mut c,
+        "delete",
+        json!({"collection": "facts", "ids": ["pipes"]}),
+    );
+    assert_eq!(deleted["deleted"], 1);
+    drop(c);
+    server.kill();
+
+    // A new process on the same database finds everything as it was left.
+    let _server = start(&dir, "search");
+    let mut c = client(&dir, "search");
+    assert_eq!(
+        call(&mut c, "count", json!({"collection": "facts"}))["count"],
+        3
+    );
+    let got = call(
+        &mut c,
+        "get",
+        json!({"collection": "facts", "ids": ["berlin"]}),
+    );
+    assert_eq!(got["documents"][0]["metadata"]["topic"], "art");
+    let hits = call(
+        &mut c,
+        "search",
+        json!({"collection": "facts", "query": "French capital", "k": 1}),
+    );
+    assert_eq!(ids(&hits), ["paris"]);
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_the_server_stays_up() {
+    let dir = TestDir::new("searchbad");
+    let _server = start(&dir, "search");
+    let mut c = client(&dir, "search");
+    call(
+        &mut c,
+        "add",
+        json!({"documents": [{"id": "a", "text": "Some text."}]}),
+    );
+    let cases = [
+        ("embed", json!({"texts": ["fine", "  "]}), "is empty"),
+        (
+            "add",
+            json!({"documents": [{"id": "b", "text": ""}]}),
+            "is empty",
+        ),
+        (
+            "embed",
+            json!({"text": "word ".repeat(2_200_000)}),
+            "split it into passages",
+        ),
+        ("search", json!({"vector": [1.0, 2.0]}), "dimension 384"),
+        (
+            "search",
+            json!({"collection": "nosuch", "query": "x"}),
+            "no collection named 'nosuch'",
+        ),
+        (
+            "search",
+            json!({"query": "x", "filter": {"year": {"$between": [1, 2]}}}),
+            "unknown operator $between",
+        ),
+        (
+            "search",
+            json!({"query": "x", "filter": "jazz"}),
+            "must be an object",
+        ),
+        (
+            "add",
+            json!({"documents": [{"id": "a", "text": "again"}]}),
+            "ids already present: a",
+        ),
+        ("add", json!({"documents": [{"id": "c"}]}), "needs a text"),
+        ("delete", json!({}), "give ids or a filter"),
+        ("collections", json!({"action": "shred"}), "must be one of"),
+    ];
+    for (cmd, args, says) in cases {
+        let (code, message) = error_of(&mut c, cmd, args.clone());
+        assert!(
+            message.contains(says),
+            "{cmd} {args:.80}: {code:?} {message}"
+        );
+    }
+    assert_eq!(
+        error_of(&mut c, "count", json!({"collection": "nosuch"})).0,
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        call(&mut c, "count", json!({}))["count"],
+        1,
+        "nothing half-written"
+    );
+    assert!(c.call("ping", Value::Null).is_ok());
+}
+
+#[test]
+fn a_corrupt_database_and_a_second_server_on_one_database_are_reported() {
+    let dir = TestDir::new("searchdb");
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, vec![b'x'; 8192]).unwrap();
+    let _broken = dir.serve(
+        "search",
+        &[
+            "--model",
+            "minilm",
+            "--db",
+            junk.to_str().unwrap(),
+            "--name",
+            "broken",
+        ],
+    );
+    assert!(eventually(Duration::from_secs(30), || dir
+        .state_of("broken")
+        == "error"));
+    let out = dir.run(&["broken", "count"]);
+    let error = &json_lines(&out)[0];
+    assert_eq!(error["code"], "unavailable");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a database"),
+        "{error}"
+    );
+
+    let _first = start(&dir, "first");
+    let db = dir.path().join("search.db");
+    let _second = dir.serve(
+        "search",
+        &[
+            "--model",
+            "minilm",
+            "--db",
+            db.to_str().unwrap(),
+            "--name",
+            "second",
+        ],
+    );
+    assert!(eventually(Duration::from_secs(30), || dir
+        .state_of("second")
+        == "error"));
+    let out = dir.run(&["second", "count"]);
+    let message = json_lines(&out)[0]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("in use by another search server"),
+        "{message}"
+    );
+}
+
+/// `n` short documents, from `from` on, in one request: their texts are embedded on the way in.
+fn ingest(from: usize, n: usize) -> Value {
+    let documents: Vec<Value> = (from..from + n)
+        .map(|i| json!({"id": format!("doc{i:05}"), "text": format!("Document number {i} of the bulk ingest."),
+                        "metadata": {"i": i}}))
+        .collect();
+    json!({"collection": "bulk", "documents": documents})
+}
+
+#[test]
+fn kill_9_during_an_ingest_loses_nothing_acknowledged() {
+    let dir = TestDir::new("searchkill");
+    let mut server = start(&dir, "search");
+    let mut c = client(&dir, "search");
+    call(
+        &mut c,
+        "collections",
+        json!({"action": "create", "name": "bulk"}),
+    );
+    let id = c.send("add", ingest(0, 10_000)).unwrap();
+    let mut acknowledged = 0;
+    let mut events = c.events_of(id);
+    while acknowledged < 2_000 {
+        match events.next_within(Duration::from_secs(60)).unwrap() {
+            Step::Event(e) if e.name() == "progress" => {
+                acknowledged = e.get("stored").and_then(Value::as_u64).unwrap();
+            }
+            Step::Event(e) => panic!("{e}"),
+            Step::End => panic!("the ingest ended before the kill"),
+            Step::Pending => panic!("no progress"),
+        }
+    }
+    server.kill();
+    drop(c);
+
+    let _server = start(&dir, "search");
+    let mut c = client(&dir, "search");
+    let count = call(&mut c, "count", json!({"collection": "bulk"}))["count"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        count >= acknowledged,
+        "{count} < {acknowledged} acknowledged"
+    );
+    assert_eq!(count % 64, 0, "batches are whole: {count}");
+    let last = format!("doc{:05}", acknowledged - 1);
+    let got = call(
+        &mut c,
+        "get",
+        json!({"collection": "bulk", "ids": [last.clone()]}),
+    );
+    assert_eq!(got["documents"][0]["id"], last.as_str());
+    // The database is whole: more can be added, and searched.
+    let more = call(&mut c, "add", ingest(20_000, 10));
+    assert_eq!(more["stored"], 10);
+    let hits = call(
+        &mut c,
+        "search",
+        json!({"collection": "bulk", "query": "Document number 20003 of the bulk ingest.", "k": 1}),
+    );
+    assert_eq!(ids(&hits), ["doc20003"]);
+}
+
+#[test]
+fn searches_are_answered_while_another_client_ingests() {
+    let dir = TestDir::new("searchbusy");
+    let _server = start(&dir, "search");
+    let mut c = client(&dir, "search");
+    call(
+        &mut c,
+        "add",
+        json!({"documents": [{"id": "paris", "text": "Paris is the capital of France."}]}),
+    );
+    // Another process embeds 1,500 texts.
+    let texts: Vec<Value> = (0..1500)
+        .map(|i| json!({"id": format!("t{i}"), "text": format!("Sentence number {i} about nothing in particular.")}))
+        .collect();
+    let docs = json!(texts).to_string();
+    let mut ingest = dir.streaming(&[
+        "search",
+        "add",
+        "-j",
+        &format!("documents={docs}"),
+        "-t",
+        "0",
+    ]);
+    assert!(eventually(Duration::from_secs(20), || dir
+        .state_of("search")
+        == "embedding"));
+    let mut answered = 0;
+    let started = Instant::now();
+    while answered < 5 {
+        let hits = call(&mut c, "search", json!({"query": "French capital", "k": 1}));
+        assert_eq!(ids(&hits)[0], "paris");
+        answered += 1;
+    }
+    let busy = dir.state_of("search") == "embedding";
+    ingest.wait().unwrap();
+    assert!(
+        busy,
+        "the ingest ended before the searches ({:?}): make it longer",
+        started.elapsed()
+    );
+}
