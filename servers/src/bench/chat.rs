@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::median;
 use anyhow::{bail, ensure, Context, Result};
 use models::llm::{ChatMessage, GenerationParams, Llm};
 use pipe_core::{Client, ConnectOptions};
@@ -25,11 +26,6 @@ pub struct ChatBench {
     /// Repetitions of each measurement (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub repetitions: usize,
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 /// A prompt of exactly `n` tokens of ordinary text.

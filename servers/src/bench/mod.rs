@@ -11,6 +11,7 @@ use serde_json::Value;
 
 pub mod chat;
 pub mod pipes;
+pub mod search;
 pub mod stt;
 #[cfg(feature = "tts")]
 pub mod tts;
@@ -31,6 +32,10 @@ pub enum BenchKind {
     /// The stt server against whisper.cpp's CLI (same GGML) and faster-whisper int8 (same
     /// CTranslate2 folder): real-time factor on the same clips; end of speech → transcript.
     Stt(stt::SttBench),
+    /// The embedder against sentence-transformers (same weights and sentences), and the search
+    /// server against Chroma's embedded client (same vectors): ingest, search latency, recall,
+    /// disk and memory.
+    Search(search::SearchBench),
     /// One subscriber process of the pipes benchmark (internal).
     #[command(hide = true)]
     Subscriber {
@@ -58,13 +63,27 @@ pub fn run(which: &BenchKind) -> anyhow::Result<()> {
         #[cfg(feature = "tts")]
         BenchKind::Tts(options) => tts::run(options),
         BenchKind::Stt(options) => stt::run(options),
+        BenchKind::Search(options) => search::run(options),
         BenchKind::Subscriber { events } => pipes::subscriber(*events),
     }
+}
+
+/// The median of some measurements (the upper middle one of an even count).
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }
 
 /// A server of this binary in a private directory, stopped on drop.
 pub struct BenchServer {
     child: Child,
+}
+
+impl BenchServer {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for BenchServer {

@@ -10,6 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use models::stt::{audio::to_16k_mono, encoder_window, word_error_rate};
 use pipe_core::Client;
 
+use super::median;
 use crate::vocab::ServerEvent;
 use serde_json::{json, Value};
 
@@ -50,11 +51,6 @@ for clip in clips:
         times.append(time.perf_counter() - start)
     print(json.dumps({"clip": clip, "seconds": sorted(times)[len(times) // 2], "text": text}), flush=True)
 "#;
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
 
 fn default_whisper_cli() -> PathBuf {
     super::tools_dir().join("whisper.cpp/build/bin/whisper-cli")

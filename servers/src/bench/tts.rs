@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
+use super::median;
 use super::{connect_ready, serve};
 use pipe_core::audio::AudioChunk;
 use pipe_core::{Client, Event, ProtocolEvent};
@@ -63,11 +64,6 @@ struct Run {
     first: f64,
     took: f64,
     audio: f64,
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn audio_seconds(event: &Event) -> Result<f64> {
