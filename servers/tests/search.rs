@@ -352,3 +352,54 @@ fn searches_are_answered_while_another_client_ingests() {
         started.elapsed()
     );
 }
+
+#[test]
+fn index_reads_a_folders_text_files_into_passages() {
+    let dir = TestDir::new("searchindex");
+    let docs = dir.path().join("docs");
+    std::fs::create_dir_all(docs.join("guides")).unwrap();
+    std::fs::create_dir_all(docs.join(".git")).unwrap();
+    std::fs::write(
+        docs.join("guides/lighthouse.md"),
+        "The lighthouse keeper lights the lamp at dusk.\n\nShips steer by its beam at night.",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("bread.txt"),
+        "Sourdough bread rises slowly overnight.",
+    )
+    .unwrap();
+    std::fs::write(docs.join("image.png"), [0x89u8, b'P', b'N', b'G', 0, 0, 1]).unwrap();
+    std::fs::write(docs.join(".git/HEAD"), "ref: refs/heads/main").unwrap();
+    let _server = start(&dir, "search");
+    let mut c = client(&dir, "search");
+    let indexed = call(
+        &mut c,
+        "index",
+        json!({"collection": "docs", "dir": docs.to_str().unwrap()}),
+    );
+    assert_eq!(indexed["files"], 2, "{indexed}");
+    assert_eq!(indexed["skipped"], 1, "the binary: {indexed}");
+    assert_eq!(indexed["passages"], 2);
+    let hits = call(
+        &mut c,
+        "search",
+        json!({"collection": "docs", "query": "Who turns on the light for ships?", "k": 1}),
+    );
+    assert_eq!(
+        hits["hits"][0]["metadata"]["path"], "guides/lighthouse.md",
+        "{hits}"
+    );
+    // Indexing again replaces a file's passages rather than adding copies.
+    call(
+        &mut c,
+        "index",
+        json!({"collection": "docs", "dir": docs.to_str().unwrap()}),
+    );
+    assert_eq!(
+        call(&mut c, "count", json!({"collection": "docs"}))["count"],
+        2
+    );
+    let (_, message) = error_of(&mut c, "index", json!({"dir": "docs"}));
+    assert!(message.contains("absolute path"), "{message}");
+}

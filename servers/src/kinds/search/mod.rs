@@ -4,6 +4,7 @@
 //! vectors), by words (full-text), or both fused.
 
 mod engine;
+mod passages;
 pub mod store;
 
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pipe_core::vocabulary! {
         Hits = "hits",
         /// count: how many.
         Count = "count",
+        /// index: a folder's files are indexed.
+        Indexed = "indexed",
         /// collections: the list, or what was created or dropped.
         Collections = "collections",
     }
@@ -268,6 +271,16 @@ fn fuse(by_meaning: Vec<Hit>, by_words: Vec<Hit>, k: usize) -> Vec<Hit> {
         .collect()
 }
 
+/// What a write stored.
+#[derive(Default)]
+struct Written {
+    stored: usize,
+    /// The collection was made for it.
+    created: bool,
+    /// Ids whose texts were cut to the model's window.
+    truncated: Vec<String>,
+}
+
 /// A document of an add/upsert, as the request gives it.
 struct Incoming {
     id: String,
@@ -344,6 +357,28 @@ impl Search {
     fn write(&self, req: &Request, out: &Responder, mode: WriteMode) -> Result<(), ToolError> {
         let collection = collection_of(req)?;
         let documents = documents_of(req)?;
+        let written = self.store_documents(&collection, documents, mode, req, out)?;
+        out.emit(
+            Event::new(SearchEvent::Added)
+                .with("collection", collection)
+                .with("stored", written.stored)
+                .with("created", written.created)
+                .with("truncated", written.truncated),
+        )?;
+        Ok(())
+    }
+
+    /// Embeds what has no vector, in batches, each committed before its progress event; the
+    /// collection is made on first use with this server's model.
+    fn store_documents(
+        &self,
+        collection: &str,
+        documents: Vec<Incoming>,
+        mode: WriteMode,
+        req: &Request,
+        out: &Responder,
+    ) -> Result<Written, ToolError> {
+        let collection = collection.to_string();
         let store = self.store()?;
         let model = self.model_info()?;
         let (info, created) = match store.collection(&collection) {
@@ -446,12 +481,77 @@ impl Search {
                 )?;
             }
         }
+        Ok(Written {
+            stored,
+            created,
+            truncated,
+        })
+    }
+
+    /// index: a folder's text files, cut into passages and upserted (a file's old passages
+    /// are replaced).
+    fn index(&self, req: &Request, out: &Responder) -> Result<(), ToolError> {
+        let collection = collection_of(req)?;
+        let dir = PathBuf::from(required_str(req, "dir", "index")?);
+        if !dir.is_absolute() {
+            return Err(ToolError::invalid(
+                "index: give \"dir\" as an absolute path (the server's working directory is not yours)",
+            ));
+        }
+        let limit = req.opt_u64("passage_chars")?.unwrap_or(1000) as usize;
+        let found = passages::text_files(&dir).map_err(ToolError::invalid)?;
+        let mut skipped = found.skipped;
+        let mut documents = Vec::new();
+        let mut files = Vec::new();
+        for path in &found.files {
+            out.check()?;
+            let Some(text) = passages::read_text(path) else {
+                skipped += 1;
+                continue;
+            };
+            let relative = path
+                .strip_prefix(&dir)
+                .unwrap_or(path)
+                .display()
+                .to_string();
+            let pieces = passages::passages(&text, limit);
+            let count = pieces.len();
+            for (n, piece) in pieces.into_iter().enumerate() {
+                let mut metadata = Map::new();
+                metadata.insert("path".into(), json!(relative));
+                metadata.insert("passage".into(), json!(n));
+                metadata.insert("passages".into(), json!(count));
+                documents.push(Incoming {
+                    id: format!("{relative}#{n}"),
+                    text: Some(piece),
+                    metadata,
+                    vector: None,
+                });
+            }
+            files.push(relative);
+        }
+        let store = self.store()?;
+        if store.collection(&collection).is_ok() {
+            for file in &files {
+                store
+                    .delete(&collection, None, Some(&json!({"path": file})))
+                    .map_err(store_error)?;
+            }
+        }
+        let passages = documents.len();
+        let written = if documents.is_empty() {
+            Written::default()
+        } else {
+            self.store_documents(&collection, documents, WriteMode::Upsert, req, out)?
+        };
         out.emit(
-            Event::new(SearchEvent::Added)
+            Event::new(SearchEvent::Indexed)
                 .with("collection", collection)
-                .with("stored", stored)
-                .with("created", created)
-                .with("truncated", truncated),
+                .with("files", files.len())
+                .with("skipped", skipped)
+                .with("passages", passages)
+                .with("stored", written.stored)
+                .with("truncated", written.truncated),
         )?;
         Ok(())
     }
@@ -765,6 +865,16 @@ fn register(server: &mut ToolServer, search: Search) {
             out.emit(Event::new(SearchEvent::Count).with("count", count))?;
             Ok(())
         },
+    );
+    let s = search.clone();
+    server.handle(
+        CommandSpec::new("index", "Indexes a folder's text files (binaries and hidden entries skipped), cut into passages, with progress.")
+            .args(common_args(json!({
+                "dir": {"type": "string", "description": "An absolute path on the server's machine."},
+                "passage_chars": {"type": "integer", "minimum": 100, "maximum": 100000, "description": "The longest passage, in bytes (default 1000)."}
+            })))
+            .emits(&[SearchEvent::Progress, SearchEvent::Indexed]),
+        move |req, out| s.index(req, out),
     );
     server.handle(
         CommandSpec::new("collections", "Lists collections, or creates or drops one.")

@@ -77,6 +77,9 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     sums.iter().sum::<f32>() + rest
 }
 
+/// Collections at least this large are scanned on every CPU.
+const PARALLEL_FROM: usize = 16_384;
+
 /// A collection's vectors, by document row.
 pub struct VectorIndex {
     dimension: usize,
@@ -138,13 +141,36 @@ impl VectorIndex {
         k: usize,
         allowed: Option<&std::collections::HashSet<i64>>,
     ) -> Vec<(i64, f32)> {
-        let mut scored: Vec<(i64, f32)> = self
-            .rows
-            .iter()
-            .zip(self.vectors.chunks_exact(self.dimension))
-            .filter(|(row, _)| allowed.is_none_or(|a| a.contains(row)))
-            .map(|(&row, vector)| (row, self.metric.score(query, vector)))
-            .collect();
+        // The scan reads every vector once: memory-bound past the caches, so large collections
+        // are split across the CPUs, each reading its own part.
+        let threads = match self.rows.len() {
+            n if n < PARALLEL_FROM => 1,
+            _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let per_thread = self.rows.len().div_ceil(threads).max(1);
+        let score_part = |rows: &[i64], vectors: &[f32]| -> Vec<(i64, f32)> {
+            rows.iter()
+                .zip(vectors.chunks_exact(self.dimension))
+                .filter(|(row, _)| allowed.is_none_or(|a| a.contains(row)))
+                .map(|(&row, vector)| (row, self.metric.score(query, vector)))
+                .collect()
+        };
+        let mut scored: Vec<(i64, f32)> = if threads == 1 {
+            score_part(&self.rows, &self.vectors)
+        } else {
+            std::thread::scope(|scope| {
+                let parts: Vec<_> = self
+                    .rows
+                    .chunks(per_thread)
+                    .zip(self.vectors.chunks(per_thread * self.dimension))
+                    .map(|(rows, vectors)| scope.spawn(move || score_part(rows, vectors)))
+                    .collect();
+                parts
+                    .into_iter()
+                    .flat_map(|part| part.join().unwrap_or_default())
+                    .collect()
+            })
+        };
         let by_score = |a: &(i64, f32), b: &(i64, f32)| b.1.total_cmp(&a.1);
         if scored.len() > k {
             scored.select_nth_unstable_by(k, by_score);
