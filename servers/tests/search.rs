@@ -403,3 +403,48 @@ fn index_reads_a_folders_text_files_into_passages() {
     let (_, message) = error_of(&mut c, "index", json!({"dir": "docs"}));
     assert!(message.contains("absolute path"), "{message}");
 }
+
+/// examples/rag.rs, built beside the cpipe binary under test.
+fn rag_example() -> std::path::PathBuf {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "examples", "--bin", "rag"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot build examples/rag.rs");
+    std::path::Path::new(cpipe_bin()).with_file_name("rag")
+}
+
+#[test]
+fn the_rag_example_answers_from_the_passage_it_retrieved() {
+    let dir = TestDir::new("searchrag");
+    let docs = dir.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(
+        docs.join("lighthouse.md"),
+        "The lighthouse on Kestrel Point was built in 1887 by the engineer Mara Lindqvist. \
+         Its lamp is lit every evening at dusk.",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("bread.md"),
+        "Sourdough bread rises slowly overnight.",
+    )
+    .unwrap();
+    let _search = start(&dir, "search");
+    let _chat = dir.serve_loaded("chat", &["--model", "smollm2"]);
+    let mut c = client(&dir, "search");
+    call(&mut c, "index", json!({"dir": docs.to_str().unwrap()}));
+    let out = std::process::Command::new(rag_example())
+        .arg("Who built the lighthouse on Kestrel Point?")
+        .env("CPIPE_DIR", dir.path())
+        .output()
+        .unwrap();
+    let answer = text(&out.stdout);
+    assert!(out.status.success(), "{answer}{}", text(&out.stderr));
+    let (reply, sources) = answer.split_once("Sources:").expect("a sources list");
+    assert!(reply.contains("Lindqvist"), "{answer}");
+    assert!(
+        sources.trim_start().starts_with("[1] lighthouse.md"),
+        "{answer}"
+    );
+}
