@@ -172,15 +172,25 @@ impl Default for GenerationParams {
 }
 
 impl GenerationParams {
+    /// The highest temperature accepted.
+    pub const MAX_TEMPERATURE: f64 = 100.0;
+    /// The highest repeat penalty accepted.
+    pub const MAX_REPEAT_PENALTY: f32 = 10.0;
+    /// The most stop sequences a request may give.
+    pub const MAX_STOPS: usize = 16;
+    /// The longest stop sequence, in bytes.
+    pub const MAX_STOP_BYTES: usize = 256;
+
     /// Checks the values, naming the first that is out of range.
     pub fn validate(&self) -> Result<(), LlmError> {
         let bad = |m: String| Err(LlmError::InvalidRequest(m));
         if self.max_tokens == 0 {
             return bad("max_tokens must be at least 1".into());
         }
-        if !(0.0..=100.0).contains(&self.temperature) {
+        if !(0.0..=Self::MAX_TEMPERATURE).contains(&self.temperature) {
             return bad(format!(
-                "temperature must be from 0 to 100, got {}",
+                "temperature must be from 0 to {}, got {}",
+                Self::MAX_TEMPERATURE,
                 self.temperature
             ));
         }
@@ -192,14 +202,21 @@ impl GenerationParams {
         if self.top_k == Some(0) {
             return bad("top_k must be at least 1".into());
         }
-        if !(self.repeat_penalty > 0.0 && self.repeat_penalty <= 10.0) {
+        if !(self.repeat_penalty > 0.0 && self.repeat_penalty <= Self::MAX_REPEAT_PENALTY) {
             return bad(format!(
-                "repeat_penalty must be in (0, 10], got {}",
+                "repeat_penalty must be in (0, {}], got {}",
+                Self::MAX_REPEAT_PENALTY,
                 self.repeat_penalty
             ));
         }
-        if self.stop.len() > 16 || self.stop.iter().any(|s| s.len() > 256) {
-            return bad("at most 16 stop sequences of at most 256 bytes each".into());
+        if self.stop.len() > Self::MAX_STOPS
+            || self.stop.iter().any(|s| s.len() > Self::MAX_STOP_BYTES)
+        {
+            return bad(format!(
+                "at most {} stop sequences of at most {} bytes each",
+                Self::MAX_STOPS,
+                Self::MAX_STOP_BYTES
+            ));
         }
         Ok(())
     }

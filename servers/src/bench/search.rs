@@ -130,12 +130,18 @@ fn sentences(n: usize) -> Vec<String> {
         .collect()
 }
 
-/// `n` random unit vectors.
-fn unit_vectors(n: usize, seed: u64) -> Vec<f32> {
+/// `n` unit vectors in clusters around `centers` random directions, as sentence embeddings
+/// cluster by topic (uniformly random vectors in 384 dimensions are all nearly equidistant,
+/// which no real collection is and which approximate indexes cannot search).
+fn clustered_vectors(n: usize, centers: usize, seed: u64) -> Vec<f32> {
     let mut rng = Lcg(seed);
+    let middles: Vec<Vec<f32>> = (0..centers)
+        .map(|_| (0..DIMENSION).map(|_| rng.normal()).collect())
+        .collect();
     let mut all = Vec::with_capacity(n * DIMENSION);
     for _ in 0..n {
-        let v: Vec<f32> = (0..DIMENSION).map(|_| rng.normal()).collect();
+        let middle = &middles[(rng.next() % centers as u64) as usize];
+        let v: Vec<f32> = middle.iter().map(|m| m + 0.6 * rng.normal()).collect();
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         all.extend(v.iter().map(|x| x / norm));
     }
@@ -274,11 +280,12 @@ pub fn run(options: &SearchBench) -> Result<()> {
     println!("lowest cosine between the two on the first five sentences: {agreement:.5}\n");
 
     // 2. The store against Chroma.
-    let vectors = unit_vectors(options.documents, 11);
-    let queries = unit_vectors(options.queries, 12);
+    // Queries are drawn from the same clusters as the documents, but are not among them.
+    let all = clustered_vectors(options.documents + options.queries, 1000, 11);
+    let (vectors, queries) = all.split_at(options.documents * DIMENSION);
     let (vectors_file, queries_file) = (work.join("vectors.f32"), work.join("queries.f32"));
-    write_f32(&vectors_file, &vectors)?;
-    write_f32(&queries_file, &queries)?;
+    write_f32(&vectors_file, vectors)?;
+    write_f32(&queries_file, queries)?;
     client.call(
         "collections",
         json!({"action": "create", "name": "bench", "dimension": DIMENSION}),

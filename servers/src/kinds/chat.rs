@@ -286,12 +286,12 @@ fn chat_args() -> Value {
                 "content": {"type": "string"}}}},
             "data": {"description": "Alternatively: a list of messages, {\"messages\": [...]}, or one user message as a string."},
             "max_tokens": {"type": "integer", "minimum": 1},
-            "temperature": {"type": "number", "minimum": 0, "maximum": 100, "description": "0 is greedy."},
-            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+            "temperature": {"type": "number", "minimum": 0, "maximum": GenerationParams::MAX_TEMPERATURE, "description": "0 is greedy."},
+            "top_p": {"type": "number", "minimum": 0, "maximum": 1, "description": "Above 0."},
             "top_k": {"type": "integer", "minimum": 1},
-            "repeat_penalty": {"type": "number", "minimum": 0, "maximum": 10},
+            "repeat_penalty": {"type": "number", "minimum": 0, "maximum": GenerationParams::MAX_REPEAT_PENALTY, "description": "Above 0; 1 is none."},
             "seed": {"type": "integer", "minimum": 0},
-            "stop": {"type": ["string", "array"], "items": {"type": "string"}}
+            "stop": {"type": ["string", "array"], "items": {"type": "string", "maxLength": GenerationParams::MAX_STOP_BYTES}, "maxItems": GenerationParams::MAX_STOPS}
         }
     })
 }
