@@ -108,6 +108,10 @@ impl AudioChunk {
             )
     }
 
+    /// The lowest sample rate a chunk may declare: below telephone quality there is no speech
+    /// to hear, and a tiny rate declared for many samples would make a resampler to 16 kHz turn
+    /// a few kilobytes into hours of audio.
+    pub const MIN_RATE: u32 = 8_000;
     /// The highest sample rate a chunk may declare.
     pub const MAX_RATE: u32 = 384_000;
     /// The most channels a chunk may have.
@@ -117,12 +121,30 @@ impl AudioChunk {
     /// same limits [`AudioChunk::from_fields`] checks.
     pub fn schema_properties() -> Value {
         serde_json::json!({
-            "rate": {"type": "integer", "minimum": 1, "maximum": Self::MAX_RATE},
+            "rate": {"type": "integer", "minimum": Self::MIN_RATE, "maximum": Self::MAX_RATE},
             "width": {"type": "integer", "enum": [2, 4]},
             "channels": {"type": "integer", "minimum": 1, "maximum": Self::MAX_CHANNELS},
             "encoding": {"type": "string", "enum": [Encoding::PcmS16Le.as_str(), Encoding::PcmF32Le.as_str()]},
             "data": {"type": "string", "description": "Base64 PCM (see PROTOCOL.md, audio chunks)."}
         })
+    }
+
+    /// Checks a format read from elsewhere (a WAV file's header) against the chunk's limits.
+    pub fn check_format(rate: u32, channels: u16) -> Result<(), ToolError> {
+        if !(Self::MIN_RATE..=Self::MAX_RATE).contains(&rate) {
+            return Err(ToolError::invalid(format!(
+                "audio: a rate of {rate} Hz is outside {} to {} Hz",
+                Self::MIN_RATE,
+                Self::MAX_RATE
+            )));
+        }
+        if !(1..=Self::MAX_CHANNELS).contains(&channels) {
+            return Err(ToolError::invalid(format!(
+                "audio: {channels} channels is outside 1 to {}",
+                Self::MAX_CHANNELS
+            )));
+        }
+        Ok(())
     }
 
     /// Reads and checks a chunk from the fields of a request or event.
@@ -139,6 +161,7 @@ impl AudioChunk {
         };
         let rate = uint("rate", Self::MAX_RATE.into())? as u32;
         let channels = uint("channels", Self::MAX_CHANNELS.into())? as u16;
+        Self::check_format(rate, channels)?;
         let width = uint("width", 8)? as usize;
         let encoding = match fields.get("encoding").and_then(Value::as_str) {
             None | Some("pcm_s16le") if width == 2 => Encoding::PcmS16Le,

@@ -10,6 +10,10 @@ pub fn read_wav(path: &Path) -> anyhow::Result<(Vec<f32>, u32, u16)> {
     let mut reader = hound::WavReader::open(path)
         .with_context(|| format!("cannot read {} as a WAV file", path.display()))?;
     let spec = reader.spec();
+    // A header's rate and channels are checked before any sample is read: a WAV that says
+    // 0 Hz, or 1 Hz for a gigabyte, must not reach the resampler.
+    pipe_core::audio::AudioChunk::check_format(spec.sample_rate, spec.channels)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message))?;
     let samples: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
         (hound::SampleFormat::Float, 32) => reader.samples::<f32>().collect::<Result<_, _>>()?,
         (hound::SampleFormat::Int, bits @ 1..=32) => {

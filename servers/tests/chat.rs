@@ -352,3 +352,26 @@ fn states_go_loading_idle_inferring_idle_and_a_bad_model_is_reported() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_vanishing_top_p_samples_the_top_token_instead_of_failing() {
+    let dir = TestDir::new("chattopp");
+    let _server = start(&dir);
+    let mut c = client(&dir);
+    for top_p in [1e-300, 1e-45] {
+        let mut args = question("Say hi");
+        args["top_p"] = json!(top_p);
+        args["temperature"] = json!(0.8);
+        args["max_tokens"] = json!(4);
+        let (text, _) = stream(&mut c, args);
+        assert!(!text.is_empty(), "top_p {top_p}");
+    }
+    let mut args = question("Say hi");
+    args["top_p"] = json!(0);
+    let error = c.call("chat", args).unwrap_err().to_string();
+    assert!(error.contains("top_p must be in (0, 1]"), "{error}");
+    assert!(
+        !error.contains("backtrace") && !error.contains(".rs:"),
+        "{error}"
+    );
+}

@@ -336,3 +336,57 @@ fn import_whisper_writes_a_model_that_the_server_loads() {
     );
     assert!(eventually(Duration::from_secs(60), || state(&dir) == "idle"));
 }
+
+/// A WAV header that says `rate` Hz, with a little silence after it.
+fn wav_with_rate(path: &std::path::Path, rate: u32) {
+    let data = vec![0u8; 3200];
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    bytes.extend_from_slice(&16u32.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // mono
+    bytes.extend_from_slice(&rate.to_le_bytes());
+    bytes.extend_from_slice(&(rate * 2).to_le_bytes());
+    bytes.extend_from_slice(&2u16.to_le_bytes());
+    bytes.extend_from_slice(&16u16.to_le_bytes());
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn audio_at_a_rate_no_speech_has_is_refused_before_any_work() {
+    let dir = TestDir::new("sttrate");
+    let _server = dir.serve_loaded("stt", &["--whisper", "tiny.en", "--listen", "none"]);
+    for rate in [0, 1] {
+        let wav = dir.path().join(format!("rate{rate}.wav"));
+        wav_with_rate(&wav, rate);
+        let out = dir.run(&["stt", "transcribe", "-j", &format!("wav={}", wav.display())]);
+        let error = &json_lines(&out)[0];
+        assert_eq!(error["code"], "invalid_request", "{rate} Hz: {error}");
+        assert!(
+            error["message"].as_str().unwrap().contains("outside 8000"),
+            "{error}"
+        );
+    }
+    // A pushed chunk declared at 1 Hz: refused by the schema, not resampled.
+    let out = dir.run(&[
+        "stt",
+        "push",
+        "-j",
+        "rate=1",
+        "-j",
+        "width=2",
+        "-j",
+        "channels=1",
+        "-j",
+        "encoding=pcm_s16le",
+        "-j",
+        "data=AAAAAA==",
+    ]);
+    assert_eq!(json_lines(&out)[0]["code"], "invalid_request");
+    assert_eq!(dir.state_of("stt"), "idle");
+}

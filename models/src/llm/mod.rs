@@ -226,7 +226,10 @@ impl GenerationParams {
         if temperature <= 0.0 {
             return Sampling::ArgMax;
         }
-        match (self.top_k, self.top_p) {
+        // candle keeps tokens while their summed probability is below p, in f32: a p that
+        // rounds to 0 there would keep none. The smallest positive p keeps the top token alone.
+        let top_p = self.top_p.map(|p| p.max(f64::from(f32::MIN_POSITIVE)));
+        match (self.top_k, top_p) {
             (None, None) => Sampling::All { temperature },
             (Some(k), None) => Sampling::TopK { k, temperature },
             (None, Some(p)) => Sampling::TopP { p, temperature },

@@ -201,11 +201,27 @@ fn serve<E: Engine>(mut engine: E, server: &ServerHandle, jobs: &Jobs<E>, what: 
                     "the {what} crashed on this request; the server is still running"
                 )))
             });
-        mailbox.finish(result);
+        mailbox.finish(result.map_err(user_facing));
         if jobs.is_empty() {
             server.set_state(engine.rest_state());
         }
     }
+}
+
+/// The one place an engine's failure becomes what its client reads: an internal error is
+/// logged whole, and the client gets its first line, never a backtrace or a source path that
+/// a library appended.
+fn user_facing(error: ToolError) -> ToolError {
+    if error.code != ErrorCode::Internal {
+        return error;
+    }
+    tracing::error!("engine error: {}", error.message);
+    let first = error.message.lines().next().unwrap_or_default().trim();
+    ToolError::internal(if first.is_empty() {
+        "the engine failed on this request; the server is still running"
+    } else {
+        first
+    })
 }
 
 /// What a server does when its model cannot load: it stays up in state `error`, says why in
