@@ -51,3 +51,59 @@ pub fn write_wav(path: &Path, rate: u32, samples: &[f32]) -> Result<(), hound::E
     }
     wav.finalize()
 }
+
+/// Whether a client may have the server write a WAV at `path` (tts `synthesize` with `wav`):
+/// an absolute path (the server's working directory is not the client's), not a symbolic link,
+/// and either nothing yet or a mono 16-bit WAV, as the server writes. Anything else the user
+/// can write (a document, a key, a file a link points to) is never overwritten this way.
+pub fn check_client_path(path: &Path) -> Result<(), String> {
+    if !path.is_absolute() {
+        return Err(format!(
+            "{}: give an absolute path (the server's working directory is not yours)",
+            path.display()
+        ));
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+        Ok(meta) if meta.file_type().is_symlink() => Err(format!(
+            "{} is a symbolic link: the server writes only to the path itself",
+            path.display()
+        )),
+        Ok(meta) if !meta.is_file() => Err(format!("{} is not a file", path.display())),
+        Ok(_) => match hound::WavReader::open(path) {
+            Ok(reader) if reader.spec() == mono16(reader.spec().sample_rate) => Ok(()),
+            _ => Err(format!(
+                "{} exists and is not a mono 16-bit WAV: the server overwrites only WAV files \
+                 of the kind it writes; choose a new name",
+                path.display()
+            )),
+        },
+    }
+}
+
+/// Writes a WAV where a client asked for it, after [`check_client_path`]: into a new file
+/// beside it, then renamed over it, so a link put there meanwhile is replaced, not followed.
+pub fn write_client_wav(path: &Path, rate: u32, samples: &[f32]) -> Result<(), String> {
+    check_client_path(path)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temporary = path.with_file_name(format!(".{name}.cpipe-{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temporary)
+        .map_err(hound::Error::from)
+        .and_then(|file| {
+            let mut wav = hound::WavWriter::new(std::io::BufWriter::new(file), mono16(rate))?;
+            for s in samples {
+                wav.write_sample(to_pcm16(*s))?;
+            }
+            wav.finalize()
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|()| std::fs::rename(&temporary, path).map_err(|e| e.to_string()));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written.map_err(|e| format!("cannot write {}: {e}", path.display()))
+}

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -61,6 +62,28 @@ fn synthesize_returns_speech_of_plausible_length_at_the_voices_rate() {
     let written = hound::WavReader::open(&wav).unwrap();
     assert_eq!(written.spec().sample_rate, 22_050);
     assert_eq!(written.len() as usize, audio.len());
+
+    // The same path again: a WAV the server wrote may be replaced.
+    let again = json!({"text": "Again.", "wav": wav});
+    assert!(client.call("synthesize", again).is_ok());
+
+    // Nothing else the user can write is overwritten, followed or resolved elsewhere.
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "keep me").unwrap();
+    let link = dir.path().join("link.wav");
+    std::os::unix::fs::symlink(&notes, &link).unwrap();
+    for (path, says) in [
+        (json!(notes), "is not a mono 16-bit WAV"),
+        (json!(link), "is a symbolic link"),
+        (json!("relative.wav"), "absolute path"),
+        (json!(dir.path()), "is not a file"),
+    ] {
+        let args = json!({"text": "Hello.", "wav": path});
+        let error = client.call("synthesize", args).unwrap_err().to_string();
+        assert!(error.contains(says), "{path}: {error}");
+    }
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep me");
+    assert!(!Path::new("relative.wav").exists());
 }
 
 /// Speech starts before the text ends: the first sentence's audio arrives while the second

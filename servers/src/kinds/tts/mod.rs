@@ -182,6 +182,9 @@ pub fn build_with(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::R
             })?;
             let options = s.options(req, true)?;
             let wav = req.opt_str("wav")?.map(PathBuf::from);
+            if let Some(path) = &wav {
+                crate::wav::check_client_path(path).map_err(ToolError::invalid)?;
+            }
             let mut splitter = SentenceSplitter::default();
             let mut sentences = splitter.push(text);
             sentences.extend(splitter.flush());
@@ -192,9 +195,7 @@ pub fn build_with(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::R
             }
             let rate = s.playback.rate().unwrap_or(0);
             if let Some(path) = &wav {
-                crate::wav::write_wav(path, rate, &all).map_err(|e| {
-                    ToolError::invalid(format!("cannot write {}: {e}", path.display()))
-                })?;
+                crate::wav::write_client_wav(path, rate, &all).map_err(ToolError::invalid)?;
             }
             out.emit(
                 Event::new(ServerEvent::Synthesized)
