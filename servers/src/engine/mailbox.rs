@@ -171,6 +171,24 @@ impl<P, O> Pending<P, O> {
         }
     }
 
+    /// Waits for the engine's own answer, even after a cancel: for work whose result is still
+    /// worth having if it finished before the engine saw the cancel (a live partial
+    /// transcript). Every job is answered, so this ends; pieces are dropped.
+    pub fn outcome(self) -> Result<O, ToolError> {
+        let mut inbox = self.mailbox.lock();
+        loop {
+            inbox.pieces.clear();
+            if let Some(result) = inbox.result.take() {
+                return result;
+            }
+            inbox = self
+                .mailbox
+                .changed
+                .wait(inbox)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     /// Waits for the result, passing each piece to `on_piece`.
     pub fn finish_with(
         mut self,
@@ -234,6 +252,19 @@ mod tests {
         let error = pending.step().err().expect("cancelled");
         assert_eq!(error.code, ErrorCode::Cancelled);
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_outcome_is_the_engines_answer_even_after_a_cancel() {
+        let cancel = CancelToken::new();
+        let (mailbox, pending) = open::<(), &str>(&cancel);
+        cancel.cancel(CancelReason::Requested);
+        let engine = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            mailbox.finish(Ok("finished in time"));
+        });
+        assert_eq!(pending.outcome(), Ok("finished in time"));
+        engine.join().unwrap();
     }
 
     #[test]

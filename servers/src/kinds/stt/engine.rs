@@ -48,8 +48,8 @@ pub(super) struct Job {
 /// A transcription's result, once the engine gets to it.
 pub(super) type Answer = Pending<Infallible, Vec<Segment>>;
 
-/// Waits for a transcription's result.
-pub(super) fn wait(answer: Answer) -> Result<Vec<Segment>, ToolError> {
+/// Waits for a client's transcription: its cancel ends the wait at once.
+fn wait(answer: Answer) -> Result<Vec<Segment>, ToolError> {
     answer.finish_with(|never| match never {})
 }
 

@@ -13,7 +13,7 @@ use pipe_core::{
     CancelReason, CancelToken, ErrorCode, Event, Request, Responder, ServerHandle, ToolError,
 };
 
-use super::engine::{wait, Answer, Purpose, Ticket, Transcriber};
+use super::engine::{Answer, Purpose, Ticket, Transcriber};
 use super::{joined, round, source, transcript_event, Source, PARTIAL_EVERY};
 use crate::lock;
 use crate::vocab::{ServerEvent, ServerState};
@@ -36,7 +36,7 @@ fn publish_in_order(server: &ServerHandle, partial_busy: &AtomicBool, pending: R
     for item in pending {
         match item {
             Live::Partial { result, start } => {
-                if let Ok(segments) = wait(result) {
+                if let Ok(segments) = result.outcome() {
                     let text = joined(&segments);
                     if !text.is_empty() {
                         server.broadcast(
@@ -48,7 +48,7 @@ fn publish_in_order(server: &ServerHandle, partial_busy: &AtomicBool, pending: R
                 }
                 partial_busy.store(false, Ordering::Release);
             }
-            Live::Final { result, start, end } => match wait(result) {
+            Live::Final { result, start, end } => match result.outcome() {
                 Ok(segments) => {
                     let text = joined(&segments);
                     server.broadcast(&transcript_event(&segments, start, end));
