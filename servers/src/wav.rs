@@ -28,6 +28,16 @@ pub fn read_wav(path: &Path) -> anyhow::Result<(Vec<f32>, u32, u16)> {
     Ok((samples, spec.sample_rate, spec.channels))
 }
 
+/// A WAV file's length in seconds, from its header alone (checked as [`read_wav`] checks it).
+pub fn wav_seconds(path: &Path) -> anyhow::Result<f64> {
+    let reader = hound::WavReader::open(path)
+        .with_context(|| format!("cannot read {} as a WAV file", path.display()))?;
+    let spec = reader.spec();
+    pipe_core::audio::AudioChunk::check_format(spec.sample_rate, spec.channels)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message))?;
+    Ok(f64::from(reader.duration()) / f64::from(spec.sample_rate))
+}
+
 /// The format written: mono, 16-bit PCM at `rate`.
 pub fn mono16(rate: u32) -> hound::WavSpec {
     hound::WavSpec {

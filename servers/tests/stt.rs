@@ -390,3 +390,55 @@ fn audio_at_a_rate_no_speech_has_is_refused_before_any_work() {
     assert_eq!(json_lines(&out)[0]["code"], "invalid_request");
     assert_eq!(dir.state_of("stt"), "idle");
 }
+
+#[test]
+fn audio_longer_than_a_request_may_bring_is_refused_before_any_work() {
+    let dir = TestDir::new("sttlong");
+    let _server = dir.serve_loaded(
+        "stt",
+        &[
+            "--whisper",
+            "tiny.en",
+            "--listen",
+            "none",
+            "--max-audio-seconds",
+            "5",
+        ],
+    );
+    // JFK's clip is 11 s.
+    let out = dir.run(&[
+        "stt",
+        "transcribe",
+        "-j",
+        &format!("wav={}", jfk_wav().display()),
+    ]);
+    let error = &json_lines(&out)[0];
+    assert_eq!(error["code"], "invalid_request", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-audio-seconds"),
+        "{error}"
+    );
+    // A pushed chunk of 6 s of silence at 8 kHz: refused the same way.
+    let chunk = AudioChunk::from_i16(8000, 1, &vec![0i16; 48_000]).to_event();
+    let mut args: Vec<String> = Vec::new();
+    for key in ["rate", "width", "channels", "encoding", "data"] {
+        args.push("-j".into());
+        args.push(format!("{key}={}", chunk.get(key).unwrap()));
+    }
+    let mut command = vec!["stt".to_string(), "push".to_string()];
+    command.extend(args);
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let out = dir.run(&command);
+    assert!(
+        json_lines(&out)[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("6.0 s long"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(dir.state_of("stt"), "idle");
+}

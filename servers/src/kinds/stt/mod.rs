@@ -57,6 +57,11 @@ pub struct SttArgs {
     /// Silero VAD's ONNX model (default: the one scripts/fetch-models.sh whisper installs).
     #[arg(long, value_name = "PATH")]
     pub vad: Option<PathBuf>,
+
+    /// The longest audio one request may send or name, in seconds: a bound on the work one
+    /// request can cause (longer audio is refused, not cut).
+    #[arg(long, default_value_t = 3600.0, value_name = "SECS")]
+    pub max_audio_seconds: f64,
 }
 
 /// The model real users get by default: fetched once from the Hugging Face hub.
@@ -78,6 +83,8 @@ pub struct SttOptions {
     pub language: Option<String>,
     /// A live source to start with.
     pub listen: Option<Source>,
+    /// The longest audio one request may bring, in seconds.
+    pub max_audio_seconds: f64,
 }
 
 /// The `transcript` event of one utterance.
@@ -123,12 +130,18 @@ fn build(args: SttArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolServe
         runtime: crate::assets::onnx_runtime(),
         language: args.language,
         listen: crate::assets::listen_source(&args.listen)?,
+        max_audio_seconds: args.max_audio_seconds,
     };
     build_with(builder, options)
 }
 
 /// Binds the stt server and starts loading the model on the engine worker.
 pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::Result<ToolServer> {
+    let max_seconds = options.max_audio_seconds;
+    anyhow::ensure!(
+        max_seconds.is_finite() && max_seconds > 0.0,
+        "--max-audio-seconds must be a positive number of seconds, got {max_seconds}"
+    );
     let mut server = builder.initial_state(ServerState::Loading).bind()?;
     let handle = server.handle_ref();
     let worker = Worker::new();
@@ -211,11 +224,15 @@ pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::R
         move |req, out| {
             let audio = match req.opt_str("wav")? {
                 Some(path) => {
-                    let (samples, rate, channels) = crate::wav::read_wav(std::path::Path::new(path))
+                    let path = std::path::Path::new(path);
+                    let seconds = crate::wav::wav_seconds(path)
+                        .map_err(|e| ToolError::invalid(format!("{e:#}")))?;
+                    check_length(seconds, max_seconds)?;
+                    let (samples, rate, channels) = crate::wav::read_wav(path)
                         .map_err(|e| ToolError::invalid(format!("{e:#}")))?;
                     to_16k_mono(&samples, rate, channels)
                 }
-                None => pushed_audio(req)?,
+                None => pushed_audio(req, max_seconds)?,
             };
             let vad_started = std::time::Instant::now();
             let mut segmenter = s.segmenter()?;
@@ -267,7 +284,7 @@ pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::R
         .emits(&[ServerEvent::SpeechStart, ServerEvent::SpeechEnd, ServerEvent::Transcript]),
         move |req, out| {
             let end = req.opt_bool("end")?.unwrap_or(false);
-            let audio = if req.get("data").is_some() { pushed_audio(req)? } else { Vec::new() };
+            let audio = if req.get("data").is_some() { pushed_audio(req, max_seconds)? } else { Vec::new() };
             let mut segmenter = match lock(&s.pushed).remove(&req.pid) {
                 Some(seg) => seg,
                 None => s.segmenter()?,
@@ -298,14 +315,26 @@ fn audio_args(own: Value) -> Value {
 }
 
 /// The audio a request carries, as 16 kHz mono.
-fn pushed_audio(req: &Request) -> Result<Vec<f32>, ToolError> {
+fn pushed_audio(req: &Request, max_seconds: f64) -> Result<Vec<f32>, ToolError> {
     if req.get("data").is_none() {
         return Err(ToolError::invalid(
             "send audio as an audio chunk (rate, width, channels, encoding, data) or name a wav file",
         ));
     }
     let chunk = AudioChunk::from_fields(&req.fields)?;
+    check_length(chunk.frames() as f64 / f64::from(chunk.rate), max_seconds)?;
     Ok(to_16k_mono(&chunk.to_f32(), chunk.rate, chunk.channels))
+}
+
+/// Refuses audio longer than a request may bring (`--max-audio-seconds`).
+fn check_length(seconds: f64, max_seconds: f64) -> Result<(), ToolError> {
+    if seconds > max_seconds {
+        return Err(ToolError::invalid(format!(
+            "the audio is {seconds:.1} s long, more than the {max_seconds} s this server takes \
+             per request (--max-audio-seconds); send it in parts"
+        )));
+    }
+    Ok(())
 }
 
 fn to_tool_error(e: SttError) -> ToolError {
