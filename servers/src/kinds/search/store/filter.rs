@@ -8,7 +8,7 @@
 use rusqlite::types::Value as SqlValue;
 use serde_json::Value;
 
-/// A filter as SQL: a condition on the `metadata` column and its parameters, in order.
+/// A filter as SQL: a condition on a JSON metadata column and its parameters, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SqlFilter {
     /// The condition (`1` when there is no filter).
@@ -18,18 +18,19 @@ pub struct SqlFilter {
 }
 
 impl SqlFilter {
-    /// Translates `filter` (`None` or `null`: everything), or says what is wrong with it.
-    pub fn parse(filter: Option<&Value>) -> Result<Self, String> {
+    /// Translates `filter` (`None` or `null`: everything) into a condition on the JSON column
+    /// `column`, or says what is wrong with it.
+    pub fn parse(filter: Option<&Value>, column: &str) -> Result<Self, String> {
         let mut params = Vec::new();
         let condition = match filter {
             None | Some(Value::Null) => "1".to_string(),
-            Some(filter) => clause(filter, &mut params)?,
+            Some(filter) => clause(filter, column, &mut params)?,
         };
         Ok(Self { condition, params })
     }
 }
 
-fn clause(filter: &Value, params: &mut Vec<SqlValue>) -> Result<String, String> {
+fn clause(filter: &Value, column: &str, params: &mut Vec<SqlValue>) -> Result<String, String> {
     let Value::Object(fields) = filter else {
         return Err(format!(
             "a filter is an object such as {{\"genre\": \"jazz\"}}, got {filter}"
@@ -48,7 +49,7 @@ fn clause(filter: &Value, params: &mut Vec<SqlValue>) -> Result<String, String> 
                     .ok_or_else(|| format!("{key} takes a non-empty list of filters"))?;
                 let inner = list
                     .iter()
-                    .map(|f| clause(f, params))
+                    .map(|f| clause(f, column, params))
                     .collect::<Result<Vec<_>, _>>()?;
                 let joiner = if key == "$and" { " AND " } else { " OR " };
                 format!("({})", inner.join(joiner))
@@ -59,14 +60,19 @@ fn clause(filter: &Value, params: &mut Vec<SqlValue>) -> Result<String, String> 
                      metadata key"
                 ))
             }
-            _ => field(key, value, params)?,
+            _ => field(key, value, column, params)?,
         });
     }
     Ok(parts.join(" AND "))
 }
 
 /// One metadata key's condition.
-fn field(key: &str, value: &Value, params: &mut Vec<SqlValue>) -> Result<String, String> {
+fn field(
+    key: &str,
+    value: &Value,
+    column: &str,
+    params: &mut Vec<SqlValue>,
+) -> Result<String, String> {
     if key.is_empty()
         || !key
             .chars()
@@ -76,7 +82,7 @@ fn field(key: &str, value: &Value, params: &mut Vec<SqlValue>) -> Result<String,
             "metadata key {key:?}: keys are letters, digits, spaces and _ - ."
         ));
     }
-    let column = format!("json_extract(metadata, '$.\"{key}\"')");
+    let column = format!("json_extract({column}, '$.\"{key}\"')");
     let (op, operand) = match value {
         Value::Object(ops) if ops.len() == 1 => {
             let (op, operand) = ops.iter().next().expect("one entry");
@@ -142,11 +148,14 @@ mod tests {
 
     #[test]
     fn translates_the_operators_with_bound_values() {
-        let f = SqlFilter::parse(Some(&json!({"$and": [
-            {"genre": "jazz"},
-            {"year": {"$gte": 1950}},
-            {"label": {"$in": ["Blue Note", "Verve"]}}
-        ]})))
+        let f = SqlFilter::parse(
+            Some(&json!({"$and": [
+                {"genre": "jazz"},
+                {"year": {"$gte": 1950}},
+                {"label": {"$in": ["Blue Note", "Verve"]}}
+            ]})),
+            "metadata",
+        )
         .unwrap();
         assert_eq!(
             f.condition,
@@ -154,7 +163,7 @@ mod tests {
              AND json_extract(metadata, '$.\"label\"') IN (?, ?))"
         );
         assert_eq!(f.params.len(), 4);
-        assert_eq!(SqlFilter::parse(None).unwrap().condition, "1");
+        assert_eq!(SqlFilter::parse(None, "metadata").unwrap().condition, "1");
     }
 
     #[test]
@@ -170,7 +179,7 @@ mod tests {
             (json!({"tags": {"$in": []}}), "non-empty list"),
             (json!({"a": [1]}), "compare with a string"),
         ] {
-            let error = SqlFilter::parse(Some(&filter)).unwrap_err();
+            let error = SqlFilter::parse(Some(&filter), "metadata").unwrap_err();
             assert!(error.contains(says), "{filter}: {error}");
         }
     }

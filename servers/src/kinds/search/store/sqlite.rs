@@ -202,7 +202,7 @@ impl SqliteStore {
         filter: Option<&Value>,
         tail: &str,
     ) -> Result<(String, Vec<rusqlite::types::Value>), StoreError> {
-        let filter = SqlFilter::parse(filter).map_err(StoreError::Invalid)?;
+        let filter = SqlFilter::parse(filter, "metadata").map_err(StoreError::Invalid)?;
         let mut sql = format!("collection = ? AND ({})", filter.condition);
         let mut params = vec![rusqlite::types::Value::Integer(collection)];
         params.extend(filter.params);
@@ -575,13 +575,13 @@ impl VectorStore for SqliteStore {
         }
         let connection = lock(&self.reader);
         let (id, ..) = self.find(&connection, collection)?;
-        let filter = SqlFilter::parse(filter).map_err(StoreError::Invalid)?;
+        let filter = SqlFilter::parse(filter, "d.metadata").map_err(StoreError::Invalid)?;
         let sql = format!(
             "SELECT d.id, d.text, d.metadata, bm25(documents_fts) AS rank
              FROM documents_fts JOIN documents d ON d.rowid = documents_fts.rowid
              WHERE documents_fts MATCH ? AND d.collection = ? AND ({})
              ORDER BY rank LIMIT {k}",
-            filter.condition.replace("metadata", "d.metadata")
+            filter.condition
         );
         let mut params = vec![
             rusqlite::types::Value::Text(words.join(" OR ")),
@@ -695,6 +695,11 @@ mod tests {
             );
             let text = store.text_search("notes", "pears OR \"", 5, None).unwrap();
             assert_eq!(text[0].document.id, "b");
+            let filtered = store
+                .text_search("notes", "cars pears", 5, Some(&json!({"kind": "car"})))
+                .unwrap();
+            assert_eq!(filtered.len(), 1);
+            assert_eq!(filtered[0].document.id, "c");
             assert_eq!(store.delete("notes", Some(&["c".into()]), None).unwrap(), 1);
             // A second server on the same database is refused.
             let second = SqliteStore::open(&path).err().unwrap().to_string();
