@@ -1,4 +1,6 @@
-//! The embedding model on the engine worker: texts in, vectors out, progress after each batch.
+//! The embedding model on the engine worker: texts in, vectors out.
+
+use std::convert::Infallible;
 
 use models::embed::{Embedder, Embedding, ModelFolder};
 use pipe_core::{Fields, ServerHandle, StateName, ToolError};
@@ -53,16 +55,20 @@ pub(super) fn load(
 
 impl Engine for EmbedEngine {
     type Job = Vec<String>;
-    type Piece = usize;
+    type Piece = Infallible;
     type Output = Vec<Embedding>;
     const BUSY: StateName = SearchState::Embedding.name();
 
-    fn run(&mut self, texts: Vec<String>, work: &Work<usize>) -> Result<Vec<Embedding>, ToolError> {
+    fn run(
+        &mut self,
+        texts: Vec<String>,
+        work: &Work<Infallible>,
+    ) -> Result<Vec<Embedding>, ToolError> {
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
         let mut stopped = false;
-        let embedded = self.embedder.embed(&texts, |done| {
-            stopped = stopped || work.stopped() || !work.send(done);
-        });
+        let embedded = self
+            .embedder
+            .embed(&texts, |_| stopped = stopped || work.stopped());
         if stopped {
             return Err(ToolError::new(
                 pipe_core::ErrorCode::Cancelled,

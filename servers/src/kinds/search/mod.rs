@@ -7,6 +7,7 @@ mod engine;
 mod passages;
 pub mod store;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -106,7 +107,8 @@ const DEFAULT_COLLECTION: &str = "default";
 #[derive(Clone)]
 struct Search {
     worker: Worker<EmbedEngine>,
-    store: Arc<OnceLock<Result<SqliteStore, String>>>,
+    /// Opened by the worker before it loads the model (a failure to open is the load's).
+    store: Arc<OnceLock<SqliteStore>>,
     model: Arc<OnceLock<ModelInfo>>,
 }
 
@@ -121,20 +123,15 @@ fn store_error(e: StoreError) -> ToolError {
 }
 
 impl Search {
-    /// The store, once the worker has opened it.
+    /// The store, once the worker has opened it and loaded the model.
     fn store(&self) -> Result<&SqliteStore, ToolError> {
         self.model_info()?;
-        match self.store.get() {
-            Some(Ok(store)) => Ok(store),
-            Some(Err(message)) => Err(ToolError::new(
-                pipe_core::ErrorCode::Unavailable,
-                message.clone(),
-            )),
-            None => Err(ToolError::new(
+        self.store.get().ok_or_else(|| {
+            ToolError::new(
                 pipe_core::ErrorCode::Unavailable,
                 "the database is not open",
-            )),
-        }
+            )
+        })
     }
 
     /// The model's name and dimension, waiting for it to load if it is still loading.
@@ -154,17 +151,16 @@ impl Search {
         })
     }
 
-    /// Embeds texts on the worker, forwarding progress.
+    /// Embeds texts on the worker, in the requesting client's turn.
     fn embed(
         &self,
         texts: Vec<String>,
         req: &Request,
         out: &Responder,
-        progress: impl FnMut(usize) -> Result<(), ToolError>,
     ) -> Result<Vec<models::embed::Embedding>, ToolError> {
         self.worker
             .submit(texts, Place::client(req.pid), &out.cancel_token())
-            .finish_with(progress)
+            .finish_with(|never| match never {})
     }
 }
 
@@ -251,15 +247,16 @@ fn collection_json(c: &CollectionInfo) -> Value {
 /// Reciprocal-rank fusion of two rankings (k = 60, as the method's authors chose).
 fn fuse(by_meaning: Vec<Hit>, by_words: Vec<Hit>, k: usize) -> Vec<Hit> {
     let mut fused: Vec<(Hit, f32)> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
     for ranking in [by_meaning, by_words] {
         for (rank, hit) in ranking.into_iter().enumerate() {
             let score = 1.0 / (60.0 + rank as f32 + 1.0);
-            match fused
-                .iter_mut()
-                .find(|(h, _)| h.document.id == hit.document.id)
-            {
-                Some((_, total)) => *total += score,
-                None => fused.push((hit, score)),
+            match at.get(&hit.document.id) {
+                Some(&i) => fused[i].1 += score,
+                None => {
+                    at.insert(hit.document.id.clone(), fused.len());
+                    fused.push((hit, score));
+                }
             }
         }
     }
@@ -384,15 +381,11 @@ impl Search {
         let (info, created) = match store.collection(&collection) {
             Ok(info) => (info, false),
             Err(StoreError::NoCollection(_)) => {
-                let dimension = documents.iter().find(|d| d.vector.is_none()).map_or_else(
-                    || {
-                        documents[0]
-                            .vector
-                            .as_ref()
-                            .map_or(model.dimension, Vec::len)
-                    },
-                    |_| model.dimension,
-                );
+                // Texts to embed take the model's dimension; vectors alone, their own.
+                let dimension = match &documents[0].vector {
+                    Some(v) if documents.iter().all(|d| d.vector.is_some()) => v.len(),
+                    _ => model.dimension,
+                };
                 let model_name = if dimension == model.dimension {
                     &model.name
                 } else {
@@ -444,7 +437,7 @@ impl Search {
             let mut embedded = if texts.is_empty() {
                 Vec::new()
             } else {
-                self.embed(texts, req, out, |_| Ok(()))?
+                self.embed(texts, req, out)?
             }
             .into_iter();
             let mut new = Vec::with_capacity(batch.len());
@@ -532,9 +525,10 @@ impl Search {
         }
         let store = self.store()?;
         if store.collection(&collection).is_ok() {
-            for file in &files {
+            // One transaction per 500 files, not one per file.
+            for chunk in files.chunks(500) {
                 store
-                    .delete(&collection, None, Some(&json!({"path": file})))
+                    .delete(&collection, None, Some(&json!({"path": {"$in": chunk}})))
                     .map_err(store_error)?;
             }
         }
@@ -586,7 +580,7 @@ impl Search {
                         info.model, model.name
                     )));
                 }
-                self.embed(vec![text.to_string()], req, out, |_| Ok(()))?
+                self.embed(vec![text.to_string()], req, out)?
                     .remove(0)
                     .vector
             }
@@ -683,12 +677,7 @@ fn build(args: SearchArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolSe
         search
             .worker
             .start("embedder", "model", handle.clone(), move || {
-                let opened = SqliteStore::open(&db).map_err(|e| e.to_string());
-                if let Err(message) = &opened {
-                    let _ = store.set(Err(message.clone()));
-                    return Err(message.clone());
-                }
-                let _ = store.set(opened);
+                let _ = store.set(SqliteStore::open(&db).map_err(|e| e.to_string())?);
                 engine::load(&folder, &handle, &db, &model)
             })?;
     }
@@ -736,7 +725,7 @@ fn register(server: &mut ToolServer, search: Search) {
                 check_text(text, &format!("text {i}"))?;
             }
             let model = s.model_info()?.clone();
-            let embedded = s.embed(texts, req, out, |_| Ok(()))?;
+            let embedded = s.embed(texts, req, out)?;
             out.emit(
                 Event::new(SearchEvent::Embeddings)
                     .with("model", model.name)
