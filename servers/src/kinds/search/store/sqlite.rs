@@ -166,6 +166,12 @@ impl SqliteStore {
         })
     }
 
+    /// The vector mirrors, to change (a poisoned lock is taken anyway: every change to them
+    /// is one whole `put` or `remove`).
+    fn indexes_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<i64, VectorIndex>> {
+        self.indexes.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A collection's id and its settings.
     fn find(
         &self,
@@ -323,9 +329,7 @@ impl VectorStore for SqliteStore {
             0 => Err(StoreError::Exists(name.into())),
             _ => {
                 let id = connection.last_insert_rowid();
-                self.indexes
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
+                self.indexes_mut()
                     .insert(id, VectorIndex::new(dimension, metric));
                 Ok(CollectionInfo {
                     name: name.into(),
@@ -348,10 +352,7 @@ impl VectorStore for SqliteStore {
         tx.execute("DELETE FROM collections WHERE id = ?", [id])
             .map_err(db_error)?;
         tx.commit().map_err(db_error)?;
-        self.indexes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        self.indexes_mut().remove(&id);
         Ok(gone)
     }
 
@@ -430,7 +431,7 @@ impl VectorStore for SqliteStore {
             }
         }
         tx.commit().map_err(db_error)?;
-        let mut indexes = self.indexes.write().unwrap_or_else(|p| p.into_inner());
+        let mut indexes = self.indexes_mut();
         if let Some(index) = indexes.get_mut(&id) {
             for (rowid, document) in written.iter().zip(&documents) {
                 index.put(*rowid, &document.vector);
@@ -461,7 +462,7 @@ impl VectorStore for SqliteStore {
             rows.collect::<Result<_, _>>().map_err(db_error)?
         };
         tx.commit().map_err(db_error)?;
-        let mut indexes = self.indexes.write().unwrap_or_else(|p| p.into_inner());
+        let mut indexes = self.indexes_mut();
         if let Some(index) = indexes.get_mut(&id) {
             rowids.iter().for_each(|row| index.remove(*row));
         }
