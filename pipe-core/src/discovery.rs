@@ -67,7 +67,8 @@ impl ServerInfo {
     }
 }
 
-/// Tool pipes in `dir`: `(file name, path)` of every FIFO whose name starts with `tool-`.
+/// Tool pipes in `dir`: `(file name, path)` of every FIFO whose name starts with `tool-`, and
+/// of the hidden request pipes (`.tool-<name>-<pid>.req`).
 fn tool_fifos(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         Error::io(
@@ -80,7 +81,8 @@ fn tool_fifos(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_fifo()))
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            name.starts_with(paths::PREFIX).then(|| (name, e.path()))
+            let tool = name.starts_with(paths::PREFIX) || paths::parse_client_pipe(&name).is_some();
+            tool.then(|| (name, e.path()))
         })
         .collect();
     found.sort();
@@ -94,9 +96,10 @@ pub fn server_pipes(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(fifos
         .iter()
         .filter(|(file_name, _)| {
-            !paths::parse_client_pipe(file_name).is_some_and(|(server, _)| {
-                names.contains(&format!("{}{server}", paths::PREFIX).as_str())
-            })
+            file_name.starts_with(paths::PREFIX)
+                && !paths::parse_client_pipe(file_name).is_some_and(|(server, _)| {
+                    names.contains(&format!("{}{server}", paths::PREFIX).as_str())
+                })
         })
         .map(|(file_name, path)| (file_name[paths::PREFIX.len()..].to_string(), path.clone()))
         .collect())

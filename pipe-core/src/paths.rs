@@ -2,7 +2,9 @@
 //!
 //! The names are those of named-pipes 0.4: the server reads `<dir>/tool-<name>`, each client
 //! reads its own `<dir>/tool-<name>-<pid>`. cpipe adds a private request pipe per client,
-//! `<dir>/tool-<name>-<pid>.req`, and a lock file `<dir>/.tool-<name>.lock`.
+//! `<dir>/.tool-<name>-<pid>.req`, and a lock file `<dir>/.tool-<name>.lock`: both hidden by
+//! their leading dot, so no tool discovery (named-pipes' keeps every `tool-*` FIFO whose name
+//! does not end in `-<digits>`) takes them for servers.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +19,9 @@ pub const PREFIX: &str = "tool-";
 
 /// Suffix of a client's private request pipe.
 pub const REQUEST_PIPE_SUFFIX: &str = ".req";
+
+/// Prefix of the files cpipe adds beside the tool pipes: hidden from discovery.
+const HIDDEN: &str = ".";
 
 /// The pipe directory: `CPIPE_DIR` if set and not empty, else `/tmp`.
 pub fn default_dir() -> PathBuf {
@@ -76,15 +81,17 @@ impl ToolPaths {
         self.dir.join(format!("{PREFIX}{}-{pid}", self.name))
     }
 
-    /// A client's private request pipe, `<dir>/tool-<name>-<pid>.req`.
+    /// A client's private request pipe, `<dir>/.tool-<name>-<pid>.req`.
     pub fn request_pipe(&self, pid: u32) -> PathBuf {
-        self.dir
-            .join(format!("{PREFIX}{}-{pid}{REQUEST_PIPE_SUFFIX}", self.name))
+        self.dir.join(format!(
+            "{HIDDEN}{PREFIX}{}-{pid}{REQUEST_PIPE_SUFFIX}",
+            self.name
+        ))
     }
 
     /// The lock file that keeps one server per name, `<dir>/.tool-<name>.lock`.
     pub fn lock_file(&self) -> PathBuf {
-        self.dir.join(format!(".{PREFIX}{}.lock", self.name))
+        self.dir.join(format!("{HIDDEN}{PREFIX}{}.lock", self.name))
     }
 }
 
@@ -93,11 +100,15 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
 }
 
-/// If `file_name` is a client pipe of some tool (`tool-<name>-<pid>` or with `.req`),
-/// returns that tool's name and the client's pid.
+/// If `file_name` is a client pipe of some tool (`tool-<name>-<pid>`, or the request pipe
+/// `.tool-<name>-<pid>.req`), returns that tool's name and the client's pid.
 pub fn parse_client_pipe(file_name: &str) -> Option<(&str, u32)> {
-    let rest = file_name.strip_prefix(PREFIX)?;
-    let rest = rest.strip_suffix(REQUEST_PIPE_SUFFIX).unwrap_or(rest);
+    let rest = match file_name.strip_prefix(HIDDEN) {
+        Some(hidden) => hidden
+            .strip_prefix(PREFIX)?
+            .strip_suffix(REQUEST_PIPE_SUFFIX)?,
+        None => file_name.strip_prefix(PREFIX)?,
+    };
     let (name, pid) = rest.rsplit_once('-')?;
     if name.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -114,7 +125,7 @@ mod tests {
         let p = ToolPaths::new("/tmp", "chat");
         assert_eq!(p.upstream(), Path::new("/tmp/tool-chat"));
         assert_eq!(p.downstream(42), Path::new("/tmp/tool-chat-42"));
-        assert_eq!(p.request_pipe(42), Path::new("/tmp/tool-chat-42.req"));
+        assert_eq!(p.request_pipe(42), Path::new("/tmp/.tool-chat-42.req"));
         assert_eq!(p.lock_file(), Path::new("/tmp/.tool-chat.lock"));
     }
 
@@ -141,9 +152,11 @@ mod tests {
     fn recognises_client_pipes() {
         assert_eq!(parse_client_pipe("tool-chat-123"), Some(("chat", 123)));
         assert_eq!(
-            parse_client_pipe("tool-my-tool-7.req"),
+            parse_client_pipe(".tool-my-tool-7.req"),
             Some(("my-tool", 7))
         );
+        assert_eq!(parse_client_pipe("tool-chat-7.req"), None);
+        assert_eq!(parse_client_pipe(".tool-chat-7"), None);
         assert_eq!(parse_client_pipe("tool-chat"), None);
         assert_eq!(parse_client_pipe("tool-chat-x1"), None);
         assert_eq!(parse_client_pipe("tool--5"), None);

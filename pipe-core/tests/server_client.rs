@@ -1,6 +1,7 @@
 //! pipe-core's two sides together, in one process: a `ToolServer` with real handlers on real
 //! FIFOs, driven by the crate's own `Client`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -183,4 +184,24 @@ fn get_interface_describes_the_registered_commands() {
     assert!(commands
         .iter()
         .any(|c| c["name"] == "ping" && c["builtin"] == true));
+}
+
+#[test]
+fn a_line_naming_another_sender_in_a_request_pipe_is_refused() {
+    let server = Running::start("foreign");
+    let mut client = server.client("foreign");
+    let pipe = server
+        .dir
+        .join(format!(".tool-foreign-{}.req", std::process::id()));
+    assert!(pipe.exists(), "no request pipe at {}", pipe.display());
+    // What a discovery that took this pipe for a server's would write.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pipe)
+        .unwrap()
+        .write_all(b"{\"pid\": 999999, \"cmd\": \"stop\"}\n")
+        .unwrap();
+    let pong = client.call("ping", Value::Null).unwrap();
+    assert!(pong[0].is(pipe_core::ProtocolEvent::Pong), "{:?}", pong);
+    assert!(!server.handle.is_stopping(), "the foreign stop was obeyed");
 }

@@ -283,7 +283,7 @@ fn a_killed_client_is_noticed_and_its_stream_stopped() {
     assert!(eventually(Duration::from_secs(5), || subscribers(
         &dir, "echo"
     ) == 1));
-    let killed_pipe = dir.path().join(format!("tool-echo-{}.req", child.id()));
+    let killed_pipe = dir.path().join(format!(".tool-echo-{}.req", child.id()));
     assert!(
         eventually(Duration::from_secs(5), || !killed_pipe.exists()),
         "the killed client's request pipe was left behind"

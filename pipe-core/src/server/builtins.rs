@@ -87,6 +87,18 @@ impl Listener {
             }
         };
         if let Source::Private(owner) = source {
+            // Only its owner writes a request pipe; a line naming another sender came from a
+            // process that took the pipe for something else (a discovery that mistook it for
+            // a server's), and obeying it would act for a client that never asked.
+            if request.pid.is_some_and(|pid| pid != owner) {
+                tracing::warn!(
+                    owner,
+                    sender = request.pid,
+                    cmd = %request.cmd,
+                    "refused a request written into another client's request pipe"
+                );
+                return;
+            }
             request.pid = Some(owner);
         }
         let pid = request.pid;
