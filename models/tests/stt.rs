@@ -129,6 +129,12 @@ fn two_utterances_separated_by_silence_give_two_transcripts() {
             _ => None,
         })
         .collect();
+    // Every speech_start is followed by its utterance (a click announces nothing).
+    assert_eq!(
+        starts,
+        utterances.len(),
+        "a speech_start without its utterance"
+    );
     // JFK pauses inside his sentence too; the silence between the two clips must split them.
     assert!(
         starts >= 2 && utterances.len() >= 2,

@@ -25,7 +25,7 @@ Examples:
   cpipe --serve echo &                         start the protocol test server
   cpipe echo ping                              {\"event\":\"pong\",...}
   cpipe echo echo -j msg=hello -j n=3          fields merged into the request
-  cpipe echo stream --data '{\"n\":3}' -j text=hi --text
+  cpipe echo stream -j n=3 -j text=hi --text
   cpipe echo get_interface                     every command, its arguments and events
   cpipe --list                                 servers with state, pid, subscribers
   cpipe echo stop

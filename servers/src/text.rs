@@ -47,6 +47,11 @@ pub fn piece(event: &Event) -> Piece {
     if event.is(ServerEvent::Done) || event.is(ProtocolEvent::End) {
         return Piece::Nothing;
     }
+    // An event that carries text (a reply, a transcript, a spoken sentence) reads as its text;
+    // its other fields (usage, segments, audio) are for programs, which read JSON.
+    if let Some(text) = event.str("text") {
+        return Piece::Line(text.into());
+    }
     let payload: Fields = event
         .fields()
         .iter()
@@ -125,6 +130,7 @@ mod tests {
             json!({"event": "token", "text": "", "done": true, "id": 1}),
             json!({"event": "done", "usage": {"completion_tokens": 2}}),
             json!({"event": "echo", "msg": "hi", "n": 2}),
+            json!({"event": "transcript", "text": "And so", "segments": [], "duration": 11.0}),
             json!({"event": "token", "text": "cut", "done": false}),
             json!({"event": "error", "code": "cancelled", "message": "stopped"}),
         ] {
@@ -132,7 +138,7 @@ mod tests {
         }
         assert_eq!(
             out,
-            "inferring\nHello\n{\"msg\":\"hi\",\"n\":2}\ncut\nerror (cancelled): stopped\n"
+            "inferring\nHello\n{\"msg\":\"hi\",\"n\":2}\nAnd so\ncut\nerror (cancelled): stopped\n"
         );
     }
 }

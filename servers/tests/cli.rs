@@ -61,3 +61,34 @@ fn a_flag_of_another_kind_is_refused_with_the_kinds_own() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--stall-timeout must be a positive"));
 }
+
+#[test]
+fn the_echo_examples_in_help_work_as_written() {
+    let dir = TestDir::new("cliexamples");
+    let help = text(&dir.run(&["--help"]).stdout);
+    let _server = dir.serve("echo", &[]);
+    let bin = std::path::Path::new(cpipe_bin()).parent().unwrap();
+    let examples: Vec<&str> = help
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("cpipe echo "))
+        // An example's comment follows two or more spaces.
+        .map(|rest| rest.split("  ").next().unwrap().trim())
+        .collect();
+    assert!(examples.len() >= 4, "too few echo examples:\n{help}");
+    for example in examples {
+        // Through a shell, as a user types it; `stop` last, as the help lists it.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cpipe echo {example}"))
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .env("CPIPE_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "`cpipe echo {example}` failed: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+}

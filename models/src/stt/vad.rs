@@ -170,7 +170,7 @@ impl Segmenter {
     pub fn current(&self) -> Option<(f32, &[f32])> {
         self.speech
             .as_ref()
-            .filter(|s| s.silent_windows == 0)
+            .filter(|s| s.silent_windows == 0 && s.speech_windows >= self.min_speech_windows())
             .map(|s| (s.start as f32 / 16_000.0, s.samples.as_slice()))
     }
 
@@ -207,15 +207,13 @@ impl Segmenter {
                     let start = window_start - padding.len();
                     let mut samples = padding;
                     samples.extend_from_slice(window);
-                    events.push(VadEvent::SpeechStart {
-                        at: start as f32 / 16_000.0,
-                    });
                     self.speech = Some(Speech {
                         start,
                         samples,
                         silent_windows: 0,
-                        speech_windows: 1,
+                        speech_windows: 0,
                     });
+                    events.extend(self.count_speech_window());
                 }
                 None => {
                     self.before.extend(window.iter().copied());
@@ -227,10 +225,11 @@ impl Segmenter {
                     speech.samples.extend_from_slice(window);
                     if is_speech {
                         speech.silent_windows = 0;
-                        speech.speech_windows += 1;
+                        events.extend(self.count_speech_window());
                     } else {
                         speech.silent_windows += 1;
                     }
+                    let speech = self.speech.as_ref().expect("speech goes on");
                     if speech.silent_windows >= end_after || speech.samples.len() >= max_len {
                         events.extend(self.finish());
                     }
@@ -239,6 +238,18 @@ impl Segmenter {
         }
         self.pending.drain(..offset);
         Ok(events)
+    }
+
+    /// Counts a window of speech in the utterance under way. Speech is announced once it has
+    /// lasted long enough to be more than a click (`min_speech_ms`): every `SpeechStart` is then
+    /// followed by its `Utterance`, and a click announces nothing.
+    fn count_speech_window(&mut self) -> Option<VadEvent> {
+        let min_windows = self.min_speech_windows();
+        let speech = self.speech.as_mut()?;
+        speech.speech_windows += 1;
+        (speech.speech_windows == min_windows.max(1)).then(|| VadEvent::SpeechStart {
+            at: speech.start as f32 / 16_000.0,
+        })
     }
 
     /// Ends the stream: the utterance in progress, if any, is complete.
@@ -261,12 +272,16 @@ impl Segmenter {
     /// How many of `speech`'s samples its utterance keeps, were it to end now: all but the
     /// trailing silence beyond `tail_ms`. `None` for a click, too short to be speech.
     fn kept(&self, speech: &Speech) -> Option<usize> {
-        let min_windows = (self.settings.min_speech_ms as usize * 16).div_ceil(WINDOW);
-        if speech.speech_windows < min_windows {
+        if speech.speech_windows < self.min_speech_windows() {
             return None;
         }
         let trim = speech.silent_windows.saturating_sub(self.kept_silence()) * WINDOW;
         Some(speech.samples.len().saturating_sub(trim))
+    }
+
+    /// Windows of speech an utterance needs: fewer are a click.
+    fn min_speech_windows(&self) -> usize {
+        (self.settings.min_speech_ms as usize * 16).div_ceil(WINDOW)
     }
 
     /// Windows of silence kept at the end of an utterance.
