@@ -18,7 +18,7 @@ pub struct CommandSpec {
     /// JSON Schema of the request's fields (besides `pid`, `cmd` and `id`).
     pub args: Value,
     /// The events the command emits to its client.
-    pub emits: Vec<String>,
+    pub emits: Vec<EventName>,
     /// One of the commands every server answers itself (`ping`, `get_state`, ...), marked
     /// so that programs listing a server's own commands can leave them out.
     pub builtin: bool,
@@ -44,7 +44,7 @@ impl CommandSpec {
 
     /// Declares the events the command emits.
     pub fn emits<E: Into<EventName> + Copy>(mut self, events: &[E]) -> Self {
-        self.emits = events.iter().map(|&e| e.into().as_str().into()).collect();
+        self.emits = events.iter().map(|&e| e.into()).collect();
         self
     }
 
@@ -54,7 +54,7 @@ impl CommandSpec {
             "name": self.name,
             "summary": self.summary,
             "args": self.args,
-            "emits": self.emits,
+            "emits": self.emits.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
         });
         if self.builtin {
             json["builtin"] = true.into();

@@ -22,6 +22,7 @@ pub mod framing;
 mod interface;
 mod message;
 mod name_lock;
+pub mod named_interface;
 pub mod paths;
 mod poll;
 mod processes;

@@ -5,26 +5,31 @@
 
 use std::fmt;
 
-/// The name of an event: its `"event"` field.
+/// The name of an event: its `"event"` field, and what the event means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct EventName(&'static str);
+pub struct EventName(&'static str, &'static str);
 
-/// The name of a server state, as `get_state` and `state_changed` carry it.
+/// The name of a server state, as `get_state` and `state_changed` carry it, and what it means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct StateName(&'static str);
+pub struct StateName(&'static str, &'static str);
 
 macro_rules! name_type {
     ($ty:ident) => {
         impl $ty {
-            /// Declares a name. Only vocabularies call this, once per name; everything else
-            /// uses their variants.
-            pub const fn declare(name: &'static str) -> Self {
-                Self(name)
+            /// Declares a name and its meaning (the variant's doc comment). Only vocabularies
+            /// call this, once per name; everything else uses their variants.
+            pub const fn declare(name: &'static str, description: &'static str) -> Self {
+                Self(name, description)
             }
 
             /// The name as written on the wire.
             pub const fn as_str(self) -> &'static str {
                 self.0
+            }
+
+            /// What it means, from its vocabulary's doc comment (for interface descriptions).
+            pub fn description(self) -> &'static str {
+                self.1.trim()
             }
         }
 
@@ -56,13 +61,13 @@ macro_rules! vocabulary {
     (
         $(#[$meta:meta])*
         $vis:vis enum $name:ident: $kind:ident {
-            $($(#[$variant_meta:meta])* $variant:ident = $wire:literal,)*
+            $($(#[doc = $doc:literal])* $variant:ident = $wire:literal,)*
         }
     ) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         $vis enum $name {
-            $($(#[$variant_meta])* $variant,)*
+            $($(#[doc = $doc])* $variant,)*
         }
 
         impl $name {
@@ -80,13 +85,15 @@ macro_rules! vocabulary {
             /// The typed wire name, for constants.
             #[allow(dead_code)]
             pub const fn name(self) -> $crate::$kind {
-                $crate::$kind::declare(self.as_str())
+                match self {
+                    $(Self::$variant => $crate::$kind::declare($wire, concat!($($doc),*)),)*
+                }
             }
         }
 
         impl From<$name> for $crate::$kind {
             fn from(name: $name) -> Self {
-                $crate::$kind::declare(name.as_str())
+                name.name()
             }
         }
 
@@ -119,6 +126,8 @@ vocabulary! {
         Config = "config",
         /// The answer to `get_interface`.
         Interface = "interface",
+        /// The answer to `list_interfaces`: the named interfaces the server implements.
+        Interfaces = "interfaces",
         /// A request failed.
         Error = "error",
         /// The last event of a request that carried an `id`.

@@ -205,3 +205,56 @@ fn a_line_naming_another_sender_in_a_request_pipe_is_refused() {
     assert!(pong[0].is(pipe_core::ProtocolEvent::Pong), "{:?}", pong);
     assert!(!server.handle.is_stopping(), "the foreign stop was obeyed");
 }
+
+#[test]
+fn named_interfaces_answer_in_named_pipes_0_7_shape() {
+    let server = Running::start("named");
+    let mut client = server.client("named");
+    let listed = client.call("list_interfaces", Value::Null).unwrap();
+    assert_eq!(listed[0].get("interfaces"), Some(&json!(["base", "named"])));
+
+    let own = client
+        .call("get_interface", json!({"name": "named"}))
+        .unwrap();
+    let interface = own[0].get("interface").unwrap();
+    assert_eq!(interface["name"], "named");
+    let ticks = interface["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "ticks")
+        .unwrap();
+    assert_eq!(
+        ticks["args"],
+        json!([{"name": "n", "description": "", "type": "int", "required": true, "default": null}])
+    );
+    assert!(interface["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "tick" && e["description"] == "One streamed piece."));
+
+    let base = client
+        .call("get_interface", json!({"name": "base"}))
+        .unwrap();
+    let names: Vec<&str> = base[0].get("interface").unwrap()["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"ping") && names.contains(&"list_interfaces"));
+    assert!(!names.contains(&"subscribe"), "{names:?}");
+
+    // An unknown name is an error that says what there is; a bare get_interface is cpipe's.
+    let error = client
+        .call("get_interface", json!({"name": "tts"}))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("unknown interface 'tts'") && error.contains("base, named"),
+        "{error}"
+    );
+    let bare = client.call("get_interface", Value::Null).unwrap();
+    assert!(bare[0].get("commands").is_some());
+}

@@ -92,7 +92,7 @@ pub fn listen_source(listen: &str) -> anyhow::Result<Option<crate::kinds::stt::S
     Ok(match listen {
         "none" => None,
         "auto" => {
-            let (_, default) = crate::kinds::stt::list_devices();
+            let (_, default) = crate::kinds::stt::input_devices();
             if default.is_none() {
                 tracing::warn!(
                     "no microphone: not listening (send listen with a file, or push audio)"

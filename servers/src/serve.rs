@@ -146,7 +146,8 @@ impl Serve {
             .dir(&common.dir)
             .limits(limits)
             .description(kind.summary)
-            .help(kind.help);
+            .help(kind.help)
+            .interface(kind.name);
         let server = (kind.build)(&matches, builder)?;
         let handle = server.handle_ref();
         let mut signals = signal_hook::iterator::Signals::new([

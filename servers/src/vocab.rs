@@ -34,8 +34,14 @@ pipe_core::vocabulary! {
         Listening = "listening",
         /// stt: the answer to pause.
         Paused = "paused",
-        /// stt: the answer to list_devices.
+        /// stt: the answer to list_devices: the input devices, `{index, name, channels}`.
         Devices = "devices",
+        /// stt: the answer to get_device and set_device: the selected input device's index
+        /// (null: the default).
+        Device = "device",
+        /// stt: the text of the utterance under way so far, re-sent as it grows, and its final
+        /// text (named-pipes 0.7).
+        Speech = "speech",
     }
 }
 
@@ -56,5 +62,9 @@ pipe_core::vocabulary! {
         Transcribing = "transcribing",
         /// stt: a live source runs.
         Listening = "listening",
+        /// stt: loaded, not listening (named-pipes 0.7; `start` listens).
+        Ready = "ready",
+        /// stt: listening was paused by `pause`.
+        Paused = "paused",
     }
 }

@@ -179,7 +179,7 @@ fn a_file_as_microphone_streams_transcripts_to_subscribers() {
             let played = started.elapsed() > Duration::from_secs(20);
             let of = |name: &str| events.iter().filter(|(n, _)| n == name).count();
             let all_in = of("speech_end") >= 2 && of("transcript") >= of("speech_end");
-            if played && all_in && state(&dir) == "idle" {
+            if played && all_in && state(&dir) == "ready" {
                 break;
             }
             continue;
@@ -203,7 +203,23 @@ fn a_file_as_microphone_streams_transcripts_to_subscribers() {
     assert!(transcripts.len() >= 2, "{transcripts:?}");
     let reference = format!("{JFK} Please open the window and let the fresh air in.");
     assert!(word_error_rate(&reference, &all) <= 0.15, "{all}");
-    assert!(count("token") >= 2, "named-pipes clients read token events");
+    assert!(
+        count("token") >= 2,
+        "named-pipes 0.4 clients read token events"
+    );
+    let speech: Vec<&str> = events
+        .iter()
+        .filter(|(n, _)| n == "speech")
+        .map(|(_, e)| e["text"].as_str().unwrap())
+        .collect();
+    // named-pipes 0.7 clients read the utterance so far, and its final text, from `speech`.
+    assert!(speech.len() > transcripts.len(), "{speech:?}");
+    for transcript in &transcripts {
+        assert!(
+            speech.contains(&transcript.as_str()),
+            "{transcript} not in {speech:?}"
+        );
+    }
     // Transcripts come in order, with times that follow the clip.
     let starts: Vec<f64> = events
         .iter()
@@ -347,7 +363,7 @@ fn import_whisper_writes_a_model_that_the_server_loads() {
         "stt",
         &["--whisper", out_file.to_str().unwrap(), "--listen", "none"],
     );
-    assert!(eventually(Duration::from_secs(60), || state(&dir) == "idle"));
+    assert!(eventually(Duration::from_secs(60), || state(&dir) == "ready"));
 }
 
 /// A WAV header that says `rate` Hz, with a little silence after it.
@@ -401,7 +417,7 @@ fn audio_at_a_rate_no_speech_has_is_refused_before_any_work() {
         "data=AAAAAA==",
     ]);
     assert_eq!(json_lines(&out)[0]["code"], "invalid_request");
-    assert_eq!(dir.state_of("stt"), "idle");
+    assert_eq!(dir.state_of("stt"), "ready");
 }
 
 #[test]
@@ -453,5 +469,57 @@ fn audio_longer_than_a_request_may_bring_is_refused_before_any_work() {
         "{}",
         text(&out.stdout)
     );
-    assert_eq!(dir.state_of("stt"), "idle");
+    assert_eq!(dir.state_of("stt"), "ready");
+}
+
+/// named-pipes 0.7's device commands, on a machine that may have no microphone (CI has none).
+#[test]
+fn device_commands_answer_clearly_with_or_without_a_microphone() {
+    let dir = TestDir::new("sttdevices");
+    let _server = start(&dir);
+    let mut client = client(&dir);
+    assert_eq!(state(&dir), "ready");
+    let listed = client.call("list_devices", Value::Null).unwrap();
+    let devices = listed[0]
+        .get("devices")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone();
+    for device in &devices {
+        assert!(
+            device["index"].is_u64() && device["name"].is_string() && device["channels"].is_u64()
+        );
+    }
+    let device = client.call("get_device", Value::Null).unwrap();
+    assert_eq!(device[0].get("device"), Some(&Value::Null));
+
+    let error = client
+        .call("set_device", json!({"device": 999}))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no input device matching '999'"), "{error}");
+    let error = client
+        .call("set_device", json!({"device": "no such microphone"}))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("list_devices"), "{error}");
+    let chosen = client.call("set_device", json!({"device": null})).unwrap();
+    assert_eq!(chosen[0].get("device"), Some(&Value::Null));
+
+    if devices.is_empty() {
+        let error = client.call("start", Value::Null).unwrap_err().to_string();
+        assert!(error.contains("no microphone"), "{error}");
+        assert_eq!(state(&dir), "ready");
+    }
+    let paused = client.call("pause", Value::Null).unwrap();
+    assert_eq!(paused[0].get("was_listening"), Some(&json!(false)));
+    assert_eq!(state(&dir), "paused");
+    // Listening to a file leaves paused; when the file ends, the server is ready again.
+    let clip = jfk_wav();
+    let listening = client
+        .call("listen", json!({"file": clip, "realtime": false}))
+        .unwrap();
+    assert_eq!(listening[0].name(), "listening");
+    assert!(eventually(Duration::from_secs(60), || state(&dir) == "ready"));
 }

@@ -12,7 +12,7 @@ use crate::fifo;
 use crate::name_lock::NameLock;
 use crate::paths::{self, ToolPaths};
 use crate::poll::Waker;
-use crate::vocabulary::StateName;
+use crate::vocabulary::{EventName, StateName};
 
 /// Configures a server before it binds its name.
 pub struct Builder {
@@ -22,6 +22,8 @@ pub struct Builder {
     pub(super) help: Option<String>,
     pub(super) state: StateName,
     pub(super) limits: Limits,
+    pub(super) interface: Option<String>,
+    pub(super) broadcasts: Vec<EventName>,
 }
 
 impl Builder {
@@ -49,6 +51,20 @@ impl Builder {
         self
     }
 
+    /// The name of the interface the server's own commands form, as named-pipes 0.7's
+    /// `list_interfaces` lists it (default: the server's name); cpipe's kinds use their kind.
+    pub fn interface(mut self, name: impl Into<String>) -> Self {
+        self.interface = Some(name.into());
+        self
+    }
+
+    /// Declares the events the server broadcasts to every subscriber (besides
+    /// `state_changed`), so that interface descriptions list them.
+    pub fn broadcasts<E: Into<EventName> + Copy>(mut self, events: &[E]) -> Self {
+        self.broadcasts = events.iter().map(|&e| e.into()).collect();
+        self
+    }
+
     /// Overrides the default [`Limits`].
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -60,6 +76,7 @@ impl Builder {
         if !paths::valid_name(&self.name) {
             return Err(Error::InvalidName(self.name));
         }
+        let interface = self.interface.unwrap_or_else(|| self.name.clone());
         let paths = ToolPaths::new(self.dir, self.name);
         create_dir(paths.dir())?;
         let lock = NameLock::acquire(&paths)?;
@@ -84,6 +101,8 @@ impl Builder {
             paths,
             description: self.description,
             help,
+            interface,
+            broadcasts: self.broadcasts,
             config: RwLock::new(Fields::new()),
             commands: RwLock::new(HashMap::new()),
             limits: self.limits,

@@ -13,7 +13,7 @@ use crate::interface::CommandSpec;
 use crate::message::{ErrorCode, Event, ParseOutcome, Request, ToolError};
 use crate::sync::{lock, read};
 use crate::vocabulary::ProtocolEvent;
-use crate::{fifo, PROTOCOL_VERSION};
+use crate::{fifo, named_interface, PROTOCOL_VERSION};
 
 /// The commands every server answers itself.
 pub(crate) fn builtin_specs() -> Vec<CommandSpec> {
@@ -45,10 +45,19 @@ pub(crate) fn builtin_specs() -> Vec<CommandSpec> {
             .emits(&[ProtocolEvent::Config]),
         CommandSpec::new(
             "get_interface",
-            "Every command with its argument schema and events.",
+            "Every command with its argument schema and events; with a name, that named \
+             interface in named-pipes 0.7's shape.",
+        )
+        .args(json!({"type": "object", "properties": {
+            "name": {"type": "string", "description":
+                "A named interface (list_interfaces names them)."}}}))
+        .emits(&[ProtocolEvent::Interface]),
+        CommandSpec::new(
+            "list_interfaces",
+            "The named interfaces this server implements (named-pipes 0.7).",
         )
         .args(no_args.clone())
-        .emits(&[ProtocolEvent::Interface]),
+        .emits(&[ProtocolEvent::Interfaces]),
         CommandSpec::new("cancel", "Cancel one of your own requests by its id.")
             .args(
                 json!({"type": "object", "required": ["target"], "properties": {
@@ -145,8 +154,19 @@ impl Listener {
                 event.set_all(&read(&self.shared.config));
                 self.reply(pid, id, event);
             }
-            "get_interface" => {
-                let event = self.interface();
+            "get_interface" => match request.get("name") {
+                None | Some(Value::Null) => {
+                    let event = self.interface();
+                    self.reply(pid, id, event);
+                }
+                Some(name) => match self.named_interface(name) {
+                    Ok(event) => self.reply(pid, id, event),
+                    Err(error) => self.reply_error(pid, id, error),
+                },
+            },
+            "list_interfaces" => {
+                let names = self.interface_names();
+                let event = Event::new(ProtocolEvent::Interfaces).with("interfaces", names);
                 self.reply(pid, id, event);
             }
             "cancel" => self.cancel(&request),
@@ -207,6 +227,65 @@ impl Listener {
             .with("description", self.shared.description.clone())
             .with("protocol", PROTOCOL_VERSION)
             .with("commands", commands)
+    }
+
+    /// The named interfaces (named-pipes 0.7): `base`, and the server's own if it has
+    /// commands.
+    fn interface_names(&self) -> Vec<String> {
+        let mut names = vec![named_interface::BASE.to_string()];
+        if !read(&self.shared.commands).is_empty() {
+            names.push(self.shared.interface.clone());
+        }
+        names
+    }
+
+    /// `get_interface {"name": ...}`: one named interface in named-pipes 0.7's shape. The
+    /// built-ins that only connect (`subscribe`, `unsubscribe`) are the protocol's, not
+    /// commands to offer, and are left out of `base`.
+    fn named_interface(&self, name: &Value) -> Result<Event, ToolError> {
+        let known = self.interface_names();
+        let interface = match name.as_str() {
+            Some(named_interface::BASE) => {
+                let specs = builtin_specs();
+                let commands: Vec<&CommandSpec> = specs
+                    .iter()
+                    .filter(|s| !matches!(s.name.as_str(), "subscribe" | "unsubscribe"))
+                    .collect();
+                named_interface::describe(
+                    named_interface::BASE,
+                    "Built-in commands every server answers.",
+                    &commands,
+                    &[
+                        ProtocolEvent::StateChanged.into(),
+                        ProtocolEvent::Error.into(),
+                    ],
+                )
+            }
+            Some(own) if known.iter().any(|k| k == own) => {
+                let registered = read(&self.shared.commands);
+                let mut commands: Vec<&CommandSpec> =
+                    registered.values().map(|c| &c.spec).collect();
+                commands.sort_by(|a, b| a.name.cmp(&b.name));
+                named_interface::describe(
+                    own,
+                    &self.shared.description,
+                    &commands,
+                    &self.shared.broadcasts,
+                )
+            }
+            _ => {
+                return Err(ToolError::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "unknown interface '{}': this server implements {} (list_interfaces); \
+                         without a name, get_interface describes every command",
+                        name.as_str().map_or_else(|| name.to_string(), String::from),
+                        known.join(", ")
+                    ),
+                ))
+            }
+        };
+        Ok(Event::new(ProtocolEvent::Interface).with("interface", interface))
     }
 
     fn cancel(&mut self, request: &Request) {

@@ -57,7 +57,7 @@ use crate::name_lock::NameLock;
 use crate::paths::{self, ToolPaths};
 use crate::poll::Waker;
 use crate::sync::{lock, write};
-use crate::vocabulary::{ProtocolEvent, ProtocolState, StateName};
+use crate::vocabulary::{EventName, ProtocolEvent, ProtocolState, StateName};
 use subscriber::{Subscriber, Wait};
 
 /// A command handler: reads the request, emits events through the [`Responder`].
@@ -102,6 +102,8 @@ impl ToolServer {
             help: None,
             state: ProtocolState::Running.into(),
             limits: Limits::default(),
+            interface: None,
+            broadcasts: Vec::new(),
         }
     }
 
@@ -187,6 +189,10 @@ struct Shared {
     paths: ToolPaths,
     description: String,
     help: String,
+    /// The name of the interface the server's own commands form (named-pipes 0.7).
+    interface: String,
+    /// The events the server broadcasts, for interface descriptions.
+    broadcasts: Vec<EventName>,
     config: RwLock<Fields>,
     commands: RwLock<HashMap<String, Command>>,
     limits: Limits,

@@ -105,7 +105,8 @@ pub fn serve(dir: &Path, args: &[&str]) -> Result<BenchServer> {
     Ok(BenchServer { child })
 }
 
-/// Connects to `name` once it has loaded its model (state `idle`).
+/// Connects to `name` once it has loaded its model (any state but `loading`; stt rests at
+/// `ready` or `listening`, the others at `idle`).
 pub fn connect_ready(dir: &Path, name: &str) -> Result<Client> {
     let options = ConnectOptions {
         dir: dir.into(),
@@ -124,10 +125,14 @@ pub fn connect_ready(dir: &Path, name: &str) -> Result<Client> {
     loop {
         let state = client.call("get_state", Value::Null)?;
         match state.first().and_then(|e| e.str("state")) {
-            Some("idle") => return Ok(client),
             Some("error") => bail!("the {name} server failed to load its model"),
-            _ if start.elapsed() > Duration::from_secs(60) => bail!("{name} never became idle"),
-            _ => std::thread::sleep(Duration::from_millis(50)),
+            Some("loading") | None => {
+                if start.elapsed() > Duration::from_secs(60) {
+                    bail!("{name} did not load its model within a minute");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Some(_) => return Ok(client),
         }
     }
 }

@@ -108,12 +108,16 @@ impl TestDir {
 }
 
 impl TestDir {
-    /// Starts `cpipe --serve KIND ARGS` and waits until its model has loaded (state `idle`).
+    /// Starts `cpipe --serve KIND ARGS` and waits until its model has loaded (any state but
+    /// `loading` and `error`).
     pub fn serve_loaded(&self, kind: &str, args: &[&str]) -> Server {
         let server = self.serve(kind, args);
         let name = server.name.clone();
         assert!(
-            eventually(Duration::from_secs(120), || self.state_of(&name) == "idle"),
+            eventually(Duration::from_secs(120), || !matches!(
+                self.state_of(&name).as_str(),
+                "loading" | "error"
+            )),
             "the {kind} server did not load its model: state {}",
             self.state_of(&name)
         );

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use models::stt::{Segment, SileroVad, SttError, Whisper, SAMPLE_RATE};
 use pipe_core::{
@@ -11,8 +11,8 @@ use pipe_core::{
 };
 use serde_json::json;
 
-use super::live::Shared;
-use super::{source, Source, SttOptions};
+use super::live::{LiveInput, Shared};
+use super::{Source, SttOptions};
 use crate::engine::{Engine, Pending, Place, Work, Worker};
 use crate::lock;
 use crate::vocab::ServerState;
@@ -121,7 +121,7 @@ pub(super) fn load(options: SttOptions, shared: Shared) -> Result<WhisperEngine,
     Ok(WhisperEngine {
         whisper,
         language: options.language,
-        live: Arc::clone(&shared.live),
+        live: shared.live.clone(),
         first_source: options.listen.map(|source| (shared, source)),
     })
 }
@@ -130,8 +130,8 @@ pub(super) fn load(options: SttOptions, shared: Shared) -> Result<WhisperEngine,
 pub(super) struct WhisperEngine {
     whisper: Whisper,
     language: Option<String>,
-    /// The live source, when one runs: the state rests at `listening` then.
-    live: Arc<Mutex<Option<source::Running>>>,
+    /// Whether live audio runs: it decides the state at rest.
+    live: LiveInput,
     /// The source to listen to once loaded (`--listen`).
     first_source: Option<(Shared, Source)>,
 }
@@ -172,11 +172,7 @@ impl Engine for WhisperEngine {
     }
 
     fn rest_state(&self) -> StateName {
-        if lock(&self.live).is_some() {
-            ServerState::Listening.name()
-        } else {
-            ServerState::Idle.name()
-        }
+        self.live.rest_state().name()
     }
 
     fn ready(&mut self) {

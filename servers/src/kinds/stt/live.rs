@@ -41,9 +41,11 @@ fn publish_in_order(server: &ServerHandle, partial_busy: &AtomicBool, pending: R
                     if !text.is_empty() {
                         server.broadcast(
                             &Event::new(ServerEvent::Partial)
-                                .with("text", text)
+                                .with("text", text.clone())
                                 .with("start", round(start)),
                         );
+                        // named-pipes 0.7's clients show the utterance so far from `speech`.
+                        server.broadcast(&Event::new(ServerEvent::Speech).with("text", text));
                     }
                 }
                 partial_busy.store(false, Ordering::Release);
@@ -53,7 +55,9 @@ fn publish_in_order(server: &ServerHandle, partial_busy: &AtomicBool, pending: R
                     let text = joined(&segments);
                     server.broadcast(&transcript_event(&segments, start, end));
                     if !text.is_empty() {
-                        // named-pipes' stt clients read transcribed text as token events.
+                        server
+                            .broadcast(&Event::new(ServerEvent::Speech).with("text", text.clone()));
+                        // named-pipes 0.4's stt clients read transcribed text as token events.
                         server.broadcast(
                             &Event::new(ServerEvent::Token).with("text", format!("{text} ")),
                         );
@@ -66,6 +70,54 @@ fn publish_in_order(server: &ServerHandle, partial_busy: &AtomicBool, pending: R
     }
 }
 
+/// Whether live audio runs, which decides the server's state at rest.
+#[derive(Clone, Default)]
+pub(super) struct LiveInput {
+    /// The live source, when one runs.
+    running: Arc<Mutex<Option<source::Running>>>,
+    /// Listening was stopped by `pause` (the state rests at `paused`, not `ready`).
+    paused: Arc<AtomicBool>,
+}
+
+impl LiveInput {
+    /// The state with no transcription running: `listening` while a source runs, `paused`
+    /// after `pause`, else `ready`.
+    pub(super) fn rest_state(&self) -> ServerState {
+        if lock(&self.running).is_some() {
+            ServerState::Listening
+        } else if self.paused.load(Ordering::Acquire) {
+            ServerState::Paused
+        } else {
+            ServerState::Ready
+        }
+    }
+
+    /// What runs now, if anything.
+    pub(super) fn source(&self) -> Option<Source> {
+        lock(&self.running).as_ref().map(|r| r.source.clone())
+    }
+
+    /// Makes `running` the live source, stopping the one before.
+    fn replace(&self, running: source::Running) {
+        *lock(&self.running) = Some(running);
+        self.paused.store(false, Ordering::Release);
+    }
+
+    /// Forgets source `id` once it has ended by itself (a file ran out).
+    fn ended(&self, id: usize) {
+        let mut running = lock(&self.running);
+        if running.as_ref().is_some_and(|r| r.id() == id) {
+            *running = None;
+        }
+    }
+
+    /// Stops the live source (`pause`); says whether one ran.
+    fn pause(&self) -> bool {
+        self.paused.store(true, Ordering::Release);
+        lock(&self.running).take().is_some()
+    }
+}
+
 /// What handlers share.
 #[derive(Clone)]
 pub(super) struct Shared {
@@ -74,7 +126,9 @@ pub(super) struct Shared {
     pub(super) runtime: PathBuf,
     pub(super) server: ServerHandle,
     /// The live source, when one runs.
-    pub(super) live: Arc<Mutex<Option<source::Running>>>,
+    pub(super) live: LiveInput,
+    /// The input device `start` listens on (`None`: the default), as `set_device` chose it.
+    pub(super) device: Arc<Mutex<Option<source::InputDevice>>>,
     /// Per-client streams of pushed audio.
     pub(super) pushed: Arc<Mutex<HashMap<Option<u32>, Segmenter>>>,
     /// Loaded VADs not in use: each stream needs its own state, but not its own load.
@@ -103,7 +157,7 @@ impl Shared {
         let (running, chunks) = source::start(&source)
             .map_err(|e| ToolError::new(ErrorCode::Unavailable, format!("{e:#}")))?;
         let id = running.id();
-        *lock(&self.live) = Some(running);
+        self.live.replace(running);
         let shared = self.clone();
         let label = source.to_string();
         std::thread::Builder::new()
@@ -111,18 +165,32 @@ impl Shared {
             .spawn(move || {
                 shared.live_loop(chunks, segmenter, &label);
                 // The source ended by itself (a file ran out): it is no longer live.
-                let mut live = lock(&shared.live);
-                if live.as_ref().is_some_and(|r| r.id() == id) {
-                    *live = None;
-                }
-                drop(live);
+                shared.live.ended(id);
                 if shared.server.state() == ServerState::Listening.into() {
-                    shared.server.set_state(ServerState::Idle);
+                    shared.server.set_state(shared.live.rest_state());
                 }
             })
             .map_err(|e| ToolError::internal(format!("cannot start the live loop: {e}")))?;
         self.server.set_state(ServerState::Listening);
         Ok(())
+    }
+
+    /// The microphone `start` listens on: the one `set_device` chose, else the default.
+    pub(super) fn microphone(&self) -> Source {
+        Source::Microphone(lock(&self.device).as_ref().map(|d| d.index.to_string()))
+    }
+
+    /// Stops live audio (`pause`): says whether a source was running.
+    pub(super) fn pause(&self) -> bool {
+        let was = self.live.pause();
+        let state = self.server.state();
+        if [ServerState::Listening, ServerState::Ready]
+            .iter()
+            .any(|&s| state == s.into())
+        {
+            self.server.set_state(ServerState::Paused);
+        }
+        was
     }
 
     /// Transcribes live audio until its source ends or is stopped. Transcription runs beside

@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::{Args, FromArgMatches};
 use models::stt::{audio::to_16k_mono, Segment, SttError, VadEvent, SAMPLE_RATE};
 use pipe_core::audio::AudioChunk;
-use pipe_core::{CommandSpec, Event, Request, ToolError, ToolServer};
+use pipe_core::{CommandSpec, ErrorCode, Event, Request, ToolError, ToolServer};
 use serde_json::{json, Value};
 
 use super::Kind;
@@ -23,8 +23,8 @@ use crate::engine::Worker;
 use crate::lock;
 use crate::vocab::{ServerEvent, ServerState};
 use engine::{load, Transcriber};
-use live::Shared;
-pub use source::{list_devices, Source};
+use live::{LiveInput, Shared};
+pub use source::{find_device, input_devices, InputDevice, Source};
 
 /// The stt kind.
 pub const KIND: Kind = Kind {
@@ -142,7 +142,17 @@ pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::R
         max_seconds.is_finite() && max_seconds > 0.0,
         "--max-audio-seconds must be a positive number of seconds, got {max_seconds}"
     );
-    let mut server = builder.initial_state(ServerState::Loading).bind()?;
+    let mut server = builder
+        .initial_state(ServerState::Loading)
+        .broadcasts(&[
+            ServerEvent::SpeechStart,
+            ServerEvent::Partial,
+            ServerEvent::Speech,
+            ServerEvent::SpeechEnd,
+            ServerEvent::Transcript,
+            ServerEvent::Token,
+        ])
+        .bind()?;
     let handle = server.handle_ref();
     let worker = Worker::new();
     let shared = Shared {
@@ -152,7 +162,8 @@ pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::R
         vad: options.vad.clone(),
         runtime: options.runtime.clone(),
         server: handle.clone(),
-        live: Arc::default(),
+        live: LiveInput::default(),
+        device: Arc::default(),
         pushed: Arc::default(),
         idle_vads: Arc::default(),
     };
@@ -168,13 +179,14 @@ pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::R
             "Starts live transcription from a microphone, or from a WAV file played in real time.",
         )
         .args(json!({"type": "object", "properties": {
-            "device": {"type": "string", "description": "A microphone as list_devices names it (default: the default one)."},
+            "device": {"type": ["string", "integer"], "description": "A microphone: its index in list_devices or a part of its name (default: the one set_device chose)."},
             "file": {"type": "string", "description": "A WAV file on the server's machine to use instead of a microphone."},
             "realtime": {"type": "boolean", "description": "Play the file in real time (default true)."}
         }}))
         .emits(&[ServerEvent::Listening]),
         move |req, out| {
-            let source = match (req.opt_str("file")?, req.opt_str("device")?) {
+            let device = device_arg(req)?;
+            let source = match (req.opt_str("file")?, device) {
                 (Some(_), Some(_)) => {
                     return Err(ToolError::invalid("listen: give a device or a file, not both"))
                 }
@@ -182,7 +194,8 @@ pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::R
                     path: file.into(),
                     realtime: req.opt_bool("realtime")?.unwrap_or(true),
                 },
-                (None, device) => Source::Microphone(device.map(String::from)),
+                (None, Some(device)) => Source::Microphone(Some(device)),
+                (None, None) => s.microphone(),
             };
             s.listen(source.clone())?;
             out.emit(Event::new(ServerEvent::Listening).with("source", source.to_string()))?;
@@ -190,24 +203,89 @@ pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::R
         },
     );
     let s = shared.clone();
-    server.handle_inline(
-        CommandSpec::new("pause", "Stops live transcription.").emits(&[ServerEvent::Paused]),
+    server.handle(
+        CommandSpec::new(
+            "start",
+            "Listens on the selected microphone (set_device; named-pipes 0.7). Already listening: says to what.",
+        )
+        .emits(&[ServerEvent::Listening]),
         move |_req, out| {
-            let was = lock(&s.live).take().is_some();
+            let source = match s.live.source() {
+                Some(running) => running,
+                None => {
+                    let source = s.microphone();
+                    s.listen(source.clone())?;
+                    source
+                }
+            };
+            out.emit(Event::new(ServerEvent::Listening).with("source", source.to_string()))?;
+            Ok(())
+        },
+    );
+    let s = shared.clone();
+    server.handle_inline(
+        CommandSpec::new("pause", "Stops live transcription (state paused).")
+            .emits(&[ServerEvent::Paused]),
+        move |_req, out| {
+            let was = s.pause();
             out.emit(Event::new(ServerEvent::Paused).with("was_listening", was))?;
             Ok(())
         },
     );
     server.handle(
-        CommandSpec::new("list_devices", "The microphones this machine has.")
-            .emits(&[ServerEvent::Devices]),
+        CommandSpec::new(
+            "list_devices",
+            "The microphones this machine has: index, name, channels.",
+        )
+        .emits(&[ServerEvent::Devices]),
         move |_req, out| {
-            let (devices, default) = list_devices();
+            let (devices, default) = input_devices();
+            let devices: Vec<Value> = devices.iter().map(InputDevice::to_json).collect();
             out.emit(
                 Event::new(ServerEvent::Devices)
                     .with("devices", devices)
                     .with("default", default),
             )?;
+            Ok(())
+        },
+    );
+    let s = shared.clone();
+    server.handle_inline(
+        CommandSpec::new(
+            "get_device",
+            "The microphone start listens on: its index (null: the default).",
+        )
+        .emits(&[ServerEvent::Device]),
+        move |_req, out| {
+            out.emit(device_event(lock(&s.device).as_ref()))?;
+            Ok(())
+        },
+    );
+    let s = shared.clone();
+    server.handle(
+        CommandSpec::new(
+            "set_device",
+            "Chooses the microphone start listens on, by index or a part of its name (null: the default); restarts listening on it if a microphone is on.",
+        )
+        .args(json!({"type": "object", "properties": {
+            "device": {"type": ["string", "integer", "null"], "description": "Its index in list_devices, a part of its name, or null for the default."}
+        }}))
+        .emits(&[ServerEvent::Device]),
+        move |req, out| {
+            let chosen = match device_arg(req)? {
+                None => None,
+                Some(wanted) => Some(find_device(&wanted, &input_devices().0).ok_or_else(|| {
+                    ToolError::new(
+                        ErrorCode::NotFound,
+                        format!("no input device matching '{wanted}': list_devices shows what there is"),
+                    )
+                })?),
+            };
+            *lock(&s.device) = chosen.clone();
+            if matches!(s.live.source(), Some(Source::Microphone(_))) {
+                s.listen(s.microphone())?;
+            }
+            out.emit(device_event(chosen.as_ref()))?;
             Ok(())
         },
     );
@@ -303,6 +381,27 @@ pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::R
         },
     );
     Ok(server)
+}
+
+/// A request's `device`: an index or a part of a name, as text; `None` if absent, null or
+/// empty (the default device).
+fn device_arg(req: &Request) -> Result<Option<String>, ToolError> {
+    match req.get("device") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(ToolError::invalid(format!(
+            "\"device\" must be an index or a part of a device's name, got {other}"
+        ))),
+    }
+}
+
+/// The answer to get_device and set_device.
+fn device_event(device: Option<&InputDevice>) -> Event {
+    Event::new(ServerEvent::Device)
+        .with("device", device.map(|d| d.index))
+        .with("name", device.map(|d| d.name.clone()))
 }
 
 /// The argument schema of commands that take audio: the audio chunk's fields plus `own`.

@@ -20,7 +20,7 @@ const CHUNK: Duration = Duration::from_millis(32);
 /// Where live audio comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
-    /// A microphone: the default one, or one named as `list_devices` shows it.
+    /// A microphone: the default one, or one named by its index or a part of its name.
     Microphone(Option<String>),
     /// A WAV file, played in real time (or as fast as possible), optionally looping.
     File {
@@ -41,21 +41,77 @@ impl std::fmt::Display for Source {
     }
 }
 
-/// The names of the input devices, and the default one.
-pub fn list_devices() -> (Vec<String>, Option<String>) {
+/// An input device as `list_devices` shows it (named-pipes 0.7's shape).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputDevice {
+    /// Its place in the list: what `set_device` takes.
+    pub index: usize,
+    /// Its name.
+    pub name: String,
+    /// Its most input channels.
+    pub channels: u16,
+}
+
+impl InputDevice {
+    /// As `list_devices` lists it: `{"index","name","channels"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"index": self.index, "name": self.name, "channels": self.channels})
+    }
+}
+
+/// The host's input devices with what `list_devices` shows of each, in one order: indexes
+/// are places in it.
+fn host_devices(host: &cpal::Host) -> Vec<(cpal::Device, InputDevice)> {
+    let Ok(devices) = host.input_devices() else {
+        return Vec::new();
+    };
+    devices
+        .filter_map(|d| {
+            let name = d.description().ok()?.name().to_string();
+            let channels = d.default_input_config().map_or(0, |c| c.channels());
+            Some((d, name, channels))
+        })
+        .enumerate()
+        .map(|(index, (device, name, channels))| {
+            let info = InputDevice {
+                index,
+                name,
+                channels,
+            };
+            (device, info)
+        })
+        .collect()
+}
+
+/// The input devices, and the index of the default one.
+pub fn input_devices() -> (Vec<InputDevice>, Option<usize>) {
     let host = cpal::default_host();
-    let name = |d: &cpal::Device| d.description().map(|d| d.name().to_string()).ok();
-    let devices = host
-        .input_devices()
-        .map(|devices| devices.filter_map(|d| name(&d)).collect())
-        .unwrap_or_default();
-    let default = host.default_input_device().and_then(|d| name(&d));
+    let devices: Vec<InputDevice> = host_devices(&host).into_iter().map(|(_, i)| i).collect();
+    let default = host
+        .default_input_device()
+        .and_then(|d| d.description().ok().map(|d| d.name().to_string()))
+        .and_then(|n| devices.iter().find(|d| d.name == n).map(|d| d.index));
     (devices, default)
+}
+
+/// The input device a request names: its index (a number, or digits), or a part of its name
+/// (any case), as named-pipes 0.7's `set_device` takes it.
+pub fn find_device(wanted: &str, devices: &[InputDevice]) -> Option<InputDevice> {
+    if let Ok(index) = wanted.trim().parse::<usize>() {
+        return devices.iter().find(|d| d.index == index).cloned();
+    }
+    let wanted = wanted.to_lowercase();
+    devices
+        .iter()
+        .find(|d| d.name.to_lowercase().contains(&wanted))
+        .cloned()
 }
 
 /// A running source, stopped when this is dropped.
 pub struct Running {
     stop: Arc<AtomicBool>,
+    /// What it is.
+    pub source: Source,
 }
 
 impl Running {
@@ -112,9 +168,11 @@ pub fn start(source: &Source) -> anyhow::Result<(Running, Receiver<Vec<f32>>)> {
             let host = cpal::default_host();
             let device = match wanted {
                 None => host.default_input_device(),
-                Some(name) => host.input_devices().ok().and_then(|mut devices| {
-                    devices.find(|d| d.description().is_ok_and(|desc| desc.name() == name))
-                }),
+                Some(wanted) => {
+                    let devices = host_devices(&host);
+                    let infos: Vec<InputDevice> = devices.iter().map(|(_, i)| i.clone()).collect();
+                    find_device(wanted, &infos).map(|found| devices[found.index].0.clone())
+                }
             };
             let Some(device) = device else {
                 bail!(
@@ -122,7 +180,7 @@ pub fn start(source: &Source) -> anyhow::Result<(Running, Receiver<Vec<f32>>)> {
                      listen to a WAV file instead ({{\"file\": PATH}})",
                     wanted
                         .as_ref()
-                        .map(|n| format!(" named '{n}'"))
+                        .map(|n| format!(" matching '{n}'"))
                         .unwrap_or_default()
                 );
             };
@@ -163,5 +221,6 @@ pub fn start(source: &Source) -> anyhow::Result<(Running, Receiver<Vec<f32>>)> {
                 .map_err(|e| anyhow::anyhow!("cannot open the microphone: {e}"))?;
         }
     }
-    Ok((Running { stop }, chunks))
+    let source = source.clone();
+    Ok((Running { stop, source }, chunks))
 }

@@ -99,7 +99,10 @@ fn build(args: TtsArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolServe
 
 /// Binds the tts server and starts loading the voice on the engine worker.
 pub fn build_with(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::Result<ToolServer> {
-    let mut server = builder.initial_state(ServerState::Loading).bind()?;
+    let mut server = builder
+        .initial_state(ServerState::Loading)
+        .broadcasts(&[ServerEvent::SpeechStart, ServerEvent::SpeechEnd])
+        .bind()?;
     let handle = server.handle_ref();
     let playback = Playback::start(options.playback, options.wav.clone(), handle.clone())?;
     let voice_name = voice_name(&options.voice);
