@@ -11,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
-# The peers the compatibility tests drive: named-pipes (the protocol's reference library)
+# The peers the compatibility tests drive: named-pipes 0.4.0 (the protocol's reference library)
 # and the official MCP SDK (a client of `cpipe mcp`).
 for pin in named-pipes==0.4.0 mcp==2.3.0; do
   pkg=${pin%%==*} version=${pin##*==}
@@ -20,4 +20,14 @@ for pin in named-pipes==0.4.0 mcp==2.3.0; do
     .venv/bin/pip install --quiet --disable-pip-version-check "$pin"
   fi
 done
-echo "setup: ok (CPIPE_PYTHON=$PWD/.venv/bin/python)"
+# named-pipes 0.7.0, the library's current release, in a venv of its own (one environment
+# cannot hold two versions): its example clients and discovery run against cpipe's servers.
+if [ ! -x .venv-np07/bin/python ]; then
+  echo "setup: creating .venv-np07"
+  python3 -m venv .venv-np07
+fi
+if ! .venv-np07/bin/python -c "import importlib.metadata as m; assert m.version('named-pipes') == '0.7.0'" 2>/dev/null; then
+  echo "setup: installing named-pipes==0.7.0 into .venv-np07"
+  .venv-np07/bin/pip install --quiet --disable-pip-version-check "named-pipes==0.7.0"
+fi
+echo "setup: ok (CPIPE_PYTHON=$PWD/.venv/bin/python, CPIPE_PYTHON_NP07=$PWD/.venv-np07/bin/python)"

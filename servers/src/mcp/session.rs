@@ -282,7 +282,12 @@ impl Session {
     /// Sends a command and collects its events (for short control commands like
     /// `get_interface`).
     pub fn control(&self, cmd: &str) -> pipe_core::Result<Vec<Event>> {
-        let result = self.with_client(|c| c.call(cmd, Value::Null));
+        self.control_with(cmd, Value::Null)
+    }
+
+    /// [`control`](Self::control) with arguments.
+    pub fn control_with(&self, cmd: &str, args: Value) -> pipe_core::Result<Vec<Event>> {
+        let result = self.with_client(|c| c.call(cmd, args));
         if let Err(e @ pipe_core::Error::Disconnected { .. }) = &result {
             self.close(e.to_string());
         }

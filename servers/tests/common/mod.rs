@@ -300,7 +300,13 @@ impl RawClient {
 /// A Python that has `package==version` installed: `CPIPE_PYTHON`, else `python3`.
 /// scripts/setup-test-deps.sh makes one (.venv) and `.ci/run` sets CPIPE_PYTHON to it.
 pub fn python_with(package: &str, version: &str) -> String {
-    let python = std::env::var("CPIPE_PYTHON").unwrap_or_else(|_| "python3".into());
+    python_from("CPIPE_PYTHON", package, version)
+}
+
+/// A Python that has `package==version` installed, named by the environment variable `var`
+/// (else `python3`).
+pub fn python_from(var: &str, package: &str, version: &str) -> String {
+    let python = std::env::var(var).unwrap_or_else(|_| "python3".into());
     let check = Command::new(&python)
         .args([
             "-c",
@@ -311,7 +317,7 @@ pub fn python_with(package: &str, version: &str) -> String {
         Ok(out) if out.status.success() && text(&out.stdout).trim() == version => python,
         _ => panic!(
             "this test needs {package}=={version} in {python}: run scripts/setup-test-deps.sh \
-             and set CPIPE_PYTHON=.venv/bin/python (.ci/run does both)"
+             and set {var} to the venv's python (.ci/run does both)"
         ),
     }
 }

@@ -17,6 +17,10 @@ use crate::wav::read_wav;
 /// a microphone's callback delivers at a time.
 const CHUNK: Duration = Duration::from_millis(32);
 
+/// What to do when no microphone can be opened.
+const NO_MICROPHONE: &str = "list_devices shows what there is; on a machine without one, \
+                             listen to a WAV file instead ({\"file\": PATH})";
+
 /// Where live audio comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
@@ -176,17 +180,16 @@ pub fn start(source: &Source) -> anyhow::Result<(Running, Receiver<Vec<f32>>)> {
             };
             let Some(device) = device else {
                 bail!(
-                    "no microphone{}: list_devices shows what there is; on a machine without one, \
-                     listen to a WAV file instead ({{\"file\": PATH}})",
+                    "no microphone{}: {NO_MICROPHONE}",
                     wanted
                         .as_ref()
                         .map(|n| format!(" matching '{n}'"))
                         .unwrap_or_default()
                 );
             };
-            let config = device
-                .default_input_config()
-                .context("the microphone has no usable input configuration")?;
+            let config = device.default_input_config().with_context(|| {
+                format!("the microphone has no usable input configuration ({NO_MICROPHONE})")
+            })?;
             let (rate, channels) = (config.sample_rate(), config.channels());
             let stop_thread = Arc::clone(&stop);
             // The cpal stream is not Send: it lives on its own thread until stopped.
@@ -218,7 +221,9 @@ pub fn start(source: &Source) -> anyhow::Result<(Running, Receiver<Vec<f32>>)> {
             ready
                 .recv()
                 .context("the microphone thread died")?
-                .map_err(|e| anyhow::anyhow!("cannot open the microphone: {e}"))?;
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot open the microphone: {e} ({NO_MICROPHONE})")
+                })?;
         }
     }
     let source = source.clone();
