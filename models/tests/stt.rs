@@ -176,3 +176,58 @@ fn silence_and_bad_files_get_clean_results_or_clear_errors() {
     assert!(error.to_string().contains("model.bin"), "{error}");
     std::fs::remove_file(corrupt).unwrap();
 }
+
+/// Word times as faster-whisper gives them (`word_timestamps=True`, greedy, the same tiny.en
+/// weights), stored by scripts/word-timestamps-reference.py.
+#[test]
+fn word_times_match_faster_whisper() {
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("data/jfk-words-faster-whisper.json")).unwrap();
+    let reference = reference["words"].as_array().unwrap();
+    let mut whisper = Whisper::load(ggml(), 2).unwrap();
+    let words: Vec<stt::Word> = whisper
+        .transcribe_unless(
+            &read_wav(&asset("jfk.wav")),
+            None,
+            true,
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .unwrap()
+        .into_iter()
+        .flat_map(|s| s.words)
+        .collect();
+    assert_eq!(words.len(), reference.len(), "{words:?}");
+    let mut differences = Vec::new();
+    for (ours, theirs) in words.iter().zip(reference) {
+        let word = theirs["word"].as_str().unwrap();
+        assert!(
+            ours.text.to_lowercase().starts_with(&word.to_lowercase()),
+            "{} vs {word}",
+            ours.text
+        );
+        assert!((0.0..=1.0).contains(&ours.probability));
+        differences.push((ours.start - theirs["start"].as_f64().unwrap() as f32).abs());
+        differences.push((ours.end - theirs["end"].as_f64().unwrap() as f32).abs());
+    }
+    let mean = differences.iter().sum::<f32>() / differences.len() as f32;
+    assert!(
+        mean <= 0.060,
+        "mean boundary difference {:.0} ms",
+        mean * 1000.0
+    );
+    // Asking for words changes neither the text nor the fast path's answer.
+    let plain = whisper
+        .transcribe(&read_wav(&asset("jfk.wav")), None)
+        .unwrap();
+    assert!(plain.iter().all(|s| s.words.is_empty()));
+    // Silence has no words.
+    let silence = whisper
+        .transcribe_unless(
+            &vec![0.0; 16_000 * 3],
+            None,
+            true,
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .unwrap();
+    assert!(silence.iter().all(|s| s.words.is_empty()), "{silence:?}");
+}

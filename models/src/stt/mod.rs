@@ -14,7 +14,7 @@ use std::path::PathBuf;
 pub use import::{import_ct2_whisper, mel_filters, ImportSummary};
 pub use vad::{Segmenter, SileroVad, VadEvent, VadSettings};
 pub use wer::word_error_rate;
-pub use whisper::{encoder_window, Segment, Whisper};
+pub use whisper::{encoder_window, Segment, Whisper, Word};
 
 use crate::onnx::OnnxError;
 

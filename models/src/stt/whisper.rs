@@ -2,11 +2,12 @@
 //! mono audio into timed segments.
 
 use std::ffi::c_void;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use whisper_rs::{
-    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
+    DtwMode, DtwModelPreset, DtwParameters, FullParams, SamplingStrategy, WhisperContext,
+    WhisperContextParameters, WhisperState,
 };
 
 use super::{SttError, SAMPLE_RATE};
@@ -20,21 +21,64 @@ pub struct Segment {
     pub end: f32,
     /// What was said.
     pub text: String,
+    /// Its words with their times, when asked for (else empty).
+    pub words: Vec<Word>,
 }
 
-/// A loaded Whisper model with its decoding state.
+/// A word with its time, from whisper.cpp's token timestamps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    /// The word, with the punctuation that follows it and without the space before it.
+    pub text: String,
+    /// Start, in seconds from the start of the audio.
+    pub start: f32,
+    /// End, in seconds.
+    pub end: f32,
+    /// The mean probability Whisper gave its tokens.
+    pub probability: f32,
+}
+
+/// A loaded Whisper model.
 pub struct Whisper {
-    // The state borrows the context's model inside whisper.cpp: keep both.
-    state: WhisperState,
-    _context: WhisperContext,
+    /// The model as it transcribes: with flash attention, the fast way on a CPU.
+    fast: Loaded,
+    /// The model loaded again for word timing, on the first request for it: whisper.cpp times
+    /// tokens by dynamic time warping over the cross-attention of the model's alignment heads,
+    /// which needs the attention weights that flash attention never forms.
+    aligning: Option<Loaded>,
+    path: PathBuf,
     multilingual: bool,
     threads: usize,
+}
+
+/// A whisper.cpp context with its decoding state.
+struct Loaded {
+    // The state borrows the context's model inside whisper.cpp: keep both.
+    state: WhisperState,
+    context: WhisperContext,
+}
+
+impl Loaded {
+    fn new(path: &Path, params: WhisperContextParameters<'_>) -> Result<Self, SttError> {
+        let context =
+            WhisperContext::new_with_params(path, params).map_err(|e| SttError::Model {
+                path: path.into(),
+                reason: format!("whisper.cpp cannot load it ({e}); is it a whisper.cpp GGML file?"),
+            })?;
+        let state = context.create_state().map_err(|e| SttError::Model {
+            path: path.into(),
+            reason: format!("cannot create a decoding state: {e}"),
+        })?;
+        Ok(Self { state, context })
+    }
 }
 
 impl std::fmt::Debug for Whisper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Whisper")
+            .field("path", &self.path)
             .field("multilingual", &self.multilingual)
+            .field("aligning", &self.aligning.is_some())
             .finish()
     }
 }
@@ -56,21 +100,71 @@ impl Whisper {
             flash_attn: true,
             ..WhisperContextParameters::default()
         };
-        let context =
-            WhisperContext::new_with_params(model, params).map_err(|e| SttError::Model {
-                path: model.into(),
-                reason: format!("whisper.cpp cannot load it ({e}); is it a whisper.cpp GGML file?"),
-            })?;
-        let state = context.create_state().map_err(|e| SttError::Model {
-            path: model.into(),
-            reason: format!("cannot create a decoding state: {e}"),
-        })?;
+        let fast = Loaded::new(model, params)?;
         Ok(Self {
-            multilingual: context.is_multilingual(),
-            state,
-            _context: context,
+            multilingual: fast.context.is_multilingual(),
+            fast,
+            aligning: None,
+            path: model.into(),
             threads: threads.max(1),
         })
+    }
+
+    /// Loads the model for word timing, unless it is loaded: with the alignment heads of its
+    /// size (whisper.cpp's presets, told apart by the model's dimensions), or the top half of
+    /// its decoder layers for a model of another shape.
+    fn aligning(&mut self) -> Result<&mut Loaded, SttError> {
+        if self.aligning.is_none() {
+            let c = &self.fast.context;
+            let english = !self.multilingual;
+            let preset = match (
+                c.model_n_audio_state(),
+                c.model_n_text_layer(),
+                c.model_n_mels(),
+            ) {
+                (384, 4, _) => Some(if english {
+                    DtwModelPreset::TinyEn
+                } else {
+                    DtwModelPreset::Tiny
+                }),
+                (512, 6, _) => Some(if english {
+                    DtwModelPreset::BaseEn
+                } else {
+                    DtwModelPreset::Base
+                }),
+                (768, 12, _) => Some(if english {
+                    DtwModelPreset::SmallEn
+                } else {
+                    DtwModelPreset::Small
+                }),
+                (1024, 24, _) => Some(if english {
+                    DtwModelPreset::MediumEn
+                } else {
+                    DtwModelPreset::Medium
+                }),
+                (1280, 32, 128) => Some(DtwModelPreset::LargeV3),
+                (1280, 32, _) => Some(DtwModelPreset::LargeV2),
+                (1280, 4, _) => Some(DtwModelPreset::LargeV3Turbo),
+                _ => None,
+            };
+            let mode = match preset {
+                Some(model_preset) => DtwMode::ModelPreset { model_preset },
+                None => DtwMode::TopMost {
+                    n_top: (c.model_n_text_layer() / 2).max(1),
+                },
+            };
+            let params = WhisperContextParameters {
+                use_gpu: cfg!(any(feature = "cuda", feature = "metal")),
+                flash_attn: false,
+                dtw_parameters: DtwParameters {
+                    mode,
+                    ..DtwParameters::default()
+                },
+                ..WhisperContextParameters::default()
+            };
+            self.aligning = Some(Loaded::new(&self.path, params)?);
+        }
+        Ok(self.aligning.as_mut().expect("loaded above"))
     }
 
     /// Whether the model knows languages besides English.
@@ -85,16 +179,19 @@ impl Whisper {
         samples: &[f32],
         language: Option<&str>,
     ) -> Result<Vec<Segment>, SttError> {
-        self.transcribe_unless(samples, language, &AtomicBool::new(false))
+        self.transcribe_unless(samples, language, false, &AtomicBool::new(false))
     }
 
     /// Like [`Whisper::transcribe`], but gives up with [`SttError::Interrupted`] soon after
     /// `stop` is set (whisper.cpp checks between steps of its graph): for work that something
     /// newer has made worthless, or that its client cancelled.
+    ///
+    /// With `words`, each segment also carries its words' times.
     pub fn transcribe_unless(
         &mut self,
         samples: &[f32],
         language: Option<&str>,
+        words: bool,
         stop: &AtomicBool,
     ) -> Result<Vec<Segment>, SttError> {
         // whisper.cpp needs at least a second of audio to decode reliably: pad with silence.
@@ -112,13 +209,14 @@ impl Whisper {
             (true, l) => Some(l.unwrap_or("auto")),
         };
         let window = encoder_window(audio.len());
-        let (segments, no_speech) = self.decode(&audio, language, window, samples.len(), stop)?;
+        let spoken = samples.len();
+        let (segments, no_speech) = self.decode(&audio, language, window, spoken, words, stop)?;
         if window < FULL_WINDOW && looks_hallucinated(&segments, no_speech, samples.len()) {
             tracing::debug!(
                 "whisper: implausible text in a {window}-frame window, re-decoding in 30 s"
             );
             return Ok(self
-                .decode(&audio, language, FULL_WINDOW, samples.len(), stop)?
+                .decode(&audio, language, FULL_WINDOW, spoken, words, stop)?
                 .0);
         }
         Ok(segments)
@@ -132,6 +230,7 @@ impl Whisper {
         language: Option<&str>,
         window: usize,
         spoken: usize,
+        words: bool,
         stop: &AtomicBool,
     ) -> Result<(Vec<Segment>, f32), SttError> {
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
@@ -155,14 +254,20 @@ impl Whisper {
             params.set_abort_callback(Some(stop_is_set));
             params.set_abort_callback_user_data(stop as *const AtomicBool as *mut c_void);
         }
-        let result = self.state.full(params, audio);
+        let loaded = if words {
+            self.aligning()?
+        } else {
+            &mut self.fast
+        };
+        let result = loaded.state.full(params, audio);
         if stop.load(Ordering::Acquire) {
             return Err(SttError::Interrupted);
         }
         result.map_err(|e| SttError::Transcribe(e.to_string()))?;
+        let eot = loaded.context.token_eot();
         let mut segments = Vec::new();
         let mut no_speech = 0.0f32;
-        for segment in self.state.as_iter() {
+        for segment in loaded.state.as_iter() {
             no_speech = no_speech.max(segment.no_speech_probability());
             let text = segment
                 .to_str_lossy()
@@ -172,16 +277,74 @@ impl Whisper {
             if text.is_empty() || is_non_speech(&text) {
                 continue;
             }
+            let heard = spoken as f32 / SAMPLE_RATE as f32;
+            // whisper.cpp counts in centiseconds.
+            let start = segment.start_timestamp() as f32 / 100.0;
+            let end = (segment.end_timestamp() as f32 / 100.0).min(heard);
             segments.push(Segment {
-                // whisper.cpp counts in centiseconds.
-                start: segment.start_timestamp() as f32 / 100.0,
-                end: (segment.end_timestamp() as f32 / 100.0)
-                    .min(spoken as f32 / SAMPLE_RATE as f32),
+                start,
+                end,
                 text,
+                words: if words {
+                    words_of(&segment, eot, start, end)
+                } else {
+                    Vec::new()
+                },
             });
         }
         Ok((segments, no_speech))
     }
+}
+
+/// A segment's words: its text tokens joined into words at the tokens that begin with a space
+/// (timestamps and other special tokens, from `eot` on, left out). whisper.cpp's dynamic time
+/// warping gives each token the time it ends: a word ends where its last token does and starts
+/// where the word before it ended (the first: where the token before it ended, else at the
+/// segment's start), within the segment; as faster-whisper times words, so a pause belongs to
+/// the word after it.
+fn words_of(segment: &whisper_rs::WhisperSegment<'_>, eot: i32, start: f32, end: f32) -> Vec<Word> {
+    // Each word's bytes, the time its last token ends, and its tokens' probabilities.
+    let mut words: Vec<(Vec<u8>, f32, Vec<f32>)> = Vec::new();
+    let mut first_start = start;
+    for i in 0..segment.n_tokens() {
+        let Some(token) = segment.get_token(i) else {
+            continue;
+        };
+        let data = token.token_data();
+        // whisper.cpp counts in centiseconds; -1 where it has no time.
+        let ends = (data.t_dtw >= 0).then(|| (data.t_dtw as f32 / 100.0).clamp(start, end));
+        let bytes = token.to_bytes().unwrap_or_default();
+        if data.id >= eot || bytes.is_empty() {
+            if words.is_empty() {
+                first_start = ends.unwrap_or(first_start);
+            }
+            continue;
+        }
+        let ends = ends.unwrap_or(end);
+        match words.last_mut() {
+            Some(word) if !bytes.starts_with(b" ") => {
+                word.0.extend_from_slice(bytes);
+                word.1 = ends;
+                word.2.push(data.p);
+            }
+            _ => words.push((bytes.to_vec(), ends, vec![data.p])),
+        }
+    }
+    let mut word_start = first_start;
+    words
+        .into_iter()
+        .filter_map(|(bytes, ends, p)| {
+            let text = String::from_utf8_lossy(&bytes).trim().to_string();
+            let begins = word_start;
+            word_start = ends.max(begins);
+            (!text.is_empty()).then(|| Word {
+                text,
+                start: begins,
+                end: ends.max(begins),
+                probability: p.iter().sum::<f32>() / p.len() as f32,
+            })
+        })
+        .collect()
 }
 
 /// whisper.cpp's abort callback: whether the `AtomicBool` behind `stop` is set.
@@ -235,6 +398,7 @@ mod tests {
             start: 0.0,
             end: 1.0,
             text: text.into(),
+            words: Vec::new(),
         }]
     }
 

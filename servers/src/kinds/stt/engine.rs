@@ -151,9 +151,9 @@ impl Engine for WhisperEngine {
                 .on_cancel(move |_| stop.store(true, Ordering::Release))
         };
         let started = std::time::Instant::now();
-        let result = self
-            .whisper
-            .transcribe_unless(&job.samples, self.language.as_deref(), &stop);
+        let result =
+            self.whisper
+                .transcribe_unless(&job.samples, self.language.as_deref(), false, &stop);
         tracing::debug!(
             "whisper ({:?}): {:.2} s of audio in {:?}",
             job.purpose,
