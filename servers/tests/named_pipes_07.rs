@@ -99,12 +99,24 @@ fn stt_server(dir: &TestDir) -> Server {
     )
 }
 
-/// 0.7's stt client finds the server listening, attaches, and shows the speech as it grows.
+/// 0.7's stt client finds the server listening, attaches, and shows the speech as it grows,
+/// then each utterance's timed words.
 #[test]
 fn its_stt_client_attaches_to_a_listening_server_and_shows_the_speech() {
     let python = python07();
     let dir = TestDir::new("np07-stt-attach");
-    let _stt = stt_server(&dir);
+    let _stt = dir.serve_loaded(
+        "stt",
+        &[
+            "--name",
+            "stt",
+            "--whisper",
+            "tiny.en",
+            "--listen",
+            "none",
+            "--word-timestamps",
+        ],
+    );
     let listen = dir.run(&[
         "stt",
         "listen",
@@ -118,19 +130,21 @@ fn its_stt_client_attaches_to_a_listening_server_and_shows_the_speech() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Timed words, as it prints them: "[5.710–6.070] your [6.070–6.370] country"; the clip
+    // says "country" twice.
     let seen = output_until(client, Duration::from_secs(60), |s| {
-        s.to_lowercase().contains("for your country")
+        s.matches("] country").count() >= 2
     });
     assert!(seen.contains("attaching to the existing session"), "{seen}");
     assert!(
         seen.contains("[speech_start]") && seen.contains("[speech_end]"),
         "{seen}"
     );
-    let lower = seen.to_lowercase();
-    assert!(
-        lower.contains("ask not") && lower.contains("for your country"),
-        "{seen}"
-    );
+    // The speech as it grew, printed in place, then each utterance's words with their times.
+    assert!(seen.contains("\x1b[2K"), "{seen}");
+    for word in ["] fellow", "] Americans", "] not", "] your", "] country"] {
+        assert!(seen.contains(word), "no timed {word}: {seen}");
+    }
     assert!(!seen.contains("Traceback"), "{seen}");
 }
 

@@ -523,3 +523,44 @@ fn device_commands_answer_clearly_with_or_without_a_microphone() {
     assert_eq!(listening[0].name(), "listening");
     assert!(eventually(Duration::from_secs(60), || state(&dir) == "ready"));
 }
+
+/// Word times on request (`words`), and none asked for, none sent; silence has no words.
+#[test]
+fn words_are_timed_when_asked_for() {
+    let dir = TestDir::new("sttwords");
+    let _server = start(&dir);
+    let mut client = client(&dir);
+    let plain = client
+        .call("transcribe", json!({"wav": jfk_wav()}))
+        .unwrap();
+    assert!(plain[0].get("words").is_none());
+    let timed = client
+        .call("transcribe", json!({"wav": jfk_wav(), "words": true}))
+        .unwrap();
+    let words = timed[0].get("words").unwrap().as_array().unwrap();
+    assert!(words.len() >= 20, "{words:?}");
+    let spoken: Vec<String> = words
+        .iter()
+        .map(|w| w["word"].as_str().unwrap().to_lowercase())
+        .collect();
+    assert!(
+        spoken.join(" ").contains("ask not what your country"),
+        "{spoken:?}"
+    );
+    let mut last_end = 0.0;
+    for w in words {
+        let (start, end) = (w["start"].as_f64().unwrap(), w["end"].as_f64().unwrap());
+        assert!(
+            start >= last_end - 1e-6 && end >= start && end <= 11.1,
+            "{w}"
+        );
+        assert!((0.0..=1.0).contains(&w["probability"].as_f64().unwrap()));
+        last_end = end;
+    }
+    let silence = AudioChunk::from_i16(16_000, 1, &vec![0i16; 16_000 * 3]);
+    let mut fields = chunk_fields(&silence);
+    fields["words"] = json!(true);
+    let quiet = client.call("transcribe", fields).unwrap();
+    assert_eq!(quiet[0].get("words"), Some(&json!([])));
+    assert_eq!(quiet[0].str("text"), Some(""));
+}

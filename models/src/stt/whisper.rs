@@ -110,6 +110,11 @@ impl Whisper {
         })
     }
 
+    /// Loads what word timing needs now, rather than on the first request for words.
+    pub fn load_word_timing(&mut self) -> Result<(), SttError> {
+        self.aligning().map(|_| ())
+    }
+
     /// Loads the model for word timing, unless it is loaded: with the alignment heads of its
     /// size (whisper.cpp's presets, told apart by the model's dimensions), or the top half of
     /// its decoder layers for a model of another shape.

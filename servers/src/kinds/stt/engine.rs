@@ -43,6 +43,8 @@ impl Purpose {
 pub(super) struct Job {
     pub(super) samples: Vec<f32>,
     pub(super) purpose: Purpose,
+    /// Time its words too.
+    pub(super) words: bool,
 }
 
 /// A transcription's result, once the engine gets to it.
@@ -70,6 +72,8 @@ impl Ticket {
 #[derive(Clone)]
 pub(super) struct Transcriber {
     pub(super) worker: Worker<WhisperEngine>,
+    /// `--word-timestamps`: live transcripts carry words, and requests do unless they say not.
+    pub(super) words_by_default: bool,
 }
 
 impl Transcriber {
@@ -80,15 +84,27 @@ impl Transcriber {
             client: None,
             priority: purpose.priority(),
         };
-        let result = self.worker.submit(Job { samples, purpose }, place, &stop);
+        let words = purpose == Purpose::Final && self.words_by_default;
+        let job = Job {
+            samples,
+            purpose,
+            words,
+        };
+        let result = self.worker.submit(job, place, &stop);
         Ticket { result, stop }
     }
 
-    /// Transcribes a client's audio, waiting for the result; `out`'s cancellation stops the
-    /// work too.
+    /// Whether a request wants its words timed: its `words`, else the server's default.
+    pub(super) fn words_for(&self, req: &Request) -> Result<bool, ToolError> {
+        Ok(req.opt_bool("words")?.unwrap_or(self.words_by_default))
+    }
+
+    /// Transcribes a client's audio (timing its words if `words`), waiting for the result;
+    /// `out`'s cancellation stops the work too.
     pub(super) fn transcribe(
         &self,
         samples: Vec<f32>,
+        words: bool,
         req: &Request,
         out: &Responder,
     ) -> Result<Vec<Segment>, ToolError> {
@@ -97,17 +113,25 @@ impl Transcriber {
             client: req.pid,
             priority: purpose.priority(),
         };
-        wait(
-            self.worker
-                .submit(Job { samples, purpose }, place, &out.cancel_token()),
-        )
+        wait(self.worker.submit(
+            Job {
+                samples,
+                purpose,
+                words,
+            },
+            place,
+            &out.cancel_token(),
+        ))
     }
 }
 
 /// Loads Whisper and the VAD (on the worker thread) and reports them in `get_config`.
 pub(super) fn load(options: SttOptions, shared: Shared) -> Result<WhisperEngine, String> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let whisper = Whisper::load(&options.model, threads).map_err(|e| e.to_string())?;
+    let mut whisper = Whisper::load(&options.model, threads).map_err(|e| e.to_string())?;
+    if options.word_timestamps {
+        whisper.load_word_timing().map_err(|e| e.to_string())?;
+    }
     // The VAD must load too, or audio cannot be cut into utterances; it is the first idle one.
     let vad = SileroVad::load(&options.vad, Some(&options.runtime)).map_err(|e| e.to_string())?;
     lock(&shared.idle_vads).push(vad);
@@ -117,6 +141,7 @@ pub(super) fn load(options: SttOptions, shared: Shared) -> Result<WhisperEngine,
         ("multilingual", whisper.is_multilingual().into()),
         ("language", json!(options.language)),
         ("sample_rate", SAMPLE_RATE.into()),
+        ("word_timestamps", options.word_timestamps.into()),
     ]));
     Ok(WhisperEngine {
         whisper,
@@ -151,9 +176,12 @@ impl Engine for WhisperEngine {
                 .on_cancel(move |_| stop.store(true, Ordering::Release))
         };
         let started = std::time::Instant::now();
-        let result =
-            self.whisper
-                .transcribe_unless(&job.samples, self.language.as_deref(), false, &stop);
+        let result = self.whisper.transcribe_unless(
+            &job.samples,
+            self.language.as_deref(),
+            job.words,
+            &stop,
+        );
         tracing::debug!(
             "whisper ({:?}): {:.2} s of audio in {:?}",
             job.purpose,

@@ -14,7 +14,9 @@ use pipe_core::{
 };
 
 use super::engine::{Answer, Purpose, Ticket, Transcriber};
-use super::{joined, round, source, transcript_event, Source, PARTIAL_EVERY};
+use super::{
+    joined, round, source, transcript_event, with_words, words_json, Source, PARTIAL_EVERY,
+};
 use crate::lock;
 use crate::vocab::{ServerEvent, ServerState};
 
@@ -28,6 +30,8 @@ enum Live {
         result: Answer,
         start: f32,
         end: f32,
+        /// Its words were timed.
+        words: bool,
     },
 }
 
@@ -50,13 +54,19 @@ fn publish_in_order(server: &ServerHandle, partial_busy: &AtomicBool, pending: R
                 }
                 partial_busy.store(false, Ordering::Release);
             }
-            Live::Final { result, start, end } => match result.outcome() {
+            Live::Final {
+                result,
+                start,
+                end,
+                words,
+            } => match result.outcome() {
                 Ok(segments) => {
                     let text = joined(&segments);
-                    server.broadcast(&transcript_event(&segments, start, end));
+                    server.broadcast(&transcript_event(&segments, start, end, words));
                     if !text.is_empty() {
-                        server
-                            .broadcast(&Event::new(ServerEvent::Speech).with("text", text.clone()));
+                        let speech = Event::new(ServerEvent::Speech).with("text", text.clone());
+                        let timed = words.then(|| words_json(&segments, start));
+                        server.broadcast(&with_words(speech, timed));
                         // named-pipes 0.4's stt clients read transcribed text as token events.
                         server.broadcast(
                             &Event::new(ServerEvent::Token).with("text", format!("{text} ")),
@@ -258,8 +268,12 @@ impl Shared {
                                 self.transcriber.submit(samples, Purpose::Final)
                             }
                         };
-                        let result = ticket.result;
-                        let _ = publish.send(Live::Final { result, start, end });
+                        let _ = publish.send(Live::Final {
+                            result: ticket.result,
+                            start,
+                            end,
+                            words: self.transcriber.words_by_default,
+                        });
                     }
                 }
             }
@@ -318,8 +332,9 @@ impl Shared {
                 samples,
             } => {
                 out.emit(Event::new(ServerEvent::SpeechEnd).with("at", round(end)))?;
-                let segments = self.transcriber.transcribe(samples, req, out)?;
-                out.emit(transcript_event(&segments, start, end))?;
+                let words = self.transcriber.words_for(req)?;
+                let segments = self.transcriber.transcribe(samples, words, req, out)?;
+                out.emit(transcript_event(&segments, start, end, words))?;
             }
         }
         Ok(())

@@ -62,6 +62,13 @@ pub struct SttArgs {
     /// request can cause (longer audio is refused, not cut).
     #[arg(long, default_value_t = 3600.0, value_name = "SECS")]
     pub max_audio_seconds: f64,
+
+    /// Time every word: live transcripts and speech events carry `words`, and requests do
+    /// unless they send "words": false. Word timing runs Whisper a second way (without flash
+    /// attention, loaded beside the fast one), so it costs memory and time; without this flag
+    /// a request still gets words by sending "words": true.
+    #[arg(long)]
+    pub word_timestamps: bool,
 }
 
 /// The model real users get by default: fetched once from the Hugging Face hub.
@@ -85,15 +92,43 @@ pub struct SttOptions {
     pub listen: Option<Source>,
     /// The longest audio one request may bring, in seconds.
     pub max_audio_seconds: f64,
+    /// Time the words of live transcripts, and of requests by default.
+    pub word_timestamps: bool,
 }
 
-/// The `transcript` event of one utterance.
-fn transcript_event(segments: &[Segment], start: f32, end: f32) -> Event {
-    Event::new(ServerEvent::Transcript)
+/// The `transcript` event of one utterance; with `words` if they were timed.
+fn transcript_event(segments: &[Segment], start: f32, end: f32, words: bool) -> Event {
+    let event = Event::new(ServerEvent::Transcript)
         .with("text", joined(segments))
         .with("start", round(start))
         .with("end", round(end))
-        .with("segments", segments_json(segments, start))
+        .with("segments", segments_json(segments, start));
+    with_words(event, words.then(|| words_json(segments, start)))
+}
+
+/// `event` with its `words` field, if they were timed.
+fn with_words(event: Event, words: Option<Vec<Value>>) -> Event {
+    match words {
+        Some(words) => event.with("words", words),
+        None => event,
+    }
+}
+
+/// The timed words of `segments`, `offset` seconds into the stream: `{word, start, end,
+/// probability}`.
+fn words_json(segments: &[Segment], offset: f32) -> Vec<Value> {
+    segments
+        .iter()
+        .flat_map(|s| &s.words)
+        .map(|w| {
+            json!({
+                "word": w.text,
+                "start": round(offset + w.start),
+                "end": round(offset + w.end),
+                "probability": (w.probability as f64 * 1000.0).round() / 1000.0,
+            })
+        })
+        .collect()
 }
 
 /// The sample index of a time in seconds, within `len`.
@@ -131,6 +166,7 @@ fn build(args: SttArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolServe
         language: args.language,
         listen: crate::assets::listen_source(&args.listen)?,
         max_audio_seconds: args.max_audio_seconds,
+        word_timestamps: args.word_timestamps,
     };
     build_with(builder, options)
 }
@@ -158,6 +194,7 @@ pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::R
     let shared = Shared {
         transcriber: Transcriber {
             worker: worker.clone(),
+            words_by_default: options.word_timestamps,
         },
         vad: options.vad.clone(),
         runtime: options.runtime.clone(),
@@ -296,7 +333,8 @@ pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::R
             "Transcribes audio you send (an audio chunk's fields) or a WAV file on the server's machine.",
         )
         .args(audio_args(json!({
-            "wav": {"type": "string", "description": "A WAV file to transcribe instead of sent audio."}
+            "wav": {"type": "string", "description": "A WAV file to transcribe instead of sent audio."},
+            "words": {"type": "boolean", "description": "Time every word (default: the server's --word-timestamps)."}
         })))
         .emits(&[ServerEvent::Transcript]),
         move |req, out| {
@@ -334,19 +372,22 @@ pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::R
                 }
             }
             tracing::debug!("transcribe: VAD took {:?}", vad_started.elapsed());
+            let timed = s.transcriber.words_for(req)?;
             let mut texts = Vec::new();
             let mut segments = Vec::new();
+            let mut words = Vec::new();
             for (a, b) in spans {
-                let found = s.transcriber.transcribe(audio[a..b].to_vec(), req, out)?;
+                let found = s.transcriber.transcribe(audio[a..b].to_vec(), timed, req, out)?;
+                let offset = a as f32 / SAMPLE_RATE as f32;
                 texts.push(joined(&found));
-                segments.extend(segments_json(&found, a as f32 / SAMPLE_RATE as f32));
+                segments.extend(segments_json(&found, offset));
+                words.extend(words_json(&found, offset));
             }
-            out.emit(
-                Event::new(ServerEvent::Transcript)
-                    .with("text", texts.join(" ").trim().to_string())
-                    .with("segments", segments)
-                    .with("duration", round(audio.len() as f32 / SAMPLE_RATE as f32)),
-            )?;
+            let event = Event::new(ServerEvent::Transcript)
+                .with("text", texts.join(" ").trim().to_string())
+                .with("segments", segments)
+                .with("duration", round(audio.len() as f32 / SAMPLE_RATE as f32));
+            out.emit(with_words(event, timed.then_some(words)))?;
             Ok(())
         },
     );
@@ -357,7 +398,8 @@ pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::R
             "Streams audio to the server chunk by chunk: events for your speech come back as utterances complete; end:true finishes.",
         )
         .args(audio_args(json!({
-            "end": {"type": "boolean", "description": "The stream is over: finish the utterance in progress."}
+            "end": {"type": "boolean", "description": "The stream is over: finish the utterance in progress."},
+            "words": {"type": "boolean", "description": "Time every word (default: the server's --word-timestamps)."}
         })))
         .emits(&[ServerEvent::SpeechStart, ServerEvent::SpeechEnd, ServerEvent::Transcript]),
         move |req, out| {
