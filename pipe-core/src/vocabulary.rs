@@ -134,6 +134,9 @@ vocabulary! {
         End = "end",
         /// Audio samples (see [`AudioChunk`](crate::audio::AudioChunk)).
         Audio = "audio",
+        /// A piece of streamed text (a chat reply, echo's stream, stt's live text), with
+        /// `done: true` on the last.
+        Token = "token",
     }
 }
 

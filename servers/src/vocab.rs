@@ -7,9 +7,6 @@ pipe_core::vocabulary! {
     pub enum ServerEvent: EventName {
         /// echo: the request's fields, unchanged.
         Echo = "echo",
-        /// A piece of streamed text (chat's reply, echo's stream, stt's live text), with
-        /// `done: true` on the last.
-        Token = "token",
         /// chat: the end of a reply, with its usage (requests with an id).
         Done = "done",
         /// chat_blocking: the whole reply.

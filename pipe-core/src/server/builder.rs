@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::{pool, Limits, Shared, ToolServer};
@@ -103,6 +103,8 @@ impl Builder {
             help,
             interface,
             broadcasts: self.broadcasts,
+            requests: AtomicU64::new(0),
+            tokens: AtomicU64::new(0),
             config: RwLock::new(Fields::new()),
             commands: RwLock::new(HashMap::new()),
             limits: self.limits,

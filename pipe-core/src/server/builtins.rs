@@ -1,6 +1,7 @@
 //! Routing of each request line: the built-in commands of named-pipes (answered on the
 //! listener, never blocking) and cpipe's extensions, then dispatch of registered commands.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
@@ -134,7 +135,9 @@ impl Listener {
                     .with("state", lock(&self.shared.state).as_str())
                     .with("pid", std::process::id())
                     .with("subscribers", lock(&self.shared.subscribers).len())
-                    .with("name", self.shared.paths.name());
+                    .with("name", self.shared.paths.name())
+                    .with("requests", self.shared.requests.load(Ordering::Relaxed))
+                    .with("tokens", self.shared.tokens.load(Ordering::Relaxed));
                 self.reply(pid, id, event);
             }
             "get_description" => {
@@ -340,6 +343,7 @@ impl Listener {
             Some((_, _, Err(error))) => return self.reply_error(pid, id, error),
             Some((handler, inline, Ok(()))) => (handler, inline),
         };
+        self.shared.requests.fetch_add(1, Ordering::Relaxed);
         // An inline handler runs here unless earlier requests of its client are still
         // queued, which must go first.
         if inline && !self.shared.lane_busy(pid) {

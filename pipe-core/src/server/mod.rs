@@ -37,7 +37,7 @@ mod subscriber;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -193,6 +193,10 @@ struct Shared {
     interface: String,
     /// The events the server broadcasts, for interface descriptions.
     broadcasts: Vec<EventName>,
+    /// Requests dispatched to handlers since start, for `get_state`.
+    requests: AtomicU64,
+    /// Streamed `token` events with text sent since start, for `get_state`.
+    tokens: AtomicU64,
     config: RwLock<Fields>,
     commands: RwLock<HashMap<String, Command>>,
     limits: Limits,

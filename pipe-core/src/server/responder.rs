@@ -1,6 +1,7 @@
 //! What a handler answers through: its client's events, tagged with the request id, and the
 //! request's cancellation.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -42,6 +43,9 @@ impl Responder {
     /// the client catches up, for at most the stall timeout.
     pub fn emit(&self, event: Event) -> Result<(), Interrupted> {
         self.check()?;
+        if event.is(ProtocolEvent::Token) && event.str("text").is_some_and(|t| !t.is_empty()) {
+            self.shared.tokens.fetch_add(1, Ordering::Relaxed);
+        }
         self.send(event, Wait::UpTo(self.shared.limits.stall_timeout))
     }
 

@@ -52,6 +52,19 @@ for clip in clips:
     print(json.dumps({"clip": clip, "seconds": sorted(times)[len(times) // 2], "text": text}), flush=True)
 "#;
 
+/// faster-whisper's word times on each clip (`word_timestamps=True`, float32 like cpipe's
+/// weights): one JSON line per clip.
+const FASTER_WHISPER_WORDS: &str = r#"
+import json, sys
+from faster_whisper import WhisperModel
+folder, clips, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+model = WhisperModel(folder, device="cpu", compute_type="float32", cpu_threads=threads)
+for clip in clips:
+    segments, _ = model.transcribe(clip, beam_size=1, language="en", word_timestamps=True)
+    words = [[w.word.strip(), w.start, w.end] for s in segments for w in s.words]
+    print(json.dumps({"clip": clip, "words": words}), flush=True)
+"#;
+
 fn default_whisper_cli() -> PathBuf {
     super::tools_dir().join("whisper.cpp/build/bin/whisper-cli")
 }
@@ -182,6 +195,73 @@ fn faster_whisper(
         .collect()
 }
 
+/// faster-whisper's words of each clip: `(word, start, end)`.
+fn faster_whisper_words(
+    python: &Path,
+    folder: &Path,
+    clips: &[PathBuf],
+    threads: usize,
+) -> Result<Vec<Vec<(String, f64, f64)>>> {
+    let out = Command::new(python)
+        .args(["-c", FASTER_WHISPER_WORDS])
+        .arg(folder)
+        .arg(serde_json::to_string(clips)?)
+        .arg(threads.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    ensure!(out.status.success(), "faster-whisper's word timing failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l)?;
+            Ok(v["words"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|w| {
+                    (
+                        w[0].as_str().unwrap_or("").to_lowercase(),
+                        w[1].as_f64().unwrap_or(f64::NAN),
+                        w[2].as_f64().unwrap_or(f64::NAN),
+                    )
+                })
+                .collect())
+        })
+        .collect()
+}
+
+/// The mean absolute difference of word boundaries (starts and ends) between `ours` and
+/// `theirs`, over the words both heard in the same order; and how many those are.
+fn boundary_difference(ours: &[Value], theirs: &[(String, f64, f64)]) -> (f64, usize) {
+    let normal = |w: &str| {
+        w.trim_matches(|c: char| !c.is_alphanumeric())
+            .to_lowercase()
+    };
+    let mut differences = Vec::new();
+    let mut j = 0;
+    for word in ours {
+        let text = normal(word["word"].as_str().unwrap_or(""));
+        // Skip their words until the same one: the two may hear a word differently.
+        let Some(k) = theirs[j..]
+            .iter()
+            .take(3)
+            .position(|t| normal(&t.0) == text)
+        else {
+            continue;
+        };
+        let (_, start, end) = &theirs[j + k];
+        differences.push((word["start"].as_f64().unwrap_or(f64::NAN) - start).abs());
+        differences.push((word["end"].as_f64().unwrap_or(f64::NAN) - end).abs());
+        j += k + 1;
+    }
+    let n = differences.len() / 2;
+    (
+        differences.iter().sum::<f64>() / differences.len().max(1) as f64,
+        n,
+    )
+}
+
 /// The delays from the end of a live utterance (a clip played as the microphone) to its
 /// `speech_end` event and to its transcript, in seconds.
 fn end_to_transcript(client: &mut Client, clip: &Path, speech_end: f64) -> Result<(f64, f64)> {
@@ -301,6 +381,39 @@ pub fn run(options: &SttBench) -> Result<()> {
         ours / full,
         ours / same,
         ours / fw
+    );
+
+    // Word timing: its cost in real-time factor, and its agreement with faster-whisper's.
+    let theirs = faster_whisper_words(&options.python, &folder, &paths, threads)?;
+    let (mut plain_rtf, mut timed_rtf, mut differences, mut compared) =
+        (Vec::new(), Vec::new(), Vec::new(), 0);
+    for (i, (clip, _, seconds)) in clips.iter().enumerate() {
+        let (mut plain, mut timed) = (Vec::new(), Vec::new());
+        let mut words = Vec::new();
+        for _ in 0..repetitions {
+            let t = Instant::now();
+            client.call("transcribe", json!({"wav": clip}))?;
+            plain.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let events = client.call("transcribe", json!({"wav": clip, "words": true}))?;
+            timed.push(t.elapsed().as_secs_f64());
+            words = events[0]
+                .get("words")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+        }
+        plain_rtf.push(median(plain) / seconds);
+        timed_rtf.push(median(timed) / seconds);
+        let (difference, n) = boundary_difference(&words, &theirs[i]);
+        differences.push(difference * n as f64);
+        compared += n;
+    }
+    let (plain, timed) = (median(plain_rtf), median(timed_rtf));
+    println!(
+        "word timing: mean boundary difference from faster-whisper's word_timestamps {:.0} ms over {compared} words (target <= 60 ms); real-time factor {timed:.3} with words, {plain:.3} without ({:+.0}%)",
+        differences.iter().sum::<f64>() / compared.max(1) as f64 * 1000.0,
+        (timed / plain - 1.0) * 100.0
     );
 
     // Latency: a 5-second utterance played as the microphone, then silence.

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use clap::{Args, FromArgMatches};
 use models::llm::{ChatMessage, GenerationParams, Llm, LlmError, Role, Usage};
 use models::source::ModelSource;
-use pipe_core::{CommandSpec, Event, Fields, Request, Responder, StateName, ToolError, ToolServer};
+use pipe_core::{
+    CommandSpec, Event, Fields, ProtocolEvent, Request, Responder, StateName, ToolError, ToolServer,
+};
 use serde_json::{json, Value};
 
 use super::Kind;
@@ -316,11 +318,11 @@ fn build(args: ChatArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolServ
     server.handle(
         CommandSpec::new("chat", "Streams the assistant's reply to a conversation.")
             .args(chat_args())
-            .emits(&[ServerEvent::Token, ServerEvent::Done]),
+            .emits(&[ProtocolEvent::Token.name(), ServerEvent::Done.name()]),
         move |req, out| {
             let usage = run_job(&stream_worker, stream_system.as_deref(), req, out, |text| {
                 out.emit(
-                    Event::new(ServerEvent::Token)
+                    Event::new(ProtocolEvent::Token)
                         .with("text", text)
                         .with("done", false),
                 )?;
@@ -328,7 +330,7 @@ fn build(args: ChatArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolServ
             })?;
             let usage = usage_json(&usage);
             out.emit(
-                Event::new(ServerEvent::Token)
+                Event::new(ProtocolEvent::Token)
                     .with("text", "")
                     .with("done", true)
                     .with("usage", usage.clone()),

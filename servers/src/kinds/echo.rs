@@ -1,7 +1,7 @@
 //! `cpipe --serve echo`: a real server with no model, for tests, benchmarks and for trying
 //! the protocol by hand.
 
-use pipe_core::{CommandSpec, Event, ToolServer};
+use pipe_core::{CommandSpec, Event, ProtocolEvent, ToolServer};
 use serde_json::json;
 
 use super::Kind;
@@ -49,20 +49,20 @@ pub fn register(server: &mut ToolServer) {
                 "text": {"type": "string", "description": "The text of each token (default \"x\")."}
             }
         }))
-        .emits(&[ServerEvent::Token]),
+        .emits(&[ProtocolEvent::Token]),
         |req, out| {
             let n = req.opt_u64("n")?.unwrap_or(0);
             let text = req.opt_str("text")?.unwrap_or("x");
             for i in 0..n {
                 out.emit(
-                    Event::new(ServerEvent::Token)
+                    Event::new(ProtocolEvent::Token)
                         .with("text", text)
                         .with("done", false)
                         .with("i", i),
                 )?;
             }
             out.emit(
-                Event::new(ServerEvent::Token)
+                Event::new(ProtocolEvent::Token)
                     .with("text", "")
                     .with("done", true),
             )?;

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use models::stt::{Segmenter, SileroVad, VadEvent, VadSettings, SAMPLE_RATE};
 use pipe_core::{
-    CancelReason, CancelToken, ErrorCode, Event, Request, Responder, ServerHandle, ToolError,
+    CancelReason, CancelToken, ErrorCode, Event, ProtocolEvent, Request, Responder, ServerHandle,
+    ToolError,
 };
 
 use super::engine::{Answer, Purpose, Ticket, Transcriber};
@@ -69,7 +70,7 @@ fn publish_in_order(server: &ServerHandle, partial_busy: &AtomicBool, pending: R
                         server.broadcast(&with_words(speech, timed));
                         // named-pipes 0.4's stt clients read transcribed text as token events.
                         server.broadcast(
-                            &Event::new(ServerEvent::Token).with("text", format!("{text} ")),
+                            &Event::new(ProtocolEvent::Token).with("text", format!("{text} ")),
                         );
                     }
                 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::{Args, FromArgMatches};
 use models::stt::{audio::to_16k_mono, Segment, SttError, VadEvent, SAMPLE_RATE};
 use pipe_core::audio::AudioChunk;
-use pipe_core::{CommandSpec, ErrorCode, Event, Request, ToolError, ToolServer};
+use pipe_core::{CommandSpec, ErrorCode, Event, ProtocolEvent, Request, ToolError, ToolServer};
 use serde_json::{json, Value};
 
 use super::Kind;
@@ -181,12 +181,12 @@ pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::R
     let mut server = builder
         .initial_state(ServerState::Loading)
         .broadcasts(&[
-            ServerEvent::SpeechStart,
-            ServerEvent::Partial,
-            ServerEvent::Speech,
-            ServerEvent::SpeechEnd,
-            ServerEvent::Transcript,
-            ServerEvent::Token,
+            ServerEvent::SpeechStart.name(),
+            ServerEvent::Partial.name(),
+            ServerEvent::Speech.name(),
+            ServerEvent::SpeechEnd.name(),
+            ServerEvent::Transcript.name(),
+            ProtocolEvent::Token.name(),
         ])
         .bind()?;
     let handle = server.handle_ref();
