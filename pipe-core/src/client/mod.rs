@@ -17,6 +17,7 @@
 //! events are the next reply, or a `done:false` stream up to its `done:true` chunk.
 
 mod backoff;
+mod describe;
 mod events;
 mod waiting;
 

@@ -280,14 +280,17 @@ impl Session {
     }
 
     /// Sends a command and collects its events (for short control commands like
-    /// `get_interface`).
+    /// `get_state`).
     pub fn control(&self, cmd: &str) -> pipe_core::Result<Vec<Event>> {
-        self.control_with(cmd, Value::Null)
+        self.with(|c| c.call(cmd, Value::Null))
     }
 
-    /// [`control`](Self::control) with arguments.
-    pub fn control_with(&self, cmd: &str, args: Value) -> pipe_core::Result<Vec<Event>> {
-        let result = self.with_client(|c| c.call(cmd, args));
+    /// Runs `f` on the client; a server found gone closes the session.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> pipe_core::Result<T>,
+    ) -> pipe_core::Result<T> {
+        let result = self.with_client(f);
         if let Err(e @ pipe_core::Error::Disconnected { .. }) = &result {
             self.close(e.to_string());
         }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use pipe_core::discovery::{self, Liveness, ServerInfo};
-use pipe_core::ProtocolEvent;
+use pipe_core::Client;
 use serde_json::{json, Map, Value};
 
 use super::arguments::{ArgResult, Args, Param};
@@ -643,63 +643,11 @@ impl Tools {
     }
 }
 
-/// The server's commands in the form of cpipe's `get_interface` answer (`description`,
-/// `commands` with JSON Schema `args`): its own answer, or a named-pipes 0.7 server's named
-/// interfaces converted; `None` for a server that describes neither (named-pipes 0.4).
+/// The server's commands in the form of cpipe's `get_interface` answer (a cpipe server's own,
+/// or a named-pipes 0.7 server's named interfaces converted); `None` for a server that
+/// describes neither (named-pipes 0.4).
 fn interface(session: &Session) -> pipe_core::Result<Option<Value>> {
-    match session.control("get_interface") {
-        Ok(events) => Ok(events
-            .into_iter()
-            .find(|e| e.is(ProtocolEvent::Interface))
-            .map(|e| Value::from(e.fields().clone()))),
-        // A 0.7 server answers a bare get_interface with an error: ask for its interfaces.
-        Err(pipe_core::Error::Remote { .. }) => named_interfaces(session),
-        Err(e) => Err(e),
-    }
-}
-
-/// A named-pipes 0.7 server's own named interfaces (all but `base`, whose commands are the
-/// protocol's) as one cpipe-shaped interface; `None` if it does not list interfaces.
-fn named_interfaces(session: &Session) -> pipe_core::Result<Option<Value>> {
-    let names = match session.control("list_interfaces") {
-        Ok(events) => events
-            .iter()
-            .find_map(|e| e.get("interfaces").and_then(Value::as_array).cloned())
-            .unwrap_or_default(),
-        Err(pipe_core::Error::Remote { .. }) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut descriptions = Vec::new();
-    let mut commands = Vec::new();
-    for name in names.iter().filter_map(Value::as_str) {
-        if name == pipe_core::named_interface::BASE {
-            continue;
-        }
-        let events = match session.control_with("get_interface", json!({"name": name})) {
-            Ok(events) => events,
-            Err(pipe_core::Error::Remote { .. }) => continue,
-            Err(e) => return Err(e),
-        };
-        let Some(interface) = events.iter().find_map(|e| e.get("interface")) else {
-            continue;
-        };
-        if let Some(text) = interface.get("description").and_then(Value::as_str) {
-            descriptions.push(text.to_string());
-        }
-        commands.extend(
-            interface
-                .get("commands")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(pipe_core::named_interface::command_from_named),
-        );
-    }
-    Ok(Some(json!({
-        "description": descriptions.join(" "),
-        "commands": commands,
-        "interfaces": names,
-    })))
+    session.with(Client::describe)
 }
 
 /// Reads the unread output of request `id`, advancing its cursor.
