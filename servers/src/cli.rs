@@ -107,6 +107,13 @@ pub struct Cli {
 /// Subcommands (a server named like one is reached by its path, e.g. /tmp/tool-bench).
 #[derive(Debug, clap::Subcommand)]
 pub enum Subcommand {
+    /// A live terminal view of every server: state, model, requests and tokens per second,
+    /// their events; send any command, start new servers. `cpipe` alone in a terminal opens it.
+    Dashboard {
+        /// Directory holding the pipes.
+        #[arg(long, env = "CPIPE_DIR", default_value = pipe_core::paths::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
     /// Benchmarks that compare cpipe against anchors measured in the same run.
     Bench {
         /// Which benchmark.
@@ -189,6 +196,11 @@ pub enum Mode {
         /// The GGML file to write.
         output: PathBuf,
     },
+    /// `dashboard`, or no arguments in a terminal: the terminal UI.
+    Dashboard {
+        /// The pipe directory.
+        dir: PathBuf,
+    },
     /// `mcp`: serve the live servers to an agent.
     Mcp {
         /// The pipe directory.
@@ -224,9 +236,15 @@ impl Mode {
                 Self::ImportWhisper { folder, output }
             }
             Some(Subcommand::Mcp { dir }) => Self::Mcp { dir },
+            Some(Subcommand::Dashboard { dir }) => Self::Dashboard { dir },
             None if cli.list => Self::List(cli),
             None if cli.pid => Self::Pids(cli),
             None if cli.clear => Self::Clear(cli),
+            None if cli.target.is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stdout()) =>
+            {
+                Self::Dashboard { dir: cli.dir }
+            }
             None => Self::Query(cli),
         };
         Ok((mode, verbose))

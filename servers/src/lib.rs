@@ -5,6 +5,7 @@
 pub mod assets;
 pub mod bench;
 pub mod cli;
+pub mod dashboard;
 pub mod engine;
 pub mod kinds;
 pub mod listing;

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use servers::cli::{Failure, Mode};
-use servers::{assets, bench, listing, mcp, query};
+use servers::{assets, bench, dashboard, listing, mcp, query};
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
@@ -26,8 +26,12 @@ fn init_logging(verbose: u8) {
 fn main() -> ExitCode {
     let result = Mode::from_args().and_then(|(mode, verbose)| {
         models::device::settle_thread_count();
-        init_logging(verbose);
+        // The dashboard owns the terminal: log lines on stderr would tear its screen.
+        if !matches!(mode, Mode::Dashboard { .. }) {
+            init_logging(verbose);
+        }
         match mode {
+            Mode::Dashboard { dir } => dashboard::run(dir).map_err(Failure::from),
             Mode::Serve(serve) => serve.run(),
             Mode::Bench(which) => bench::run(&which).map_err(Failure::from),
             Mode::ImportWhisper { folder, output } => {

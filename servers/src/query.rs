@@ -26,12 +26,16 @@ pub fn timeout(cli: &Cli) -> Result<Option<Duration>, Failure> {
     Ok((cli.timeout > 0.0).then(|| Duration::from_secs_f64(cli.timeout)))
 }
 
+/// A field's value as a user types it: JSON when it parses as JSON, else the text itself.
+pub fn field_value(raw: &str) -> Value {
+    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()))
+}
+
 /// Builds the request fields from --data and -j.
 fn request_fields(cli: &Cli) -> Result<Fields, Failure> {
     let mut fields = Fields::new();
     if let Some(data) = &cli.data {
-        let value = serde_json::from_str(data).unwrap_or_else(|_| Value::String(data.clone()));
-        fields.insert("data", value);
+        fields.insert("data", field_value(data));
     }
     for item in &cli.fields {
         if let Ok(Value::Object(object)) = serde_json::from_str(item) {
@@ -46,8 +50,7 @@ fn request_fields(cli: &Cli) -> Result<Fields, Failure> {
         if key.is_empty() {
             return Err(Failure::Usage(format!("-j {item:?}: the key is empty")));
         }
-        let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
-        fields.insert(key.to_owned(), value);
+        fields.insert(key.to_owned(), field_value(raw));
     }
     for reserved in ["pid", "cmd", "id"] {
         if fields.contains_key(reserved) {
