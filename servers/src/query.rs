@@ -103,7 +103,7 @@ impl Printer {
 pub fn run(cli: &Cli) -> Result<(), Failure> {
     let (Some(target), Some(cmd)) = (&cli.target, &cli.cmd) else {
         return Err(Failure::Usage(
-            "say which server and which command: cpipe NAME CMD (or --list, --serve KIND)".into(),
+            "say which server and which command: cpipe NAME CMD (or --list, --serve KIND, or dashboard for the terminal UI)".into(),
         ));
     };
     let fields = request_fields(cli)?;
