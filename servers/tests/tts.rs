@@ -317,3 +317,48 @@ fn subscribers_that_ask_get_everyones_audio() {
         .unwrap();
     assert_eq!(off[0].get("on"), Some(&json!(false)));
 }
+
+/// One client's big text neither holds up the others (the listener answers them while it is
+/// spoken) nor goes beyond the limit a request may bring.
+#[test]
+fn a_big_text_keeps_others_served_and_a_too_big_one_is_refused() {
+    let dir = TestDir::new("tts-big");
+    let _server = start(&dir, &["--max-text-chars", "5000"]);
+    let mut big = client(&dir);
+    let long = "Hi there. ".repeat(480);
+    let id = big.send("text", json!({"data": long})).unwrap();
+    // Another client (another process) is answered while the big text is being spoken.
+    assert!(eventually(Duration::from_secs(30), || state(&dir) == "synthesizing"));
+    let pong = dir.run(&["tts", "ping"]);
+    assert!(pong.status.success() && text(&pong.stdout).contains("pong"));
+    assert_eq!(
+        state(&dir),
+        "synthesizing",
+        "the big text ended too soon to tell"
+    );
+    big.cancel(id).unwrap();
+    let ended: Vec<Event> = big.events_of(id).map(Result::unwrap).collect();
+    assert!(
+        ended
+            .last()
+            .and_then(Event::as_error)
+            .is_some_and(|e| e.code == ErrorCode::Cancelled),
+        "{ended:?}"
+    );
+
+    let too_big = "Hi there. ".repeat(501);
+    let error = big
+        .call("text", json!({"data": too_big}))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("--max-text-chars") && error.contains("5010"),
+        "{error}"
+    );
+    let error = big
+        .call("synthesize", json!({"text": too_big}))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("send it in parts"), "{error}");
+    assert_eq!(big.call("ping", Value::Null).unwrap()[0].name(), "pong");
+}

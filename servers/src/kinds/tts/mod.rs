@@ -56,6 +56,12 @@ pub struct TtsArgs {
     /// Record everything spoken to this WAV file.
     #[arg(long, value_name = "FILE")]
     pub wav: Option<PathBuf>,
+
+    /// The longest text one request may bring, in characters: a bound on the work (and, for
+    /// synthesize, the audio held in memory) one request can cause. 20,000 characters are
+    /// about 20 minutes of speech; longer texts are refused, not cut: send them in parts.
+    #[arg(long, default_value_t = 20_000, value_name = "CHARS")]
+    pub max_text_chars: usize,
 }
 
 /// How the tts server is set up, once its flags are resolved to files.
@@ -68,6 +74,8 @@ pub struct TtsOptions {
     pub playback: PlaybackMode,
     /// A WAV file recording everything played.
     pub wav: Option<PathBuf>,
+    /// The longest text one request may bring, in characters.
+    pub max_text_chars: usize,
 }
 
 /// One sentence for the voice.
@@ -84,6 +92,18 @@ struct Audio {
     rate: u32,
 }
 
+/// Refuses a text longer than a request may bring (`--max-text-chars`), before any work.
+fn check_length(text: &str, max_chars: usize) -> Result<(), ToolError> {
+    let chars = text.chars().count();
+    if chars > max_chars {
+        return Err(ToolError::invalid(format!(
+            "the text is {chars} characters long, more than the {max_chars} this server takes per \
+             request (--max-text-chars); send it in parts"
+        )));
+    }
+    Ok(())
+}
+
 /// Per-client text waiting for its sentence to end.
 type Buffers = Arc<Mutex<HashMap<Option<u32>, SentenceSplitter>>>;
 
@@ -93,6 +113,7 @@ fn build(args: TtsArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolServe
         runtime: Some(crate::assets::onnx_runtime()),
         playback: args.playback,
         wav: args.wav,
+        max_text_chars: args.max_text_chars,
     };
     build_with(builder, options)
 }
@@ -104,6 +125,7 @@ pub fn build_with(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::R
         .broadcasts(&[ServerEvent::SpeechStart, ServerEvent::SpeechEnd])
         .bind()?;
     let handle = server.handle_ref();
+    let max_chars = options.max_text_chars;
     let playback = Playback::start(options.playback, options.wav.clone(), handle.clone())?;
     let voice_name = voice_name(&options.voice);
     let worker = Worker::new();
@@ -138,6 +160,7 @@ pub fn build_with(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::R
                     return Err(ToolError::invalid(format!("text: data must be a string, got {other}")))
                 }
             };
+            check_length(text, max_chars)?;
             let epoch = s.playback.epoch();
             let sentences = lock(&b).entry(req.pid).or_default().push(text);
             let options = s.options(req, false)?;
@@ -183,6 +206,7 @@ pub fn build_with(builder: pipe_core::Builder, options: TtsOptions) -> anyhow::R
             let text = req.opt_str("text")?.or(req.opt_str("data")?).ok_or_else(|| {
                 ToolError::invalid("synthesize: give the text as \"text\" (or \"data\")")
             })?;
+            check_length(text, max_chars)?;
             let options = s.options(req, true)?;
             let wav = req.opt_str("wav")?.map(PathBuf::from);
             if let Some(path) = &wav {
