@@ -23,14 +23,24 @@ fn python07() -> String {
     python_from("CPIPE_PYTHON_NP07", "named-pipes", "0.7.0")
 }
 
+/// Where the machine's /tmp stays reachable inside the namespace: a checkout or venv under
+/// /tmp (as a CI clone may be) is reached there once the test's directory covers /tmp.
+const HOST_TMP: &str = "/run/cpipe-test-host-tmp";
+
 /// `python ARGS` with `dir` mounted on /tmp, in a mount namespace of its own.
 fn with_tmp(dir: &Path, python: &str, args: &[&str]) -> Command {
+    let reachable = |path: &str| match path.strip_prefix("/tmp/") {
+        Some(rest) => format!("{HOST_TMP}/{rest}"),
+        None => path.to_string(),
+    };
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount --bind "$0" /tmp && exec "$@""#)
+        .arg(format!(
+            r#"mkdir -p {HOST_TMP} && mount --bind /tmp {HOST_TMP} && mount --bind "$0" /tmp && exec "$@""#
+        ))
         .arg(dir)
-        .arg(python)
-        .args(args)
+        .arg(reachable(python))
+        .args(args.iter().map(|a| reachable(a)))
         .env("PYTHONUNBUFFERED", "1");
     cmd
 }

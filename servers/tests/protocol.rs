@@ -513,3 +513,76 @@ fn stop_broadcasts_stopping_and_removes_the_pipes() {
     assert!(!dir.path().join("tool-echo").exists());
     assert!(!dir.path().join(".tool-echo.lock").exists());
 }
+
+/// Any process of the user can write the shared pipe and put any pid in a line. Against a
+/// client that speaks only on the shared pipe (named-pipes' way) that is enough to act in its
+/// name; a client with a private request pipe is safe from it: the server refuses lines on the
+/// shared pipe in its name (PROTOCOL.md, the threat model).
+#[test]
+fn a_pid_spoofed_on_the_shared_pipe_reaches_only_clients_without_a_private_pipe() {
+    let dir = TestDir::new("spoof");
+    let _server = dir.serve("echo", &[]);
+    let forge = |line: String| {
+        let pipe = dir.path().join("tool-echo");
+        // Another process writes it, as an attacker would.
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s\\n' '{line}' > '{}'", pipe.display()))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    // A named-pipes style client: a forged ping in its name is answered to it.
+    let mut legacy = RawClient::connect(dir.path(), "echo");
+    forge(format!("{{\"pid\": {}, \"cmd\": \"ping\"}}", legacy.pid));
+    let reply = legacy
+        .next(Duration::from_secs(5))
+        .expect("the forged ping is answered");
+    assert_eq!(reply["event"], "pong");
+
+    // A cpipe client with its private pipe, streaming: a forged cancel and unsubscribe in its
+    // name are refused, and its stream goes on.
+    let mut child = dir
+        .cpipe()
+        .args(["echo", "stream", "-j", "n=100000000", "--timeout", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.contains("token"), "{line}");
+    let victim = child.id();
+    let request: Value = serde_json::from_str(&line).unwrap();
+    let before = subscribers(&dir, "echo");
+    forge(format!(
+        "{{\"pid\": {victim}, \"cmd\": \"cancel\", \"target\": {}}}",
+        request["id"]
+    ));
+    forge(format!("{{\"pid\": {victim}, \"cmd\": \"unsubscribe\"}}"));
+    // The shared pipe is read in order: once this ping is answered, the forged lines were seen.
+    legacy.send(json!({"pid": legacy.pid, "cmd": "ping"}));
+    assert_eq!(
+        legacy.next(Duration::from_secs(5)).unwrap()["event"],
+        "pong"
+    );
+    assert_eq!(
+        subscribers(&dir, "echo"),
+        before,
+        "the forged unsubscribe was obeyed"
+    );
+    // Past what the pipe held when the lines were forged, the stream goes on.
+    for _ in 0..5000 {
+        line.clear();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(line.contains("\"token\""), "the stream was cut: {line}");
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the client was cut off"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -96,6 +96,21 @@ impl Listener {
                 return;
             }
         };
+        // A client with a private request pipe speaks only through it: a line on the shared
+        // pipe naming it was written by another process posing as it (PROTOCOL.md §1.1).
+        if let (Source::Shared, Some(pid)) = (source, request.pid) {
+            // Except the same process subscribing again after closing its client, whose old
+            // pipe's end is not read yet: the subscribe replaces it.
+            let resubscribe = request.cmd == "subscribe" && self.request_writer_gone(pid);
+            if self.request_pipes.contains_key(&pid) && !resubscribe {
+                tracing::warn!(
+                    pid,
+                    cmd = %request.cmd,
+                    "refused a request on the shared pipe in the name of a client that has a private one"
+                );
+                return;
+            }
+        }
         if let Source::Private(owner) = source {
             // Only its owner writes a request pipe; a line naming another sender came from a
             // process that took the pipe for something else (a discovery that mistook it for

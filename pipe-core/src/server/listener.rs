@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::fifo;
 use crate::framing::{Frame, LineBuffer};
 use crate::message::{pid_hint, ErrorCode, ToolError};
-use crate::poll::Epoll;
+use crate::poll::{self, Epoll};
 use crate::processes::pid_alive;
 use crate::sync::lock;
 
@@ -230,6 +230,15 @@ impl Listener {
             }
         }
         self.upstream_lines = lines;
+    }
+
+    /// Whether client `pid`'s request pipe has no writer left (the client closed it).
+    pub(super) fn request_writer_gone(&self, pid: u32) -> bool {
+        let Some(pipe) = self.request_pipes.get(&pid) else {
+            return false;
+        };
+        let mut fds = [poll::pollfd(pipe.file.as_raw_fd(), libc::POLLIN)];
+        poll::poll(&mut fds, Some(Duration::ZERO)).is_ok() && fds[0].revents & libc::POLLHUP != 0
     }
 
     fn read_request_pipe(&mut self, pid: u32) {
