@@ -375,3 +375,43 @@ fn a_vanishing_top_p_samples_the_top_token_instead_of_failing() {
         "{error}"
     );
 }
+
+/// Resident memory (kB) of process `pid`.
+fn resident_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// After a long prompt, resident memory comes back to about its size after load: the cache
+/// a long prompt grew is let go, and the heap it freed is given back.
+#[test]
+fn memory_comes_back_after_a_long_prompt() {
+    let dir = TestDir::new("chat-memory");
+    let server = start(&dir);
+    let mut c = client(&dir);
+    // A short request first: what every request allocates is part of the resting size.
+    c.call("chat_blocking", question("Hi")).unwrap();
+    assert!(eventually(Duration::from_secs(10), || state(&dir) == "idle"));
+    let resting = resident_kb(server.pid());
+    let long = "Tell me about the history of Paris. ".repeat(300);
+    let reply = c
+        .call("chat_blocking", json!({"data": long, "max_tokens": 4}))
+        .unwrap();
+    let prompt = reply[0].get("usage").unwrap()["prompt_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(prompt > 2048, "{prompt} tokens");
+    let mut after = 0;
+    let back = eventually(Duration::from_secs(10), || {
+        after = resident_kb(server.pid());
+        state(&dir) == "idle" && after < resting + 60_000
+    });
+    assert!(
+        back,
+        "resident {resting} kB at rest, {after} kB after a {prompt}-token prompt"
+    );
+}

@@ -474,6 +474,21 @@ impl Llm {
         &mut self,
         prompt: &[u32],
         params: &GenerationParams,
+        on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Usage, LlmError> {
+        let result = self.generate_in_cache(prompt, params, on_text);
+        // The next request reuses nothing of this one's keys and values (only the shared
+        // prefix, kept apart): give back what a long prompt grew the cache to, so memory
+        // returns to its resting size after each request.
+        self.weights.release_kv_cache();
+        result
+    }
+
+    /// [`Llm::generate`], leaving the cache as the request left it.
+    fn generate_in_cache(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerationParams,
         mut on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Usage, LlmError> {
         params.validate()?;

@@ -204,7 +204,20 @@ fn serve<E: Engine>(mut engine: E, server: &ServerHandle, jobs: &Jobs<E>, what: 
         mailbox.finish(result.map_err(user_facing));
         if jobs.is_empty() {
             server.set_state(engine.rest_state());
+            give_back_freed_memory();
         }
+    }
+}
+
+/// Returns the heap a job freed to the system when the engine goes idle. glibc keeps freed
+/// blocks in its arenas, so a long request's tensors would otherwise keep the resident size at
+/// its peak long after (a chat server grew from 0.8 to 2.2 GB and stayed there).
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas; it takes
+    // no pointer and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

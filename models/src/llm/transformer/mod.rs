@@ -177,6 +177,14 @@ impl Transformer {
         self.layers.iter().map(|l| l.cache.snapshot()).collect()
     }
 
+    /// Lets go of the cached keys and values and their buffers (they grow with the longest
+    /// sequence run since they were last released).
+    pub(super) fn release_kv_cache(&mut self) {
+        for layer in &mut self.layers {
+            layer.cache = KvBuffer::default();
+        }
+    }
+
     /// Continues from a sequence whose cache [`Transformer::kv_cache`] took: the next
     /// [`Transformer::forward`] goes on at that sequence's length.
     pub(super) fn set_kv_cache(&mut self, cache: &KvCache) -> Result<()> {
