@@ -126,6 +126,14 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     let mut last_event = Instant::now();
     let mut events = client.request(cmd, Value::from(fields))?;
     loop {
+        // Checked before each event, not only between them: a fast stream has no pauses.
+        if interrupted.load(Ordering::Relaxed) {
+            let id = events.id();
+            let _ = client.cancel(id);
+            printer.finish().context("writing output")?;
+            eprintln!("cpipe: interrupted; cancelled the request");
+            return Err(Failure::Interrupted);
+        }
         match events.next_within(TICK) {
             Ok(Step::End) => break,
             Ok(Step::Event(event)) => {
@@ -141,13 +149,6 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
                 }
             }
             Ok(Step::Pending) => {
-                if interrupted.load(Ordering::Relaxed) {
-                    let id = events.id();
-                    let _ = client.cancel(id);
-                    printer.finish().context("writing output")?;
-                    eprintln!("cpipe: interrupted; cancelled the request");
-                    return Err(Failure::Interrupted);
-                }
                 if let Some(limit) = idle_timeout {
                     if last_event.elapsed() >= limit {
                         return Err(pipe_core::Error::Timeout {

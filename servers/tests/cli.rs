@@ -92,3 +92,30 @@ fn the_echo_examples_in_help_work_as_written() {
         );
     }
 }
+
+/// Ctrl-C during a stream that never pauses cancels the request on the server and exits 130.
+#[test]
+fn ctrl_c_cancels_a_fast_stream() {
+    let dir = TestDir::new("cli-ctrlc");
+    let _server = dir.serve("echo", &[]);
+    let mut child = dir.streaming(&["echo", "stream", "-j", "n=1000000000", "--timeout", "0"]);
+    // SAFETY: kill(2) takes no pointers.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let mut stdout = child.stdout.take().unwrap();
+    // Drain what it prints until it exits (a billion tokens would take hours).
+    let drain = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let mut status = None;
+    assert!(
+        eventually(std::time::Duration::from_secs(30), || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }),
+        "Ctrl-C did not stop the stream"
+    );
+    drain.join().unwrap().unwrap();
+    assert_eq!(status.unwrap().code(), Some(130));
+    // The server is free again.
+    assert!(dir.run(&["echo", "ping"]).status.success());
+}
