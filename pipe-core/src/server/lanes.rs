@@ -85,7 +85,9 @@ impl Shared {
             tracing::debug!(cmd = %request.cmd, pid = ?request.pid, "request failed: {error}");
             let _ = responder.send(error.to_event(), Wait::Never);
         }
-        responder.finish();
+        // The request stops counting as in flight before its `end` goes out: a client that has
+        // read the end may reuse the id at once (a new connection of the same process starts
+        // its ids again).
         if let Some(pid) = request.pid {
             let mut inflight = lock(&self.inflight);
             if let Some(list) = inflight.get_mut(&pid) {
@@ -95,6 +97,7 @@ impl Shared {
                 }
             }
         }
+        responder.finish();
     }
 
     /// Whether client `pid` has requests queued or running on its lane.
