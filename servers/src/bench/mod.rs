@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use pipe_core::{Client, ConnectOptions};
 use serde_json::Value;
 
+pub mod chaos;
 pub mod chat;
 pub mod pipes;
 pub mod search;
@@ -36,6 +37,10 @@ pub enum BenchKind {
     /// server against Chroma's embedded client (same vectors): ingest, search latency, recall,
     /// disk and memory.
     Search(search::SearchBench),
+    /// The servers under hostile and careless use, bounded in time: 16 chat clients with
+    /// cancels and kills, leaks over many requests per model server, SIGSTOP, kill -9 and
+    /// restart, another user. Prints what was tried and what happened.
+    Chaos(chaos::ChaosBench),
     /// One subscriber process of the pipes benchmark (internal).
     #[command(hide = true)]
     Subscriber {
@@ -64,6 +69,7 @@ pub fn run(which: &BenchKind) -> anyhow::Result<()> {
         BenchKind::Tts(options) => tts::run(options),
         BenchKind::Stt(options) => stt::run(options),
         BenchKind::Search(options) => search::run(options),
+        BenchKind::Chaos(options) => chaos::run(options),
         BenchKind::Subscriber { events } => pipes::subscriber(*events),
     }
 }
