@@ -74,7 +74,7 @@ fn draw_servers(frame: &mut Frame, app: &App, area: Rect) {
     let table = Table::new(rows, widths)
         .header(header)
         .block(Block::bordered().title(title))
-        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .row_highlight_style(chosen(true))
         .highlight_symbol("> ");
     let mut state =
         TableState::default().with_selected((!app.rows.is_empty()).then_some(app.selected));
@@ -157,7 +157,7 @@ fn draw_commands(frame: &mut Frame, app: &App, filter: &str, selected: usize) {
     );
     let list = List::new(items)
         .block(Block::bordered().title(title))
-        .highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .highlight_style(chosen(true))
         .highlight_symbol("> ");
     frame.render_stateful_widget(
         list,
@@ -182,11 +182,7 @@ fn draw_form(frame: &mut Frame, app: &App) {
         .enumerate()
         .map(|(i, f)| {
             let cursor = if i == *focus { "_" } else { "" };
-            let style = if i == *focus {
-                Style::new().add_modifier(Modifier::REVERSED)
-            } else {
-                Style::new()
-            };
+            let style = chosen(i == *focus);
             Line::from(vec![
                 Span::styled(
                     format!("{:>14} ", f.name),
@@ -210,11 +206,7 @@ fn draw_launch(frame: &mut Frame, kind: usize, flags: &str) {
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            let style = if i == kind {
-                Style::new().add_modifier(Modifier::REVERSED)
-            } else {
-                Style::new()
-            };
+            let style = chosen(i == kind);
             Span::styled(format!(" {} ", k.name), style)
         })
         .collect();
@@ -235,6 +227,15 @@ fn draw_launch(frame: &mut Frame, kind: usize, flags: &str) {
             .block(block),
         area,
     );
+}
+
+/// How the chosen row, field or kind is drawn: reversed.
+fn chosen(on: bool) -> Style {
+    if on {
+        Style::new().add_modifier(Modifier::REVERSED)
+    } else {
+        Style::new()
+    }
 }
 
 /// A rectangle `percent_x` by `percent_y` of `area`, in its middle.
