@@ -81,8 +81,8 @@ fn main() -> anyhow::Result<()> {
                 )?;
             }
             "error" => eprintln!("[error: {}]", event.str("message").unwrap_or_default()),
-            // A file has been played and transcribed to its end.
-            "state_changed" if file.is_some() && event.str("state") == Some("idle") => break,
+            // A file has been played and transcribed to its end: the server is ready again.
+            "state_changed" if file.is_some() && event.str("state") == Some("ready") => break,
             _ => {}
         }
     }
