@@ -75,6 +75,16 @@ pub enum Error {
         message: String,
     },
 
+    /// A request is longer than the server takes (it announced its limit in `subscribed`):
+    /// refused before it is sent, since the server could not say which request it discarded.
+    #[error("the request is {bytes} bytes, more than the {limit} this server takes (its max_request_bytes); send less per request")]
+    RequestTooLarge {
+        /// The request line's length.
+        bytes: usize,
+        /// The server's limit.
+        limit: usize,
+    },
+
     /// The peer broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),

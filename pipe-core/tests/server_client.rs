@@ -258,3 +258,39 @@ fn named_interfaces_answer_in_named_pipes_0_7_shape() {
     let bare = client.call("get_interface", Value::Null).unwrap();
     assert!(bare[0].get("commands").is_some());
 }
+
+#[test]
+fn a_request_over_the_servers_limit_is_refused_before_it_is_sent() {
+    let dir = std::env::temp_dir().join(format!("pipe-core-it-limit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let limits = pipe_core::Limits {
+        max_request_bytes: 1000,
+        ..pipe_core::Limits::default()
+    };
+    let mut server = ToolServer::builder("limit")
+        .dir(&dir)
+        .limits(limits)
+        .bind()
+        .unwrap();
+    server.handle(CommandSpec::new("take", "Takes anything."), |_, _| Ok(()));
+    let handle = server.handle_ref();
+    let thread = std::thread::spawn(move || server.run());
+    let options = ConnectOptions {
+        dir: dir.clone(),
+        timeout: Some(Duration::from_secs(10)),
+    };
+    let mut client = Client::connect_with("limit", &options).unwrap();
+    let error = client
+        .call("take", json!({"data": "x".repeat(2000)}))
+        .unwrap_err();
+    assert!(
+        matches!(error, pipe_core::Error::RequestTooLarge { limit: 1000, .. }),
+        "{error}"
+    );
+    // Refused by the client, not a reply timeout: the server never saw it.
+    assert!(client.call("take", json!({"data": "small"})).is_ok());
+    drop(client);
+    handle.stop();
+    thread.join().unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -140,19 +140,21 @@ fn its_stt_client_attaches_to_a_listening_server_and_shows_the_speech() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Timed words, as it prints them: "[5.710–6.070] your [6.070–6.370] country"; the clip
-    // says "country" twice.
-    let seen = output_until(client, Duration::from_secs(60), |s| {
-        s.matches("] country").count() >= 2
+    // Until the clip has played and been transcribed: the server is ready again.
+    let seen = output_until(client, Duration::from_secs(90), |s| {
+        s.contains("[state_changed] ready")
     });
     assert!(seen.contains("attaching to the existing session"), "{seen}");
     assert!(
         seen.contains("[speech_start]") && seen.contains("[speech_end]"),
         "{seen}"
     );
-    // The speech as it grew, printed in place, then each utterance's words with their times.
+    // The speech as it grew, printed in place, then the utterance's words with their times:
+    // "[9.910–10.190] your [10.190–10.660] country." The client prints them only until the
+    // next utterance starts, so on a slow machine earlier utterances' may come too late to
+    // show; the last one's always shows.
     assert!(seen.contains("\x1b[2K"), "{seen}");
-    for word in ["] fellow", "] Americans", "] not", "] your", "] country"] {
+    for word in ["] your", "] country"] {
         assert!(seen.contains(word), "no timed {word}: {seen}");
     }
     assert!(!seen.contains("Traceback"), "{seen}");

@@ -69,6 +69,8 @@ pub struct Client {
     timeout: Option<Duration>,
     /// The server speaks plain named-pipes 0.4: no ids, no `end`.
     legacy: bool,
+    /// The longest request line the server takes, as it announced.
+    max_request_bytes: Option<usize>,
     /// `unsubscribe` was sent already.
     unsubscribed: bool,
     /// Whether a wait spins before it sleeps.
@@ -158,6 +160,7 @@ impl Client {
             timeout: options.timeout,
             legacy: true,
             unsubscribed: false,
+            max_request_bytes: None,
             backoff: Backoff::new(),
             buf: vec![0; 64 << 10],
         };
@@ -175,6 +178,10 @@ impl Client {
                 continue; // nothing else is meant for us before this
             }
             self.legacy = event.get("protocol").is_none();
+            self.max_request_bytes = event
+                .get("max_request_bytes")
+                .and_then(Value::as_u64)
+                .map(|n| n as usize);
             if let Some(path) = event.str("request_pipe") {
                 let pipe = fifo::open_fifo(Path::new(path), Access::Write)?;
                 self.request_pipe = Some(pipe);
@@ -229,6 +236,10 @@ impl Client {
             write_value(&mut line, value);
         }
         line.extend_from_slice(b"}\n");
+        let bytes = line.len() - 1;
+        if let Some(limit) = self.max_request_bytes.filter(|&limit| bytes > limit) {
+            return Err(Error::RequestTooLarge { bytes, limit });
+        }
         self.write_line(&line, false)?;
         Ok(id)
     }
