@@ -142,6 +142,15 @@ fn the_dashboard_shows_servers_sends_commands_starts_servers_and_survives_a_deat
     tmux.keys(&["s"]);
     tmux.shows("sent stop to second")
         .unwrap_or_else(|s| panic!("{s}"));
+    // The server it started stops: nothing is alive any more.
+    let mut screen = String::new();
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            screen = tmux.screen();
+            !screen.contains("alive")
+        }),
+        "the started server did not stop:\n{screen}"
+    );
     tmux.keys(&["q"]);
     let exit = dir.path().join("exit");
     assert!(
