@@ -160,10 +160,19 @@ impl App {
         let Overlay::Commands { filter, .. } = &self.overlay else {
             return Vec::new();
         };
+        self.matching(filter)
+            .into_iter()
+            .map(|(name, c)| (name, c.get("summary").and_then(Value::as_str).unwrap_or("")))
+            .collect()
+    }
+
+    /// The selected server's commands whose names contain `filter`, with their names, in the
+    /// order the list shows them.
+    fn matching(&self, filter: &str) -> Vec<(&str, &Value)> {
         self.selected_commands()
             .iter()
-            .filter_map(|c| Some((c.get("name")?.as_str()?, c.get("summary")?.as_str()?)))
-            .filter(|(name, _)| name.contains(filter.as_str()))
+            .filter_map(|c| Some((c.get("name")?.as_str()?, c)))
+            .filter(|(name, _)| name.contains(filter))
             .collect()
     }
 
@@ -327,20 +336,12 @@ impl App {
     }
 
     fn choose_command(&mut self, code: KeyCode, mut filter: String, mut selected: usize) {
-        let count = |app: &Self, filter: &str| {
-            app.selected_commands()
-                .iter()
-                .filter(|c| {
-                    c.get("name")
-                        .and_then(Value::as_str)
-                        .is_some_and(|n| n.contains(filter))
-                })
-                .count()
-        };
         match code {
             KeyCode::Esc => return,
             KeyCode::Up => selected = selected.saturating_sub(1),
-            KeyCode::Down => selected = (selected + 1).min(count(self, &filter).saturating_sub(1)),
+            KeyCode::Down => {
+                selected = (selected + 1).min(self.matching(&filter).len().saturating_sub(1));
+            }
             KeyCode::Backspace => {
                 filter.pop();
                 selected = 0;
@@ -351,15 +352,9 @@ impl App {
             }
             KeyCode::Enter => {
                 let chosen = self
-                    .selected_commands()
-                    .iter()
-                    .filter(|c| {
-                        c.get("name")
-                            .and_then(Value::as_str)
-                            .is_some_and(|n| n.contains(&filter))
-                    })
-                    .nth(selected)
-                    .cloned();
+                    .matching(&filter)
+                    .get(selected)
+                    .map(|(_, command)| (*command).clone());
                 if let Some(command) = chosen {
                     self.open_form(&command);
                 }
