@@ -8,6 +8,7 @@
 //!   by default: it links the GPL-3.0-or-later libespeak-ng).
 //! - [`embed`]: sentence embeddings with BERT-family models (all-MiniLM, BGE), on candle.
 //! - [`onnx`]: ONNX Runtime, loaded at run time, for the ONNX models.
+//! - [`sentences`]: cutting streamed text into sentences, so speech can start early.
 //! - [`source`]: where model files come from (a local path, or the Hugging Face hub).
 //! - [`device`]: the compute device, GPU when built with `cuda` or `metal`.
 
@@ -15,6 +16,7 @@ pub mod device;
 pub mod embed;
 pub mod llm;
 pub mod onnx;
+pub mod sentences;
 pub mod source;
 pub mod stt;
 #[cfg(feature = "tts")]

@@ -4,6 +4,7 @@
 
 pub mod assets;
 pub mod bench;
+pub mod bridge;
 pub mod cli;
 pub mod dashboard;
 pub mod engine;

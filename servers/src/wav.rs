@@ -7,19 +7,49 @@ use anyhow::{bail, Context};
 
 /// Reads a WAV file as interleaved f32 samples, its rate and channel count.
 pub fn read_wav(path: &Path) -> anyhow::Result<(Vec<f32>, u32, u16)> {
-    let mut reader = hound::WavReader::open(path)
+    let reader = hound::WavReader::open(path)
         .with_context(|| format!("cannot read {} as a WAV file", path.display()))?;
+    samples(reader).with_context(|| path.display().to_string())
+}
+
+/// Decodes a WAV file held in memory (an upload), as [`read_wav`] reads one from disk. A WAV
+/// written while it streamed, whose header cannot know its length, is read to its end.
+pub fn decode_wav(bytes: &[u8]) -> anyhow::Result<(Vec<f32>, u32, u16)> {
+    let reader = hound::WavReader::new(std::io::Cursor::new(bytes))
+        .context("the audio is not a WAV file (convert it first, e.g. `ffmpeg -i IN -ar 16000 -ac 1 OUT.wav`)")?;
+    samples(reader)
+}
+
+/// Whether a sample is before the end of the data: a streamed WAV's data ends where the
+/// file does.
+fn before_stream_end<T>(streamed: bool) -> impl Fn(&Result<T, hound::Error>) -> bool {
+    move |result| {
+        !(streamed
+            && matches!(result, Err(hound::Error::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof))
+    }
+}
+
+fn samples<R: std::io::Read>(
+    mut reader: hound::WavReader<R>,
+) -> anyhow::Result<(Vec<f32>, u32, u16)> {
     let spec = reader.spec();
     // A header's rate and channels are checked before any sample is read: a WAV that says
     // 0 Hz, or 1 Hz for a gigabyte, must not reach the resampler.
     pipe_core::audio::AudioChunk::check_format(spec.sample_rate, spec.channels)
-        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message))?;
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    // Streaming writers put the largest size they can in the header (0xFFFFFFFF bytes).
+    let streamed =
+        u64::from(reader.len()) * u64::from(spec.bits_per_sample.div_ceil(8)) >= 0xFFFF_0000;
     let samples: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
-        (hound::SampleFormat::Float, 32) => reader.samples::<f32>().collect::<Result<_, _>>()?,
+        (hound::SampleFormat::Float, 32) => reader
+            .samples::<f32>()
+            .take_while(before_stream_end(streamed))
+            .collect::<Result<_, _>>()?,
         (hound::SampleFormat::Int, bits @ 1..=32) => {
             let scale = (1u64 << (bits - 1)) as f32;
             reader
                 .samples::<i32>()
+                .take_while(before_stream_end(streamed))
                 .map(|s| s.map(|s| s as f32 / scale))
                 .collect::<Result<_, _>>()?
         }

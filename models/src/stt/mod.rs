@@ -18,6 +18,13 @@ pub use whisper::{encoder_window, Segment, Whisper, Word};
 
 use crate::onnx::OnnxError;
 
+/// The language codes Whisper's multilingual models know (`en`, `zh`, `de`, ...).
+pub fn languages() -> Vec<&'static str> {
+    (0..=whisper_rs::get_lang_max_id())
+        .filter_map(whisper_rs::get_lang_str)
+        .collect()
+}
+
 /// The sample rate Whisper and the VAD work at.
 pub const SAMPLE_RATE: u32 = 16_000;
 

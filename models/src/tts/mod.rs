@@ -1,15 +1,12 @@
-//! Text-to-speech: Piper voices ([`PiperVoice`]) phonemized by espeak-ng, and the sentence
-//! cutting that lets speech start before the text ends ([`SentenceSplitter`]).
+//! Text-to-speech: Piper voices ([`PiperVoice`]) phonemized by espeak-ng.
 
 mod espeak;
 mod piper;
-mod sentences;
 
 use std::path::PathBuf;
 
 pub use espeak::EspeakError;
 pub use piper::{voice_name, PiperVoice, SpeakOptions};
-pub use sentences::SentenceSplitter;
 
 use crate::onnx::OnnxError;
 

@@ -372,6 +372,13 @@ fn forget(upstream: &Path) {
         .retain(|p| p != upstream);
 }
 
+/// The event pipe: readable when events have arrived (see [`Client::poll_event`]).
+impl AsRawFd for Client {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.events.as_raw_fd()
+    }
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
         if !self.unsubscribed {

@@ -28,6 +28,35 @@ impl Client {
         }
     }
 
+    /// The next event that has already arrived, without waiting: what [`Client::next_event`]
+    /// would return first, or `None`. For callers that wait on several sources at once
+    /// (poll the client's [`AsRawFd`] for input, then drain this until `None`).
+    pub fn poll_event(&mut self) -> Result<Option<Event>> {
+        if let Some(event) = self.unclaimed.pop_front() {
+            return Ok(Some(event));
+        }
+        loop {
+            if let Some(event) = self.inbox.events.pop_front() {
+                return Ok(Some(event));
+            }
+            match self.read_available()? {
+                Got::Data => {}
+                Got::Nothing => return Ok(None),
+                Got::EndOfFile => return Err(self.closed()),
+            }
+        }
+    }
+
+    /// The error of an event pipe the server has closed.
+    fn closed(&self) -> Error {
+        Error::Disconnected {
+            path: self.paths.upstream(),
+            reason: "the server closed this client's event pipe (it stopped, or dropped this \
+                     client for not reading)"
+                .into(),
+        }
+    }
+
     /// Waits until the event pipe has data and reads it into the inbox, spinning first while
     /// replies have been quick ([`Backoff`](super::backoff::Backoff)).
     fn wait_and_read(&mut self, deadline: Option<Instant>, what: &str) -> Result<()> {
@@ -57,14 +86,7 @@ impl Client {
                     self.backoff.slept(started);
                     return Ok(());
                 }
-                Got::EndOfFile => {
-                    return Err(Error::Disconnected {
-                        path: self.paths.upstream(),
-                        reason: "the server closed this client's event pipe (it stopped, or \
-                                 dropped this client for not reading)"
-                            .into(),
-                    })
-                }
+                Got::EndOfFile => return Err(self.closed()),
                 Got::Nothing => {}
             }
         }

@@ -5,10 +5,12 @@
 
 pub mod chat;
 pub mod echo;
+pub mod http;
 pub mod search;
 pub mod stt;
 #[cfg(feature = "tts")]
 pub mod tts;
+pub mod wyoming;
 
 use clap::Args;
 use pipe_core::ToolServer;
@@ -20,6 +22,8 @@ pub const KINDS: &[&Kind] = &[
     &tts::KIND,
     &stt::KIND,
     &search::KIND,
+    &http::KIND,
+    &wyoming::KIND,
     &echo::KIND,
 ];
 

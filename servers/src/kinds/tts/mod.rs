@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use clap::{Args, FromArgMatches};
-use models::tts::{voice_name, PiperVoice, SentenceSplitter, SpeakOptions};
+use models::sentences::SentenceSplitter;
+use models::tts::{voice_name, PiperVoice, SpeakOptions};
 use pipe_core::audio::AudioChunk;
 use pipe_core::{
     CommandSpec, ErrorCode, Event, Fields, Request, Responder, ServerHandle, StateName, ToolError,
