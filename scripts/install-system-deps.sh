@@ -7,8 +7,8 @@ need_apt=()
 # pkg-config and libasound2-dev: ALSA for audio playback (rodio/cpal); libespeak-ng-dev: the
 # phonemizer of the tts server (brings espeak-ng-data); cmake: builds whisper.cpp; flite:
 # speaks test sentences for the stt tests; tmux: the dashboard's tests drive it in a real
-# terminal.
-for pkg in pkg-config python3-venv libasound2-dev libespeak-ng-dev cmake flite tmux; do
+# terminal; curl: the http bridge's tests ask it as monitoring would.
+for pkg in pkg-config python3-venv libasound2-dev libespeak-ng-dev cmake flite tmux curl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

@@ -254,14 +254,6 @@ impl Call {
     }
 }
 
-impl Call {
-    /// Lets the request run to its end with nobody waiting for it (its events are read and
-    /// dropped on a task of their own: a closed receiver would cancel it).
-    pub fn detach(mut self) {
-        tokio::spawn(async move { while self.next().await.is_some() {} });
-    }
-}
-
 impl Drop for Call {
     fn drop(&mut self) {
         if !self.over {

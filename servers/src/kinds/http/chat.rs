@@ -14,7 +14,7 @@ use pipe_core::{Event, ProtocolEvent};
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::{kind_of, now, read_json, required_str, response_id, served_by, App};
+use super::{answer, kind_of, now, read_json, required_str, response_id, App};
 use crate::bridge::services::{self, Role};
 use crate::bridge::upstream::{remote_error, Call};
 
@@ -25,13 +25,16 @@ const ENDPOINT: &str = "/v1/chat/completions";
 
 /// The handler.
 pub async fn completions(State(app): State<Arc<App>>, body: Body) -> Response {
-    match complete(app, body).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    }
+    let mut server = None;
+    let result = complete(app, body, &mut server).await;
+    answer(server, result)
 }
 
-async fn complete(app: Arc<App>, body: Body) -> Result<Response, ApiError> {
+async fn complete(
+    app: Arc<App>,
+    body: Body,
+    server: &mut Option<String>,
+) -> Result<Response, ApiError> {
     let request = read_json(body, MAX_BODY).await?;
     let model = required_str(&request, "model")?;
     let args = chat_args(&request)?;
@@ -46,6 +49,7 @@ async fn complete(app: Arc<App>, body: Body) -> Result<Response, ApiError> {
         .unwrap_or(false);
     let (upstream, service) =
         services::resolve(&app.upstreams, &app.own, Role::Chat, model).await?;
+    *server = Some(service.name.clone());
     let mut call = upstream.call("chat", args).await?;
     let reply = Reply {
         id: response_id("chatcmpl"),
@@ -74,7 +78,7 @@ async fn complete(app: Arc<App>, body: Body) -> Result<Response, ApiError> {
     } else {
         whole_reply(&app, call, reply, first).await?.into_response()
     };
-    Ok(served_by(response, &service.name))
+    Ok(response)
 }
 
 /// The fields every response and chunk carries.

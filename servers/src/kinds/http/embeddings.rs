@@ -11,18 +11,17 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::{kind_of, read_json, required_str, served_by, App};
+use super::{answer, kind_of, read_json, required_str, App};
 use crate::bridge::services::{self, Role};
 
 /// The handler.
 pub async fn embed(State(app): State<Arc<App>>, body: Body) -> Response {
-    match run(app, body).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    }
+    let mut server = None;
+    let result = run(app, body, &mut server).await;
+    answer(server, result)
 }
 
-async fn run(app: Arc<App>, body: Body) -> Result<Response, ApiError> {
+async fn run(app: Arc<App>, body: Body, server: &mut Option<String>) -> Result<Response, ApiError> {
     let request = read_json(body, 64 << 20).await?;
     let model = required_str(&request, "model")?;
     let texts = inputs(request.get("input"))?;
@@ -38,6 +37,7 @@ async fn run(app: Arc<App>, body: Body) -> Result<Response, ApiError> {
     };
     let (upstream, service) =
         services::resolve(&app.upstreams, &app.own, Role::Embed, model).await?;
+    *server = Some(service.name.clone());
     let events = upstream.collect("embed", json!({ "texts": texts })).await?;
     let answer = events
         .into_iter()
@@ -89,7 +89,7 @@ async fn run(app: Arc<App>, body: Body) -> Result<Response, ApiError> {
         "model": service.name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     });
-    Ok(served_by(Json(body).into_response(), &service.name))
+    Ok(Json(body).into_response())
 }
 
 /// `input`: a text or a list of texts (token ids are refused: the server embeds text).

@@ -18,6 +18,9 @@ pub struct Metrics {
     series: Mutex<BTreeMap<(String, String), Series>>,
 }
 
+/// A counter family: its name, type, help and value.
+type Family = (&'static str, &'static str, &'static str, fn(&Series) -> u64);
+
 #[derive(Default)]
 struct Series {
     requests: u64,
@@ -58,7 +61,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let series = lock(&self.series);
         let mut out = String::new();
-        let families: [(&str, &str, &str, fn(&Series) -> u64); 3] = [
+        let families: [Family; 3] = [
             (
                 "cpipe_http_requests_total",
                 "counter",

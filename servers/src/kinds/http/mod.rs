@@ -268,11 +268,13 @@ async fn track(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
     response
 }
 
-/// Marks `response` as answered by `server`.
-fn served_by(mut response: Response, server: &str) -> Response {
-    response
-        .extensions_mut()
-        .insert(ServedBy(server.to_string()));
+/// A handler's answer, marked for the metrics with the server it went to, once known (so a
+/// server's errors count as its own).
+fn answer(server: Option<String>, result: Result<Response, ApiError>) -> Response {
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    if let Some(server) = server {
+        response.extensions_mut().insert(ServedBy(server));
+    }
     response
 }
 

@@ -12,7 +12,7 @@ use pipe_core::audio::AudioChunk;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::{served_by, App};
+use super::{answer, App};
 use crate::bridge::services::{self, Role};
 use crate::bridge::upstream::Upstream;
 
@@ -21,10 +21,9 @@ const STT_RATE: u32 = 16_000;
 
 /// The handler.
 pub async fn transcribe(State(app): State<Arc<App>>, request: Request) -> Response {
-    match run(app, request).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    }
+    let mut server = None;
+    let result = run(app, request, &mut server).await;
+    answer(server, result)
 }
 
 /// What the multipart form asked for.
@@ -40,7 +39,11 @@ struct Form {
 /// The response formats OpenAI defines, all served.
 const FORMATS: [&str; 5] = ["json", "text", "srt", "verbose_json", "vtt"];
 
-async fn run(app: Arc<App>, request: Request) -> Result<Response, ApiError> {
+async fn run(
+    app: Arc<App>,
+    request: Request,
+    server: &mut Option<String>,
+) -> Result<Response, ApiError> {
     let form = read_form(request).await?;
     let model = form.model.as_deref().ok_or_else(|| {
         ApiError::param("model", "'model' is required (GET /v1/models lists them)")
@@ -64,6 +67,7 @@ async fn run(app: Arc<App>, request: Request) -> Result<Response, ApiError> {
     let words = form.granularities.iter().any(|g| g == "word");
     let (upstream, service) =
         services::resolve(&app.upstreams, &app.own, Role::Transcribe, model).await?;
+    *server = Some(service.name.clone());
     if form.language.as_deref().is_some_and(|asked| {
         let serving = service.config.get("language").and_then(Value::as_str);
         serving.is_some_and(|serving| serving != asked)
@@ -95,7 +99,7 @@ async fn run(app: Arc<App>, request: Request) -> Result<Response, ApiError> {
         "vtt" => plain("text/vtt; charset=utf-8", subtitles(&transcript, true)),
         _ => Json(verbose(&transcript, &service.config, words)).into_response(),
     };
-    Ok(served_by(response, &service.name))
+    Ok(response)
 }
 
 /// Reads the multipart form; bodies over the limit get 413.

@@ -140,9 +140,8 @@ pub(super) struct Shared {
     pub(super) live: LiveInput,
     /// The input device `start` listens on (`None`: the default), as `set_device` chose it.
     pub(super) device: Arc<Mutex<Option<source::InputDevice>>>,
-    /// Streams of pushed audio, by client and the client's name for the stream (one client,
-    /// such as a bridge, may push several at once).
-    pub(super) pushed: Arc<Mutex<HashMap<(Option<u32>, String), Segmenter>>>,
+    /// Per-client streams of pushed audio.
+    pub(super) pushed: Arc<Mutex<HashMap<Option<u32>, Segmenter>>>,
     /// Loaded VADs not in use: each stream needs its own state, but not its own load.
     pub(super) idle_vads: Arc<Mutex<Vec<SileroVad>>>,
 }

@@ -399,22 +399,13 @@ pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::R
         )
         .args(audio_args(json!({
             "end": {"type": "boolean", "description": "The stream is over: finish the utterance in progress."},
-            "discard": {"type": "boolean", "description": "With end: drop the stream without transcribing what is left (its sender went away)."},
-            "stream": {"type": "string", "maxLength": 200, "description": "Names one of several streams this client pushes at once (default: one unnamed stream)."},
             "words": {"type": "boolean", "description": "Time every word (default: the server's --word-timestamps)."}
         })))
         .emits(&[ServerEvent::SpeechStart, ServerEvent::SpeechEnd, ServerEvent::Transcript]),
         move |req, out| {
             let end = req.opt_bool("end")?.unwrap_or(false);
-            let key = (req.pid, req.opt_str("stream")?.unwrap_or_default().to_string());
-            if end && req.opt_bool("discard")?.unwrap_or(false) {
-                if let Some(segmenter) = lock(&s.pushed).remove(&key) {
-                    s.recycle(segmenter);
-                }
-                return Ok(());
-            }
             let audio = if req.get("data").is_some() { pushed_audio(req, max_seconds)? } else { Vec::new() };
-            let mut segmenter = match lock(&s.pushed).remove(&key) {
+            let mut segmenter = match lock(&s.pushed).remove(&req.pid) {
                 Some(seg) => seg,
                 None => s.segmenter()?,
             };
@@ -423,7 +414,7 @@ pub fn build_with(builder: pipe_core::Builder, options: SttOptions) -> anyhow::R
                 events.extend(segmenter.flush());
                 s.recycle(segmenter);
             } else {
-                lock(&s.pushed).insert(key, segmenter);
+                lock(&s.pushed).insert(req.pid, segmenter);
             }
             for event in events {
                 s.reply_vad(event, req, out)?;

@@ -73,6 +73,20 @@ pub enum FrameError {
 
 /// Reads the next event; `Err(FrameError::Closed)` at a clean end of stream.
 pub async fn read_event<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<WyEvent, FrameError> {
+    // A header is a JSON object: anything else here is the rest of a payload longer than its
+    // header said, or not Wyoming at all. Said at once, rather than after a line that binary
+    // audio may never end.
+    match reader.fill_buf().await?.first() {
+        None => return Err(FrameError::Closed),
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(FrameError::Malformed(
+                "an event header must start with '{'; did a payload run longer than its \
+                 payload_length said?"
+                    .into(),
+            ))
+        }
+    }
     let mut line = Vec::new();
     let n = (&mut *reader)
         .take(MAX_HEADER as u64 + 1)
@@ -213,6 +227,10 @@ mod tests {
         ));
         assert!(matches!(
             read(b"{\"data\":{}}\n").await,
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            read(b"\x00\x00 binary, no newline").await,
             Err(FrameError::Malformed(_))
         ));
         let huge = format!(

@@ -1,9 +1,10 @@
 //! One Wyoming client: what Home Assistant does over a connection, mapped onto the pipe
-//! servers. Speech to text pushes each audio chunk to the stt server as it comes (a `push`
-//! stream of this connection's own), so utterances are transcribed while the user still
-//! speaks and only the last one is left after `audio-stop`; each utterance's text is a
-//! `transcript-chunk`. Text to speech asks the tts server to `synthesize`, and streamed text
-//! is cut into sentences here, each spoken as soon as it is complete.
+//! servers. Speech to text gathers the audio until `audio-stop` and has the stt server
+//! `transcribe` it whole (transcribing each utterance as it ended, with `push`, answered
+//! sooner but lost words at the cuts: "fellow Americans" became "fellow America"), then
+//! streams its segments as `transcript-chunk`s, as wyoming-faster-whisper does. Text to speech
+//! asks the tts server to `synthesize`; streamed text is cut into sentences here, each spoken
+//! as soon as it is complete.
 
 use std::sync::Arc;
 
@@ -15,8 +16,11 @@ use tokio::sync::mpsc;
 
 use super::event::{read_event, write_event, FrameError, WyEvent};
 use super::Bridge;
+
+/// The most audio one stream may gather: ten minutes of 16 kHz mono, far over a voice command.
+const MAX_AUDIO_BYTES: usize = 10 * 60 * 16_000 * 2;
 use crate::bridge::services::Role;
-use crate::bridge::upstream::{remote_error, Call, Upstream};
+use crate::bridge::upstream::remote_error;
 use crate::bridge::BridgeError;
 
 /// Serves one connection until the client leaves or sends what cannot be read.
@@ -38,8 +42,6 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let mut session = Session {
         bridge,
         out,
-        connection,
-        streams: 0,
         listening: None,
         speaking: None,
     };
@@ -65,7 +67,6 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             }
         }
     }
-    session.leave();
     drop(session);
     let _ = writing.await;
 }
@@ -85,27 +86,20 @@ fn code(e: &BridgeError) -> &str {
 struct Session {
     bridge: Arc<Bridge>,
     out: mpsc::UnboundedSender<WyEvent>,
-    connection: u64,
-    /// Audio streams started so far, for their names on the stt server.
-    streams: u64,
-    /// The audio stream being transcribed.
+    /// The audio stream being gathered.
     listening: Option<Listening>,
     /// The text stream being spoken (between `synthesize-start` and `synthesize-stop`).
     speaking: Option<Speaking>,
 }
 
-/// An audio stream on its way to the stt server.
+/// An audio stream being gathered for the stt server.
+#[derive(Default)]
 struct Listening {
-    upstream: Arc<Upstream>,
-    /// The stream's name in the stt server's `push`.
-    stream: String,
-    /// The pushes, in order, for the forwarder that turns their transcripts into events;
-    /// `None` after the last.
-    pushes: mpsc::UnboundedSender<Option<Call>>,
-    forwarder: tokio::task::JoinHandle<()>,
-    /// The audio format from `audio-start`, which every chunk must keep.
+    /// The rate and channels from `audio-start` (or the first chunk), which every chunk must
+    /// keep.
     format: Option<(u64, u64)>,
-    ended: bool,
+    /// The 16-bit PCM so far.
+    audio: Vec<u8>,
 }
 
 struct Speaking {
@@ -127,16 +121,15 @@ impl Session {
             "ping" => self.send(WyEvent::new("pong", json!({"text": event.str("text")}))),
             // Names a program for the connection; this bridge offers one of each.
             "select-program" => {}
-            "transcribe" => self.start_listening().await?,
+            "transcribe" => self.listening = Some(Listening::default()),
             "audio-start" => {
-                if self.listening.as_ref().is_none_or(|l| l.ended) {
-                    self.start_listening().await?;
-                }
-                let listening = self.listening.as_mut().expect("started above");
-                listening.format = Some(audio_format(&event)?);
+                let format = audio_format(&event)?;
+                let listening = self.listening.get_or_insert_with(Listening::default);
+                listening.format = Some(format);
+                listening.audio.clear();
             }
-            "audio-chunk" => self.push(&event).await?,
-            "audio-stop" => self.finish_listening().await?,
+            "audio-chunk" => self.gather(&event)?,
+            "audio-stop" => self.transcribe().await?,
             "synthesize" => {
                 // Inside a stream the same text comes in chunks; this copy is for old servers.
                 if self.speaking.is_none() {
@@ -188,91 +181,82 @@ impl Session {
         Ok(())
     }
 
-    /// Starts a new audio stream (after `transcribe`, or at an `audio-start` without one).
-    async fn start_listening(&mut self) -> Result<(), BridgeError> {
-        self.abandon_listening();
-        let (upstream, _) = self.bridge.server(Role::Transcribe).await?;
-        self.streams += 1;
-        let stream = format!("wyoming-{}-{}", self.connection, self.streams);
-        let (pushes, calls) = mpsc::unbounded_channel();
-        let forwarder = tokio::spawn(forward_transcripts(calls, self.out.clone()));
-        self.send(WyEvent::new("transcript-start", Value::Null));
-        self.listening = Some(Listening {
-            upstream,
-            stream,
-            pushes,
-            forwarder,
-            format: None,
-            ended: false,
-        });
-        Ok(())
-    }
-
-    async fn push(&mut self, event: &WyEvent) -> Result<(), BridgeError> {
-        let (rate, channels) = audio_format(event)?;
-        let Some(listening) = self.listening.as_mut().filter(|l| !l.ended) else {
+    fn gather(&mut self, event: &WyEvent) -> Result<(), BridgeError> {
+        let format = audio_format(event)?;
+        let Some(listening) = self.listening.as_mut() else {
             return Err(invalid(
                 "audio-chunk outside a stream: send transcribe and audio-start first",
             ));
         };
-        if listening.format.is_some_and(|f| f != (rate, channels)) {
+        if *listening.format.get_or_insert(format) != format {
             return Err(invalid(
                 "an audio-chunk changed the rate or channels audio-start gave",
             ));
         }
-        let frame = 2 * channels as usize;
-        if event.payload.len() % frame != 0 {
+        let frame = 2 * format.1 as usize;
+        if !event.payload.len().is_multiple_of(frame) {
             return Err(invalid(format!(
-                "an audio-chunk of {} bytes is not whole 16-bit frames of {channels} channel(s)",
-                event.payload.len()
+                "an audio-chunk of {} bytes is not whole 16-bit frames of {} channel(s)",
+                event.payload.len(),
+                format.1
             )));
         }
-        if event.payload.is_empty() {
-            return Ok(());
+        if listening.audio.len() + event.payload.len() > MAX_AUDIO_BYTES {
+            self.listening = None;
+            return Err(invalid(format!(
+                "the audio is over {} MB: send audio-stop sooner (a voice command is seconds long)",
+                MAX_AUDIO_BYTES >> 20
+            )));
         }
-        let args = json!({
-            "stream": listening.stream,
-            "rate": rate, "width": 2, "channels": channels, "encoding": "pcm_s16le",
-            "data": base64::engine::general_purpose::STANDARD.encode(&event.payload),
-        });
-        let call = listening.upstream.call("push", args).await?;
-        let _ = listening.pushes.send(Some(call));
+        listening.audio.extend_from_slice(&event.payload);
         Ok(())
     }
 
-    async fn finish_listening(&mut self) -> Result<(), BridgeError> {
-        let Some(listening) = self.listening.as_mut().filter(|l| !l.ended) else {
+    /// Transcribes the gathered audio: `transcript-start`, a `transcript-chunk` per segment,
+    /// `transcript-stop`, then the whole `transcript`.
+    async fn transcribe(&mut self) -> Result<(), BridgeError> {
+        let Some(listening) = self.listening.take() else {
             return Err(invalid(
                 "audio-stop outside a stream: send transcribe and audio-start first",
             ));
         };
-        listening.ended = true;
-        let args = json!({"stream": listening.stream, "end": true});
-        let call = listening.upstream.call("push", args).await?;
-        let _ = listening.pushes.send(Some(call));
-        let _ = listening.pushes.send(None);
-        Ok(())
-    }
-
-    /// Drops an unfinished audio stream on the stt server (the client left, or began anew).
-    fn abandon_listening(&mut self) {
-        if let Some(listening) = self.listening.take().filter(|l| !l.ended) {
-            let upstream = listening.upstream.clone();
-            let stream = listening.stream.clone();
-            // Its pushes are dropped with it, which cancels those still running.
-            listening.forwarder.abort();
-            tokio::spawn(async move {
-                let args = json!({"stream": stream, "end": true, "discard": true});
-                if let Ok(call) = upstream.call("push", args).await {
-                    call.detach();
-                }
-            });
+        let text_of = |segment: &Value| segment["text"].as_str().unwrap_or_default().to_string();
+        let (text, segments) = match listening.format.filter(|_| !listening.audio.is_empty()) {
+            None => (String::new(), Vec::new()), // no audio: nothing was said
+            Some((rate, channels)) => {
+                let (upstream, _) = self.bridge.server(Role::Transcribe).await?;
+                let args = json!({
+                    "rate": rate, "width": 2, "channels": channels, "encoding": "pcm_s16le",
+                    "data": base64::engine::general_purpose::STANDARD.encode(&listening.audio),
+                });
+                let events = upstream.collect("transcribe", args).await?;
+                let transcript = events
+                    .iter()
+                    .find(|e| e.is(crate::vocab::ServerEvent::Transcript))
+                    .ok_or_else(|| {
+                        BridgeError::Internal("the stt server sent no transcript".into())
+                    })?;
+                let segments = transcript
+                    .get("segments")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                (
+                    transcript.str("text").unwrap_or_default().to_string(),
+                    segments,
+                )
+            }
+        };
+        self.send(WyEvent::new("transcript-start", Value::Null));
+        // Chunks concatenate to the transcript, as faster-whisper's segments do.
+        for (i, segment) in segments.iter().enumerate() {
+            let separator = if i == 0 { "" } else { " " };
+            let chunk = format!("{separator}{}", text_of(segment));
+            self.send(WyEvent::new("transcript-chunk", json!({"text": chunk})));
         }
-    }
-
-    /// The client has gone: nothing of its must keep a server busy.
-    fn leave(&mut self) {
-        self.abandon_listening();
+        self.send(WyEvent::new("transcript-stop", Value::Null));
+        self.send(WyEvent::new("transcript", json!({"text": text})));
+        Ok(())
     }
 
     /// Speaks `texts`, each as one `audio-start` … `audio-stop` run (so a stream's sentences
@@ -334,12 +318,6 @@ impl Session {
     }
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.leave();
-    }
-}
-
 /// The rate and channels of an audio event; only 16-bit PCM (width 2) is taken.
 fn audio_format(event: &WyEvent) -> Result<(u64, u64), BridgeError> {
     let field = |key: &str| event.data.get(key).and_then(Value::as_u64);
@@ -365,37 +343,4 @@ fn invalid(message: impl Into<String>) -> BridgeError {
         code: "invalid_request".into(),
         message: message.into(),
     }
-}
-
-/// Turns the transcripts of a stream's pushes, in order, into `transcript-chunk` events,
-/// and after the last push `transcript-stop` and the whole `transcript`.
-async fn forward_transcripts(
-    mut calls: mpsc::UnboundedReceiver<Option<Call>>,
-    out: mpsc::UnboundedSender<WyEvent>,
-) {
-    let mut texts: Vec<String> = Vec::new();
-    loop {
-        let mut call = match calls.recv().await {
-            Some(Some(call)) => call,
-            Some(None) => break,
-            None => return, // abandoned
-        };
-        while let Some(event) = call.next().await {
-            if let Some(e) = event.as_error() {
-                let _ = out.send(WyEvent::error(e.message, "server_error"));
-                continue;
-            }
-            if event.is(crate::vocab::ServerEvent::Transcript) {
-                let text = event.str("text").unwrap_or_default().trim().to_string();
-                if !text.is_empty() {
-                    let separator = if texts.is_empty() { "" } else { " " };
-                    let chunk = json!({"text": format!("{separator}{text}")});
-                    let _ = out.send(WyEvent::new("transcript-chunk", chunk));
-                    texts.push(text);
-                }
-            }
-        }
-    }
-    let _ = out.send(WyEvent::new("transcript-stop", Value::Null));
-    let _ = out.send(WyEvent::new("transcript", json!({"text": texts.join(" ")})));
 }
