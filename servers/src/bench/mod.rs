@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use pipe_core::{Client, ConnectOptions};
 use serde_json::Value;
 
+pub mod bridges;
 pub mod chaos;
 pub mod chat;
 pub mod pipes;
@@ -37,6 +38,10 @@ pub enum BenchKind {
     /// server against Chroma's embedded client (same vectors): ingest, search latency, recall,
     /// disk and memory.
     Search(search::SearchBench),
+    /// The bridges: what `--serve http` adds over the pipe (first token, token gaps,
+    /// transcription and speech round trips), the http bridge against llama-server's own API,
+    /// and `--serve wyoming` against wyoming-faster-whisper and wyoming-piper.
+    Bridges(bridges::BridgesBench),
     /// The servers under hostile and careless use, bounded in time: 16 chat clients with
     /// cancels and kills, leaks over many requests per model server, SIGSTOP, kill -9 and
     /// restart, another user. Prints what was tried and what happened.
@@ -69,6 +74,7 @@ pub fn run(which: &BenchKind) -> anyhow::Result<()> {
         BenchKind::Tts(options) => tts::run(options),
         BenchKind::Stt(options) => stt::run(options),
         BenchKind::Search(options) => search::run(options),
+        BenchKind::Bridges(options) => bridges::run(options),
         BenchKind::Chaos(options) => chaos::run(options),
         BenchKind::Subscriber { events } => pipes::subscriber(*events),
     }
