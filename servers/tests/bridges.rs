@@ -220,3 +220,29 @@ fn the_wyoming_client_does_what_home_assistant_does() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn an_http_client_that_leaves_mid_stream_frees_the_chat_server() {
+    let dir = TestDir::new("http-leave");
+    let _chat = dir.serve_loaded("chat", &["--model", "smollm2"]);
+    let (_http, listen) = http_bridge(&dir, &[]);
+    // Counting to a thousand takes thousands of tokens: far longer than the second curl waits.
+    let body = r#"{"model":"chat","stream":true,"max_tokens":4000,"temperature":0,"messages":[{"role":"user","content":"Count from 1 to 1000, one number per line."}]}"#;
+    let out = curl(&[
+        "--max-time",
+        "1",
+        "-N",
+        "-d",
+        body,
+        &format!("http://{listen}/v1/chat/completions"),
+    ]);
+    assert!(
+        text(&out.stdout).contains("chat.completion.chunk"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || dir.state_of("chat") == "idle"),
+        "the chat server still generates for a client that left"
+    );
+}
