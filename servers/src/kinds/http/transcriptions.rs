@@ -152,11 +152,41 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 
 /// The upload as one 16 kHz mono 16-bit chunk.
 fn to_chunk(file: &[u8]) -> Result<AudioChunk, ApiError> {
+    if let Some(chunk) = already_16k_mono(file) {
+        return Ok(chunk);
+    }
     let (samples, rate, channels) =
         crate::wav::decode_wav(file).map_err(|e| ApiError::param("file", format!("{e:#}")))?;
     let mono = models::stt::audio::to_16k_mono(&samples, rate, channels);
     let pcm: Vec<i16> = mono.iter().map(|&s| crate::wav::to_pcm16(s)).collect();
     Ok(AudioChunk::from_i16(STT_RATE, 1, &pcm))
+}
+
+/// A 16 kHz mono 16-bit WAV's samples as they are in the file, without decoding them (what
+/// speech tools usually write, and what the stt server wants).
+fn already_16k_mono(file: &[u8]) -> Option<AudioChunk> {
+    let reader = hound::WavReader::new(std::io::Cursor::new(file)).ok()?;
+    let spec = reader.spec();
+    let wanted = spec.sample_format == hound::SampleFormat::Int
+        && spec.bits_per_sample == 16
+        && spec.sample_rate == STT_RATE
+        && spec.channels == 1;
+    if !wanted {
+        return None;
+    }
+    let samples = reader.len() as usize;
+    // The reader stops at the start of the data; a streamed WAV's data runs to the file's end.
+    let start = reader.into_inner().position() as usize;
+    let end = start
+        .saturating_add(samples.saturating_mul(2))
+        .min(file.len());
+    let end = start + (end.saturating_sub(start)) / 2 * 2;
+    Some(AudioChunk {
+        rate: STT_RATE,
+        channels: 1,
+        encoding: pipe_core::audio::Encoding::PcmS16Le,
+        data: file.get(start..end)?.to_vec(),
+    })
 }
 
 /// Sends audio to the stt server's `transcribe`; its `transcript` event.
@@ -255,6 +285,29 @@ mod tests {
                "segments": [{"start": 0.32, "end": 2.5, "text": " And so"},
                             {"start": 2.5, "end": 3661.25, "text": " my fellow Americans"}],
                "words": [{"word": "And", "start": 0.32, "end": 0.5, "probability": 0.9}]})
+    }
+
+    #[test]
+    fn a_16k_mono_wav_is_taken_as_it_is_and_others_are_converted() {
+        let samples: Vec<i16> = (0..1600).map(|i| (i % 300 - 150) as i16 * 100).collect();
+        let wav = |rate: u32| {
+            let mut bytes = std::io::Cursor::new(Vec::new());
+            let mut writer = hound::WavWriter::new(&mut bytes, crate::wav::mono16(rate)).unwrap();
+            samples
+                .iter()
+                .for_each(|&s| writer.write_sample(s).unwrap());
+            writer.finalize().unwrap();
+            bytes.into_inner()
+        };
+        let direct = already_16k_mono(&wav(16_000)).expect("16 kHz mono 16-bit is taken as is");
+        assert_eq!(direct, AudioChunk::from_i16(16_000, 1, &samples));
+        assert_eq!(to_chunk(&wav(16_000)).unwrap(), direct);
+        assert!(already_16k_mono(&wav(8_000)).is_none());
+        let converted = to_chunk(&wav(8_000)).unwrap();
+        assert_eq!(
+            (converted.rate, converted.channels, converted.frames()),
+            (16_000, 1, 3200)
+        );
     }
 
     #[test]
