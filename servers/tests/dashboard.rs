@@ -117,7 +117,16 @@ fn the_dashboard_shows_servers_sends_commands_starts_servers_and_survives_a_deat
     assert!(screen.contains("token text=hi done=false i=2"), "{screen}");
 
     // A new server, started from the dashboard, with its log shown.
-    tmux.keys(&["n", "Right", "Right", "Right", "Right"]);
+    // The launch window lists the kinds in the registry's order, as `--serve` names them.
+    let kinds = text(&dir.run(&["--serve", "nosuch"]).stderr);
+    let before_echo = kinds
+        .split(": ")
+        .last()
+        .and_then(|list| list.lines().next())
+        .and_then(|list| list.split(", ").position(|k| k == "echo"))
+        .unwrap_or_else(|| panic!("no kinds listed: {kinds}"));
+    tmux.keys(&["n"]);
+    tmux.keys(&vec!["Right"; before_echo]);
     tmux.typed("--name second");
     tmux.keys(&["Enter"]);
     tmux.shows("started a echo server named second")

@@ -404,10 +404,16 @@ pub fn run(options: &BridgesBench) -> Result<()> {
     );
     overhead_row("chat: gap between tokens", &gaps(&piped), &gaps(&bridged));
 
+    // The very samples the bridge sends on (jfk.wav is 16 kHz mono 16-bit, passed on as it
+    // is): audio that differed by a bit could make whisper decode other tokens, in other time.
     let chunk = {
-        let (samples, rate, channels) = crate::wav::decode_wav(&jfk)?;
-        let mono = models::stt::audio::to_16k_mono(&samples, rate, channels);
-        let pcm: Vec<i16> = mono.iter().map(|&s| crate::wav::to_pcm16(s)).collect();
+        let mut reader = hound::WavReader::new(std::io::Cursor::new(&jfk))?;
+        let spec = reader.spec();
+        ensure!(
+            (spec.sample_rate, spec.channels, spec.bits_per_sample) == (16_000, 1, 16),
+            "jfk.wav is expected to be 16 kHz mono 16-bit"
+        );
+        let pcm = reader.samples::<i16>().collect::<Result<Vec<_>, _>>()?;
         AudioChunk::from_i16(16_000, 1, &pcm)
     };
     let mut transcribe_args: serde_json::Map<String, Value> = chunk.to_event().into_fields().into();
