@@ -49,6 +49,21 @@ fn curl_status(args: &[&str]) -> (u16, String) {
     (status.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// Runs a client script of tests/python, which prints a line per check and `all ok` at the end.
+fn run_checks(python: &str, name: &str, args: &[&str]) {
+    let out = Command::new(python)
+        .arg(script(name))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && text(&out.stdout).contains("all ok"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
 fn python() -> String {
     let python = python_with("openai", "3.51.0");
     python_with("wyoming", "1.10.2");
@@ -69,18 +84,14 @@ fn the_openai_sdk_uses_every_endpoint_and_gets_its_own_errors() {
     );
     let (_http, listen) = http_bridge(&dir, &[]);
     let jfk = models_dir().join("jfk.wav");
-    let out = Command::new(&python)
-        .arg(script("openai_client.py"))
-        .arg(format!("http://{listen}/v1"))
-        .arg(&jfk)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && text(&out.stdout).contains("all ok"),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
+    run_checks(
+        &python,
+        "openai_client.py",
+        &[
+            &format!("http://{listen}/v1"),
+            jfk.to_str().unwrap(),
+            dir.path().to_str().unwrap(),
+        ],
     );
 
     // curl, as a monitoring system would.
@@ -207,18 +218,8 @@ fn the_wyoming_client_does_what_home_assistant_does() {
     let _wyoming = dir.serve("wyoming", &["--uri", "tcp://127.0.0.1:0"]);
     let uri = config_field(&dir, "wyoming", "uri");
     let port = uri.rsplit(':').next().unwrap();
-    let out = Command::new(&python)
-        .arg(script("wyoming_client.py"))
-        .arg(port)
-        .arg(models_dir().join("jfk.wav"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && text(&out.stdout).contains("all ok"),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    let jfk = models_dir().join("jfk.wav");
+    run_checks(&python, "wyoming_client.py", &[port, jfk.to_str().unwrap()]);
 }
 
 #[test]

@@ -117,14 +117,7 @@ fn build(args: HttpArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolServ
     listener.set_nonblocking(true)?;
     let listen = listener.local_addr()?;
     let mut server = builder.bind()?;
-    let pipe = server.pipe_path();
-    let dir = pipe.parent().map(|d| d.to_path_buf()).unwrap_or_default();
-    let own = pipe
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("tool-"))
-        .unwrap_or("http")
-        .to_string();
+    let (dir, own) = crate::bridge::home(&server, "http");
     server.set_config(Fields::from_iter([
         ("listen", Value::from(listen.to_string())),
         ("url", format!("http://{listen}/v1").into()),
@@ -139,21 +132,7 @@ fn build(args: HttpArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolServ
         max_upload: args.max_upload_mb.saturating_mul(1 << 20),
     });
     let timeout = Duration::from_secs_f64(args.client_timeout);
-    let handle = server.handle_ref();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("http")
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    std::thread::Builder::new()
-        .name("http-accept".into())
-        .spawn(move || {
-            if let Err(e) = runtime.block_on(serve(listener, app, timeout)) {
-                tracing::error!("the HTTP listener failed: {e:#}");
-                handle.stop();
-            }
-        })?;
+    crate::bridge::run_listener(&server, "http", serve(listener, app, timeout))?;
     eprintln!("OpenAI-compatible API on http://{listen}/v1");
     Ok(server)
 }

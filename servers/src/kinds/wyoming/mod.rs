@@ -209,14 +209,7 @@ fn build(args: WyomingArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolS
         Endpoint::Unix(_, path) => format!("unix://{}", path.display()),
     };
     let mut server = builder.bind()?;
-    let pipe = server.pipe_path();
-    let dir = pipe.parent().map(|d| d.to_path_buf()).unwrap_or_default();
-    let own = pipe
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("tool-"))
-        .unwrap_or("wyoming")
-        .to_string();
+    let (dir, own) = crate::bridge::home(&server, "wyoming");
     server.set_config(Fields::from_iter([
         ("uri", Value::from(uri.clone())),
         ("stt", json!(args.stt)),
@@ -228,21 +221,7 @@ fn build(args: WyomingArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolS
         stt: args.stt,
         tts: args.tts,
     });
-    let handle = server.handle_ref();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("wyoming")
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    std::thread::Builder::new()
-        .name("wyoming-accept".into())
-        .spawn(move || {
-            if let Err(e) = runtime.block_on(serve(endpoint, bridge)) {
-                tracing::error!("the Wyoming listener failed: {e:#}");
-                handle.stop();
-            }
-        })?;
+    crate::bridge::run_listener(&server, "wyoming", serve(endpoint, bridge))?;
     eprintln!("Wyoming server on {uri}");
     Ok(server)
 }
