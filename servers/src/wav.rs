@@ -58,6 +58,19 @@ fn samples<R: std::io::Read>(
     Ok((samples, spec.sample_rate, spec.channels))
 }
 
+/// A chunk's samples as little-endian 16-bit PCM, its channels kept: its own bytes when they
+/// are that already (what the tts server sends), without a round trip through floats.
+pub fn pcm16_bytes(chunk: &pipe_core::audio::AudioChunk) -> Vec<u8> {
+    match chunk.encoding {
+        pipe_core::audio::Encoding::PcmS16Le => chunk.data.clone(),
+        _ => chunk
+            .to_f32()
+            .iter()
+            .flat_map(|&s| to_pcm16(s).to_le_bytes())
+            .collect(),
+    }
+}
+
 /// A WAV file's length in seconds, from its header alone (checked as [`read_wav`] checks it).
 pub fn wav_seconds(path: &Path) -> anyhow::Result<f64> {
     let reader = hound::WavReader::open(path)

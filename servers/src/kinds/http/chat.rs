@@ -279,7 +279,7 @@ fn chat_args(request: &Map<String, Value>) -> Result<Value, ApiError> {
         .get("max_completion_tokens")
         .filter(|v| !v.is_null())
         .or_else(|| request.get("max_tokens"));
-    copy(&mut args, "max_tokens", max_tokens)?;
+    copy(&mut args, "max_tokens", max_tokens);
     // The same names on both sides; top_k and repeat_penalty are llama-server's extensions.
     for name in [
         "temperature",
@@ -289,17 +289,16 @@ fn chat_args(request: &Map<String, Value>) -> Result<Value, ApiError> {
         "seed",
         "stop",
     ] {
-        copy(&mut args, name, request.get(name))?;
+        copy(&mut args, name, request.get(name));
     }
     Ok(args)
 }
 
 /// Copies a field unless it is absent or null.
-fn copy(args: &mut Value, name: &str, value: Option<&Value>) -> Result<(), ApiError> {
+fn copy(args: &mut Value, name: &str, value: Option<&Value>) {
     if let Some(value) = value.filter(|v| !v.is_null()) {
         args[name] = value.clone();
     }
-    Ok(())
 }
 
 /// One message in the chat server's form: a role it knows and text content.

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use pipe_core::audio::AudioChunk;
-use pipe_core::{Event, Fields};
+use pipe_core::Event;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
@@ -188,8 +188,11 @@ fn pcm(event: &Event, format: Format) -> Option<Vec<u8>> {
     if !event.is(pipe_core::ProtocolEvent::Audio) {
         return None;
     }
-    let fields: Fields = event.fields().clone();
-    let chunk = AudioChunk::from_fields(&fields).ok()?;
+    let chunk = AudioChunk::from_fields(event.fields()).ok()?;
+    let resample = matches!(format, Format::Pcm) && chunk.rate != PCM_RATE;
+    if chunk.channels == 1 && !resample {
+        return Some(crate::wav::pcm16_bytes(&chunk));
+    }
     let mut samples = chunk.to_f32();
     if chunk.channels > 1 {
         let channels = usize::from(chunk.channels);
@@ -198,15 +201,12 @@ fn pcm(event: &Event, format: Format) -> Option<Vec<u8>> {
             .map(|frame| frame.iter().sum::<f32>() / channels as f32)
             .collect();
     }
-    if matches!(format, Format::Pcm) && chunk.rate != PCM_RATE {
+    if resample {
         samples = models::stt::audio::resample(&samples, chunk.rate, PCM_RATE);
     }
-    Some(
-        samples
-            .iter()
-            .flat_map(|&s| crate::wav::to_pcm16(s).to_le_bytes())
-            .collect(),
-    )
+    Some(crate::wav::pcm16_bytes(&AudioChunk::from_f32(
+        PCM_RATE, 1, &samples,
+    )))
 }
 
 /// The header of a mono 16-bit WAV whose length is not known yet: streaming writers put the

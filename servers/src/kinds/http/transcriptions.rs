@@ -190,7 +190,7 @@ fn already_16k_mono(file: &[u8]) -> Option<AudioChunk> {
 }
 
 /// Sends audio to the stt server's `transcribe`; its `transcript` event.
-pub async fn transcribe_chunk(
+async fn transcribe_chunk(
     upstream: &Arc<Upstream>,
     audio: AudioChunk,
     words: bool,

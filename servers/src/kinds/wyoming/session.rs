@@ -135,7 +135,7 @@ impl Session {
                 if self.speaking.is_none() {
                     let text = event.str("text").unwrap_or_default().to_string();
                     let voice = event.data.get("voice").cloned();
-                    self.speak(&[text], voice.as_ref()).await?;
+                    self.speak(&text, voice.as_ref()).await?;
                 }
             }
             "synthesize-start" => {
@@ -157,13 +157,13 @@ impl Session {
                     .push(event.str("text").unwrap_or_default());
                 let voice = speaking.voice.clone();
                 for sentence in sentences {
-                    self.speak(&[sentence], voice.as_ref()).await?;
+                    self.speak(&sentence, voice.as_ref()).await?;
                 }
             }
             "synthesize-stop" => {
                 if let Some(mut speaking) = self.speaking.take() {
                     if let Some(rest) = speaking.splitter.flush() {
-                        self.speak(&[rest], speaking.voice.as_ref()).await?;
+                        self.speak(&rest, speaking.voice.as_ref()).await?;
                     }
                 }
                 self.send(WyEvent::new("synthesize-stopped", Value::Null));
@@ -259,9 +259,9 @@ impl Session {
         Ok(())
     }
 
-    /// Speaks `texts`, each as one `audio-start` … `audio-stop` run (so a stream's sentences
-    /// each make one, as wyoming-piper sends them).
-    async fn speak(&mut self, texts: &[String], voice: Option<&Value>) -> Result<(), BridgeError> {
+    /// Speaks `text` as one `audio-start` … `audio-stop` run (so a stream's sentences each
+    /// make one, as wyoming-piper sends them).
+    async fn speak(&mut self, text: &str, voice: Option<&Value>) -> Result<(), BridgeError> {
         let (upstream, service) = self.bridge.server(Role::Speak).await?;
         let speaker = voice
             .and_then(|v| v.get("speaker"))
@@ -281,38 +281,35 @@ impl Session {
                 });
             }
         }
-        for text in texts.iter().filter(|t| !t.trim().is_empty()) {
-            let mut args = json!({"text": text, "audio": true, "play": false});
-            if let Some(speaker) = &speaker {
-                args["speaker"] = speaker.clone().into();
+        if text.trim().is_empty() {
+            return Ok(());
+        }
+        let mut args = json!({"text": text, "audio": true, "play": false});
+        if let Some(speaker) = &speaker {
+            args["speaker"] = speaker.clone().into();
+        }
+        let mut call = upstream.call("synthesize", args).await?;
+        let mut started = false;
+        while let Some(event) = call.next().await {
+            let event = remote_error(event)?;
+            if !event.is(pipe_core::ProtocolEvent::Audio) {
+                continue;
             }
-            let mut call = upstream.call("synthesize", args).await?;
-            let mut started = false;
-            while let Some(event) = call.next().await {
-                let event = remote_error(event)?;
-                if !event.is(pipe_core::ProtocolEvent::Audio) {
-                    continue;
-                }
-                let chunk = pipe_core::audio::AudioChunk::from_fields(event.fields())
-                    .map_err(|e| BridgeError::Internal(e.message))?;
-                let format = json!({"rate": chunk.rate, "width": 2, "channels": chunk.channels});
-                if !started {
-                    self.send(WyEvent::new("audio-start", format.clone()));
-                    started = true;
-                }
-                let pcm: Vec<u8> = chunk
-                    .to_f32()
-                    .iter()
-                    .flat_map(|&s| crate::wav::to_pcm16(s).to_le_bytes())
-                    .collect();
-                self.send(WyEvent::new("audio-chunk", format).with_payload(pcm));
-                if self.out.is_closed() {
-                    return Ok(()); // dropping the call cancels the rest
-                }
+            let chunk = pipe_core::audio::AudioChunk::from_fields(event.fields())
+                .map_err(|e| BridgeError::Internal(e.message))?;
+            let format = json!({"rate": chunk.rate, "width": 2, "channels": chunk.channels});
+            if !started {
+                self.send(WyEvent::new("audio-start", format.clone()));
+                started = true;
             }
-            if started {
-                self.send(WyEvent::new("audio-stop", Value::Null));
+            let pcm = crate::wav::pcm16_bytes(&chunk);
+            self.send(WyEvent::new("audio-chunk", format).with_payload(pcm));
+            if self.out.is_closed() {
+                return Ok(()); // dropping the call cancels the rest
             }
+        }
+        if started {
+            self.send(WyEvent::new("audio-stop", Value::Null));
         }
         Ok(())
     }
