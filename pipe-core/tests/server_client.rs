@@ -23,6 +23,18 @@ vocabulary! {
     }
 }
 
+vocabulary! {
+    /// The states the state test moves through.
+    enum TestState: StateName {
+        /// Busy with something of its own.
+        Listening = "listening",
+        /// At rest.
+        Ready = "ready",
+        /// Stopped on purpose.
+        Paused = "paused",
+    }
+}
+
 /// A server on its own thread in a private directory; stopped and removed on drop.
 struct Running {
     dir: PathBuf,
@@ -293,4 +305,33 @@ fn a_request_over_the_servers_limit_is_refused_before_it_is_sent() {
     handle.stop();
     thread.join().unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_state_update_sees_the_current_state_and_may_leave_it() {
+    let server = Running::start("states");
+    let mut client = server.client("states");
+    let state = |client: &mut Client| {
+        let events = client.call("get_state", Value::Null).unwrap();
+        events[0]
+            .get("state")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    server.handle.set_state(TestState::Listening);
+    server.handle.update_state(|current| {
+        assert!(current == TestState::Listening.into());
+        None
+    });
+    assert_eq!(state(&mut client), "listening");
+    server.handle.update_state(|current| {
+        (current == TestState::Listening.into()).then_some(TestState::Ready.into())
+    });
+    assert_eq!(state(&mut client), "ready");
+    server.handle.update_state(|current| {
+        (current == TestState::Listening.into()).then_some(TestState::Paused.into())
+    });
+    assert_eq!(state(&mut client), "ready");
 }

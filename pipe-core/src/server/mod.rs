@@ -226,13 +226,18 @@ impl Shared {
     }
 
     fn set_state(&self, state: StateName) {
-        {
+        self.update_state(|_| Some(state));
+    }
+
+    fn update_state(&self, next: impl FnOnce(StateName) -> Option<StateName>) {
+        let state = {
             let mut current = lock(&self.state);
-            if *current == state {
-                return;
+            match next(*current) {
+                Some(state) if state != *current => *current = state,
+                _ => return,
             }
-            *current = state;
-        }
+            *current
+        };
         self.broadcast(&Event::new(ProtocolEvent::StateChanged).with("state", state.as_str()));
     }
 
@@ -260,6 +265,13 @@ impl ServerHandle {
     /// Changes the state and broadcasts `{"event":"state_changed","state":...}` if it changed.
     pub fn set_state(&self, state: impl Into<StateName>) {
         self.0.set_state(state.into());
+    }
+
+    /// Changes the state to what `next` makes of the current one (`None` leaves it), with no
+    /// other change in between: for a state decided by the current one, or by something that
+    /// can change while another thread sets it. Broadcasts as [`ServerHandle::set_state`] does.
+    pub fn update_state(&self, next: impl FnOnce(StateName) -> Option<StateName>) {
+        self.0.update_state(next);
     }
 
     /// Replaces the fields answered to `get_config` (e.g. once a model has loaded).

@@ -180,7 +180,7 @@ impl<E: Engine> Worker<E> {
 
 /// Runs jobs on a loaded engine until the queue closes.
 fn serve<E: Engine>(mut engine: E, server: &ServerHandle, jobs: &Jobs<E>, what: &str) {
-    server.set_state(engine.rest_state());
+    server.update_state(|_| Some(engine.rest_state()));
     engine.ready();
     while let Some(Queued {
         job,
@@ -203,7 +203,7 @@ fn serve<E: Engine>(mut engine: E, server: &ServerHandle, jobs: &Jobs<E>, what: 
             });
         mailbox.finish(result.map_err(user_facing));
         if jobs.is_empty() {
-            server.set_state(engine.rest_state());
+            server.update_state(|_| Some(engine.rest_state()));
             give_back_freed_memory();
         }
     }

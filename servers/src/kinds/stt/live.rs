@@ -169,21 +169,35 @@ impl Shared {
             .map_err(|e| ToolError::new(ErrorCode::Unavailable, format!("{e:#}")))?;
         let id = running.id();
         self.live.replace(running);
+        // Before the loop starts: a short file may end before this thread runs on.
+        self.server.set_state(ServerState::Listening);
         let shared = self.clone();
         let label = source.to_string();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("stt-live".into())
             .spawn(move || {
                 shared.live_loop(chunks, segmenter, &label);
                 // The source ended by itself (a file ran out): it is no longer live.
                 shared.live.ended(id);
-                if shared.server.state() == ServerState::Listening.into() {
-                    shared.server.set_state(shared.live.rest_state());
-                }
-            })
-            .map_err(|e| ToolError::internal(format!("cannot start the live loop: {e}")))?;
-        self.server.set_state(ServerState::Listening);
+                shared.settle();
+            });
+        if let Err(e) = spawned {
+            self.live.ended(id);
+            self.settle();
+            return Err(ToolError::internal(format!(
+                "cannot start the live loop: {e}"
+            )));
+        }
         Ok(())
+    }
+
+    /// Moves a server left `listening` to its rest state. The check and the change are one
+    /// step, and the engine's worker computes its rest state in such a step too, so a source
+    /// ending while a transcription finishes cannot leave the state at `listening`.
+    fn settle(&self) {
+        self.server.update_state(|state| {
+            (state == ServerState::Listening.into()).then(|| self.live.rest_state().into())
+        });
     }
 
     /// The microphone `start` listens on: the one `set_device` chose, else the default.
@@ -194,13 +208,12 @@ impl Shared {
     /// Stops live audio (`pause`): says whether a source was running.
     pub(super) fn pause(&self) -> bool {
         let was = self.live.pause();
-        let state = self.server.state();
-        if [ServerState::Listening, ServerState::Ready]
-            .iter()
-            .any(|&s| state == s.into())
-        {
-            self.server.set_state(ServerState::Paused);
-        }
+        self.server.update_state(|state| {
+            [ServerState::Listening, ServerState::Ready]
+                .iter()
+                .any(|&s| state == s.into())
+                .then(|| ServerState::Paused.into())
+        });
         was
     }
 
