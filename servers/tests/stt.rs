@@ -521,7 +521,14 @@ fn device_commands_answer_clearly_with_or_without_a_microphone() {
         .call("listen", json!({"file": clip, "realtime": false}))
         .unwrap();
     assert_eq!(listening[0].name(), "listening");
-    assert!(eventually(Duration::from_secs(60), || state(&dir) == "ready"));
+    let mut last = String::new();
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            last = state(&dir);
+            last == "ready"
+        }),
+        "the state stayed '{last}' after the file ended"
+    );
 }
 
 /// Word times on request (`words`), and none asked for, none sent; silence has no words.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use pipe_core::{CancelToken, CancelWatch, Interrupted, ToolError};
 
 /// Pieces the engine may run ahead of the handler.
-const CAPACITY: usize = 256;
+pub(crate) const CAPACITY: usize = 256;
 
 /// What one waiting step yields.
 enum Step<P, O> {

@@ -190,18 +190,20 @@ fn serve<E: Engine>(mut engine: E, server: &ServerHandle, jobs: &Jobs<E>, what: 
     {
         if let Some(reason) = cancel.reason() {
             mailbox.finish(Err(Interrupted(reason).into()));
-            continue;
+        } else {
+            server.set_state(E::BUSY);
+            let work = Work::new(&*mailbox, &cancel);
+            let result =
+                catch_unwind(AssertUnwindSafe(|| engine.run(job, &work))).unwrap_or_else(|_| {
+                    tracing::error!("the {what} crashed on a request");
+                    Err(ToolError::internal(format!(
+                        "the {what} crashed on this request; the server is still running"
+                    )))
+                });
+            mailbox.finish(result.map_err(user_facing));
         }
-        server.set_state(E::BUSY);
-        let work = Work::new(&*mailbox, &cancel);
-        let result =
-            catch_unwind(AssertUnwindSafe(|| engine.run(job, &work))).unwrap_or_else(|_| {
-                tracing::error!("the {what} crashed on a request");
-                Err(ToolError::internal(format!(
-                    "the {what} crashed on this request; the server is still running"
-                )))
-            });
-        mailbox.finish(result.map_err(user_facing));
+        // Also after a job cancelled while queued: it may be the last one behind a job that
+        // ran, which left the state busy because this one was waiting.
         if jobs.is_empty() {
             server.update_state(|_| Some(engine.rest_state()));
             give_back_freed_memory();
@@ -315,6 +317,32 @@ mod tests {
             .submit(5, Place::client(Some(2)), &cancelled)
             .finish_with(|_| Ok(()));
         assert_eq!(answer.unwrap_err().code, ErrorCode::Cancelled);
+    }
+
+    #[test]
+    fn the_state_rests_when_the_last_queued_job_was_cancelled() {
+        let (_dir, server) = server("engine-rest");
+        let handle = server.handle_ref();
+        let worker = Worker::new();
+        worker
+            .start("counter", "counter", handle.clone(), || Ok(Counter))
+            .unwrap();
+        // A job of more pieces than its mailbox holds keeps the worker busy until read.
+        let running = worker.submit(
+            mailbox::CAPACITY as u32 * 4,
+            Place::client(Some(1)),
+            &CancelToken::new(),
+        );
+        let cancelled = CancelToken::new();
+        let queued = worker.submit(1, Place::client(Some(2)), &cancelled);
+        cancelled.cancel(CancelReason::Requested);
+        assert_eq!(running.finish_with(|_| Ok(())), Ok("counted"));
+        assert!(queued.finish_with(|_| Ok(())).is_err());
+        let rested = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            handle.state() == ServerState::Idle.into()
+        });
+        assert!(rested, "the state stayed {}", handle.state());
     }
 
     #[test]
