@@ -259,6 +259,134 @@ fn a_corrupt_database_and_a_second_server_on_one_database_are_reported() {
     );
 }
 
+/// A database on a disk that fills up: the write that does not fit gets an error saying the
+/// disk is full, everything acknowledged before it stays, and the server goes on answering.
+/// The disk is a 2 MB tmpfs mounted in the server's own mount namespace (`unshare`).
+#[test]
+fn a_full_disk_refuses_the_write_that_does_not_fit_and_keeps_the_rest() {
+    let dir = TestDir::new("searchfull");
+    let disk = dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let db = disk.join("search.db");
+    let mount = format!(
+        "mount -t tmpfs -o size=2m tmpfs '{}' && exec \"$@\"",
+        disk.display()
+    );
+    let wrapper = [
+        "unshare",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        &mount,
+        "sh",
+    ];
+    let _server = dir.serve_under(
+        &wrapper,
+        "search",
+        &[
+            "--model",
+            "minilm",
+            "--db",
+            db.to_str().unwrap(),
+            "--name",
+            "full",
+        ],
+    );
+    assert!(eventually(Duration::from_secs(120), || dir
+        .state_of("full")
+        == "idle"));
+    let mut c = client(&dir, "full");
+    // Each request: 100 documents of 384 numbers (about 2 kB each in SQLite and its log).
+    let mut acknowledged = 0;
+    let mut refusal = None;
+    for request in 0..50 {
+        let documents: Vec<Value> = (0..100)
+            .map(|i| {
+                let n = request * 100 + i;
+                let vector: Vec<f32> = (0..384).map(|d| ((n * 7 + d) % 13) as f32 + 0.5).collect();
+                json!({"id": n.to_string(), "text": format!("document {n}"), "vector": vector})
+            })
+            .collect();
+        match c.call("add", json!({"collection": "c", "documents": documents})) {
+            Ok(events) => {
+                acknowledged += events
+                    .last()
+                    .unwrap()
+                    .get("stored")
+                    .unwrap()
+                    .as_u64()
+                    .unwrap()
+            }
+            Err(pipe_core::Error::Remote { message, .. }) => {
+                refusal = Some(message);
+                break;
+            }
+            Err(e) => panic!("the server failed: {e}"),
+        }
+    }
+    let message = refusal.expect("2 MB took 5,000 documents: the disk never filled");
+    assert!(
+        message.contains("full") && message.contains("free some space"),
+        "{message}"
+    );
+    assert!(acknowledged > 0);
+    // A request is written in batches: one that failed part way says what it stored.
+    if let Some(part) = message.split("the first ").nth(1) {
+        acknowledged += part.split(' ').next().unwrap().parse::<u64>().unwrap();
+    }
+    let counted = call(&mut c, "count", json!({"collection": "c"}));
+    assert_eq!(counted["count"].as_u64(), Some(acknowledged), "{counted}");
+    let hits = call(
+        &mut c,
+        "search",
+        json!({"collection": "c", "query": "document 0", "k": 3}),
+    );
+    assert_eq!(hits["hits"].as_array().unwrap().len(), 3, "{hits}");
+}
+
+/// A database on a read-only filesystem: the server stays up in state `error` and says why
+/// and what to do.
+#[test]
+fn a_database_on_a_read_only_disk_is_refused_with_what_to_do() {
+    let dir = TestDir::new("searchro");
+    let disk = dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let db = disk.join("search.db");
+    let mount = format!(
+        "mount -t tmpfs -o size=1m,ro tmpfs '{}' && exec \"$@\"",
+        disk.display()
+    );
+    let wrapper = [
+        "unshare",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        &mount,
+        "sh",
+    ];
+    let _server = dir.serve_under(
+        &wrapper,
+        "search",
+        &[
+            "--model",
+            "minilm",
+            "--db",
+            db.to_str().unwrap(),
+            "--name",
+            "ro",
+        ],
+    );
+    assert!(eventually(Duration::from_secs(60), || dir.state_of("ro") == "error"));
+    let out = dir.run(&["ro", "count"]);
+    let message = json_lines(&out)[0]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("Read-only file system") && message.contains("writable disk"),
+        "{message}"
+    );
+}
+
 /// `n` short documents, from `from` on, in one request: their texts are embedded on the way in.
 fn ingest(from: usize, n: usize) -> Value {
     let documents: Vec<Value> = (from..from + n)

@@ -7,6 +7,7 @@
 //! tokens, exactly as sentence-transformers cuts it; every [`Embedding`] says whether its text
 //! was cut and how many tokens it had, so nothing is cut silently.
 
+pub mod bert;
 pub mod pooling;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::source::{ModelSource, SourceError};
+use bert::PackedBert;
 pub use pooling::{Pooling, PoolingMode};
 
 /// Texts embedded in one forward pass.
@@ -122,9 +124,17 @@ pub struct Embedding {
     pub truncated: bool,
 }
 
+/// The encoder, by device.
+enum Encoder {
+    /// This crate's packed encoder, on the CPU.
+    Packed(PackedBert),
+    /// candle-transformers' BERT, on a GPU.
+    Candle(BertModel),
+}
+
 /// A loaded sentence-embedding model.
 pub struct Embedder {
-    model: BertModel,
+    encoder: Encoder,
     tokenizer: Tokenizer,
     /// The same tokenizer without truncation: counts a cut text's tokens.
     counter: Tokenizer,
@@ -184,10 +194,15 @@ impl Embedder {
             ..PaddingParams::default()
         }));
         let weights = folder.file("model.safetensors", true)?.unwrap_or_default();
-        // SAFETY: the weights file is mapped read-only and not changed while the model lives
-        // (candle's documented requirement for mmapped safetensors).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
-        let model = BertModel::load(vb, &config)?;
+        let encoder = if device.is_cpu() {
+            Encoder::Packed(PackedBert::load(&weights, &config)?)
+        } else {
+            // SAFETY: the weights file is mapped read-only and not changed while the model
+            // lives (candle's documented requirement for mmapped safetensors).
+            let vb =
+                unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
+            Encoder::Candle(BertModel::load(vb, &config)?)
+        };
         let name = match folder {
             ModelFolder::Local(path) => path.file_name().map_or_else(
                 || path.display().to_string(),
@@ -196,7 +211,7 @@ impl Embedder {
             ModelFolder::Hub(repo) => repo.clone(),
         };
         Ok(Self {
-            model,
+            encoder,
             tokenizer,
             counter,
             pooling,
@@ -260,19 +275,45 @@ impl Embedder {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| EmbedError::Tokenize(e.to_string()))?;
-        let device = &self.model.device;
-        let rows = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> candle_core::Result<Tensor> {
-            let rows: Vec<Tensor> = encodings
-                .iter()
-                .map(|e| Tensor::new(f(e), device))
-                .collect::<candle_core::Result<_>>()?;
-            Tensor::stack(&rows, 0)
+        let vectors = match &self.encoder {
+            Encoder::Packed(model) => {
+                // The tokenizer pads on the right: a text's own tokens come first.
+                let texts: Vec<&[u32]> = encodings
+                    .iter()
+                    .map(|e| {
+                        let own = e.get_attention_mask().iter().filter(|&&m| m == 1).count();
+                        &e.get_ids()[..own]
+                    })
+                    .collect();
+                let rows = model.forward(&texts)?;
+                let mut start = 0;
+                texts
+                    .iter()
+                    .map(|text| {
+                        let end = start + text.len() * self.dimension;
+                        let vector = self.pooling.pool_rows(&rows[start..end], self.dimension);
+                        start = end;
+                        vector
+                    })
+                    .collect()
+            }
+            Encoder::Candle(model) => {
+                let device = &model.device;
+                let rows =
+                    |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> candle_core::Result<Tensor> {
+                        let rows: Vec<Tensor> = encodings
+                            .iter()
+                            .map(|e| Tensor::new(f(e), device))
+                            .collect::<candle_core::Result<_>>()?;
+                        Tensor::stack(&rows, 0)
+                    };
+                let ids = rows(&|e| e.get_ids())?;
+                let mask = rows(&|e| e.get_attention_mask())?;
+                let types = ids.zeros_like()?;
+                let hidden = model.forward(&ids, &types, Some(&mask))?;
+                self.pooling.apply(&hidden, &mask)?.to_vec2::<f32>()?
+            }
         };
-        let ids = rows(&|e| e.get_ids())?;
-        let mask = rows(&|e| e.get_attention_mask())?;
-        let types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
-        let vectors = self.pooling.apply(&hidden, &mask)?.to_vec2::<f32>()?;
         vectors
             .into_iter()
             .zip(&encodings)

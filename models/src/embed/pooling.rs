@@ -111,6 +111,37 @@ impl Pooling {
     }
 }
 
+impl Pooling {
+    /// Pools one text's token vectors (`rows`, `size` values each, no padding) into its vector.
+    pub fn pool_rows(&self, rows: &[f32], size: usize) -> Vec<f32> {
+        let tokens = rows.chunks_exact(size);
+        let count = tokens.len().max(1) as f32;
+        let mut pooled = match self.mode {
+            PoolingMode::Cls => rows[..size].to_vec(),
+            PoolingMode::Mean => {
+                let mut total = vec![0f32; size];
+                for token in tokens {
+                    total.iter_mut().zip(token).for_each(|(t, v)| *t += v);
+                }
+                total.iter_mut().for_each(|t| *t /= count);
+                total
+            }
+            PoolingMode::Max => {
+                let mut top = vec![f32::NEG_INFINITY; size];
+                for token in tokens {
+                    top.iter_mut().zip(token).for_each(|(t, v)| *t = t.max(*v));
+                }
+                top
+            }
+        };
+        if self.normalize {
+            let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            pooled.iter_mut().for_each(|v| *v /= norm);
+        }
+        pooled
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +188,16 @@ mod tests {
             normalize: false,
         };
         assert_eq!(max.apply(&hidden, &mask)?.to_vec2::<f32>()?, [[3., 4.]]);
+        // The same on the unpadded rows.
+        let rows = [1f32, 0., 3., 4.];
+        assert_eq!(plain.pool_rows(&rows, 2), [2., 2.]);
+        assert!((unit.pool_rows(&rows, 2)[0] - 0.5f32.sqrt()).abs() < 1e-6);
+        assert_eq!(max.pool_rows(&rows, 2), [3., 4.]);
+        let cls = Pooling {
+            mode: PoolingMode::Cls,
+            normalize: false,
+        };
+        assert_eq!(cls.pool_rows(&rows, 2), [1., 0.]);
         Ok(())
     }
 }

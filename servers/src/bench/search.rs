@@ -1,5 +1,5 @@
-//! `cpipe bench search`: the embedder against sentence-transformers (PyTorch, CPU) on the same
-//! weights and sentences, and the search server against Chroma's embedded client on the same
+//! `cpipe bench search`: the embedder against sentence-transformers (PyTorch, CPU) and fastembed
+//! (ONNX Runtime) on the same weights and sentences, and the search server against Chroma's embedded client on the same
 //! vectors: ingest time, search latency through the pipe against in-process Chroma, recall@10
 //! against exact search, disk and memory.
 
@@ -16,8 +16,8 @@ use super::median;
 /// Options of `cpipe bench search`.
 #[derive(Debug, clap::Args)]
 pub struct SearchBench {
-    /// A Python with sentence-transformers and chromadb (scripts/bench-search.sh installs them
-    /// into .venv).
+    /// A Python with sentence-transformers, fastembed, onnx and chromadb
+    /// (scripts/bench-search.sh installs them into .venv).
     #[arg(long, env = "CPIPE_BENCH_PYTHON", default_value = ".venv/bin/python")]
     pub python: PathBuf,
     /// Sentences embedded in the throughput run.
@@ -54,6 +54,42 @@ if mode == "embed":
         vectors = model.encode(sentences, batch_size=32)
         times.append(time.perf_counter() - start)
     print(json.dumps({"seconds": sorted(times)[len(times) // 2], "first": vectors[:5].tolist()}))
+elif mode == "fastembed":
+    import warnings
+    warnings.filterwarnings("ignore")  # the exporter's notes on tracing, not results
+    # fastembed runs ONNX models; no registry ships this one's export, so it is made here
+    # from the same weights (PyTorch's ONNX exporter), and fastembed loads it from disk.
+    import shutil
+    from transformers import AutoModel
+    from fastembed import TextEmbedding
+    from fastembed.common.model_description import ModelSource, PoolingType
+    folder, sentences, reps, export = sys.argv[3], json.load(open(sys.argv[4])), int(sys.argv[5]), sys.argv[6]
+    os.makedirs(export, exist_ok=True)
+    model = AutoModel.from_pretrained(folder).eval()
+    sample = torch.ones(2, 8, dtype=torch.long)
+    axes = {0: "batch", 1: "sequence"}
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    torch.onnx.export(model, (sample, sample, torch.zeros_like(sample)),
+                      os.path.join(export, "model.onnx"), input_names=names,
+                      output_names=["last_hidden_state"],
+                      dynamic_axes={n: axes for n in names + ["last_hidden_state"]},
+                      opset_version=17, dynamo=False)
+    for name in os.listdir(folder):
+        if name.endswith(".json"):
+            shutil.copy(os.path.join(folder, name), export)
+    TextEmbedding.add_custom_model(model="local/all-MiniLM-L6-v2", pooling=PoolingType.MEAN,
+                                   normalization=True, dim=384, model_file="model.onnx",
+                                   sources=ModelSource(hf="sentence-transformers/all-MiniLM-L6-v2"))
+    model = TextEmbedding(model_name="local/all-MiniLM-L6-v2", specific_model_path=export,
+                          threads=threads)
+    list(model.embed(sentences[:32], batch_size=32))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        vectors = list(model.embed(sentences, batch_size=32))
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"seconds": sorted(times)[len(times) // 2],
+                      "first": [v.tolist() for v in vectors[:5]]}))
 else:
     import chromadb
     path, vectors_file, queries_file, k = sys.argv[3], sys.argv[4], sys.argv[5], 10
@@ -185,6 +221,24 @@ fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
 
+/// The lowest cosine between an anchor's first vectors (`first`, unit length) and ours.
+fn lowest_cosine(anchor: &Value, ours: &[models::embed::Embedding]) -> f32 {
+    anchor["first"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(ours)
+        .map(|(v, e)| {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .zip(&e.vector)
+                .map(|(a, b)| a.as_f64().unwrap_or(0.0) as f32 * b)
+                .sum::<f32>()
+        })
+        .fold(f32::INFINITY, f32::min)
+}
+
 /// Runs the benchmark and prints the tables.
 pub fn run(options: &SearchBench) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -221,20 +275,18 @@ pub fn run(options: &SearchBench) -> Result<()> {
         ],
     )?;
     let theirs = anchor["seconds"].as_f64().unwrap_or(f64::NAN);
-    let agreement = anchor["first"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .zip(&ours)
-        .map(|(v, e)| {
-            v.as_array()
-                .into_iter()
-                .flatten()
-                .zip(&e.vector)
-                .map(|(a, b)| a.as_f64().unwrap_or(0.0) as f32 * b)
-                .sum::<f32>()
-        })
-        .fold(f32::INFINITY, f32::min);
+    let fastembed = python(
+        options,
+        &[
+            "fastembed",
+            &threads.to_string(),
+            folder.to_str().unwrap_or_default(),
+            texts_file.to_str().unwrap_or_default(),
+            &options.repetitions.to_string(),
+            work.join("onnx").to_str().unwrap_or_default(),
+        ],
+    )?;
+    let onnx = fastembed["seconds"].as_f64().unwrap_or(f64::NAN);
     let dir = work.join("pipes");
     std::fs::create_dir_all(&dir)?;
     let db = work.join("cpipe.db");
@@ -258,26 +310,29 @@ pub fn run(options: &SearchBench) -> Result<()> {
         "Embedding {} sentences (all-MiniLM-L6-v2, {threads} threads, median of {})",
         options.sentences, options.repetitions
     );
-    println!("{:<40} {:>12} {:>10}", "", "sentences/s", "ratio");
     println!(
-        "{:<40} {:>12.0} {:>9.2}x",
-        "sentence-transformers (PyTorch CPU)",
-        n / theirs,
-        1.0
+        "{:<40} {:>12} {:>10} {:>13}",
+        "", "sentences/s", "ratio", "vs fastembed"
     );
+    for (name, seconds) in [
+        ("sentence-transformers (PyTorch CPU)", theirs),
+        ("fastembed (ONNX Runtime, same weights)", onnx),
+        ("cpipe engine", engine),
+        ("cpipe search server, embed (one request)", piped),
+    ] {
+        println!(
+            "{name:<40} {:>12.0} {:>9.2}x {:>12.2}x",
+            n / seconds,
+            theirs / seconds,
+            onnx / seconds
+        );
+    }
     println!(
-        "{:<40} {:>12.0} {:>9.2}x",
-        "cpipe engine (candle)",
-        n / engine,
-        theirs / engine
+        "lowest cosine with cpipe's on the first five sentences: sentence-transformers {:.5}, \
+         fastembed {:.5}\n",
+        lowest_cosine(&anchor, &ours),
+        lowest_cosine(&fastembed, &ours)
     );
-    println!(
-        "{:<40} {:>12.0} {:>9.2}x",
-        "cpipe search server, embed (one request)",
-        n / piped,
-        theirs / piped
-    );
-    println!("lowest cosine between the two on the first five sentences: {agreement:.5}\n");
 
     // 2. The store against Chroma.
     // Queries are drawn from the same clusters as the documents, but are not among them.

@@ -76,12 +76,29 @@ impl TestDir {
 
     /// Starts `cpipe --serve KIND ARGS` and waits until it answers ping.
     pub fn serve(&self, kind: &str, args: &[&str]) -> Server {
+        self.serve_under(&[], kind, args)
+    }
+
+    /// Starts `WRAPPER... cpipe --serve KIND ARGS` (a command that ends by running the rest,
+    /// such as `unshare`) and waits until the server answers ping.
+    pub fn serve_under(&self, wrapper: &[&str], kind: &str, args: &[&str]) -> Server {
         let name = args
             .windows(2)
             .find(|w| w[0] == "--name")
             .map_or(kind.to_string(), |w| w[1].to_string());
-        let child = self
-            .cpipe()
+        let mut command = match wrapper {
+            [] => self.cpipe(),
+            [program, rest @ ..] => {
+                let mut command = Command::new(program);
+                command
+                    .args(rest)
+                    .arg(cpipe_bin())
+                    .env("CPIPE_DIR", &self.0)
+                    .env_remove("CPIPE_LOG");
+                command
+            }
+        };
+        let child = command
             .args(["--serve", kind])
             .args(args)
             .stdin(Stdio::null())

@@ -465,7 +465,18 @@ impl Search {
                     vector,
                 });
             }
-            stored += store.write(&collection, new, mode).map_err(store_error)?;
+            stored += store.write(&collection, new, mode).map_err(|e| {
+                let mut error = store_error(e);
+                if stored > 0 {
+                    // Earlier batches are committed: say so, so the client resends the rest.
+                    error.message = format!(
+                        "{}; the first {stored} of the {total} documents were stored before \
+                         this batch failed",
+                        error.message
+                    );
+                }
+                error
+            })?;
             if total > WRITE_BATCH {
                 out.emit(
                     Event::new(SearchEvent::Progress)

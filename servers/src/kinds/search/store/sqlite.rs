@@ -64,7 +64,27 @@ pub struct SqliteStore {
 }
 
 fn db_error(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    StoreError::Database(explained(&e))
+}
+
+/// SQLite's message, with what to do for the failures a user can mend.
+fn explained(e: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode;
+    let advice = match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => {
+            "the disk holding the database is full: free some space and send the request \
+             again (nothing of the failed write was stored)"
+        }
+        Some(ErrorCode::ReadOnly) => {
+            "the database file is read-only: make it writable, or give a writable --db"
+        }
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+            "the file is damaged or not a search database: give another --db, or restore it \
+             from a copy"
+        }
+        _ => return e.to_string(),
+    };
+    format!("{e}; {advice}")
 }
 
 fn to_blob(vector: &[f32]) -> Vec<u8> {
@@ -86,7 +106,14 @@ fn lock_database(path: &Path) -> Result<File, StoreError> {
         .create(true)
         .truncate(false)
         .open(&lock_path)
-        .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", lock_path.display())))?;
+        .map_err(|e| {
+            let advice = if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
+                "; the search server writes its database: give a --db on a writable disk"
+            } else {
+                ""
+            };
+            StoreError::Database(format!("cannot open {}: {e}{advice}", lock_path.display()))
+        })?;
     // SAFETY: flock on a descriptor this function owns; it has no memory effects.
     let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
     if !locked {
@@ -104,13 +131,14 @@ fn lock_database(path: &Path) -> Result<File, StoreError> {
 }
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let connection = Connection::open(path)
-        .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+    let connection = Connection::open(path).map_err(|e| {
+        StoreError::Database(format!("cannot open {}: {}", path.display(), explained(&e)))
+    })?;
     connection
         .execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
         )
-        .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
+        .map_err(|e| StoreError::Database(format!("{}: {}", path.display(), explained(&e))))?;
     Ok(connection)
 }
 
@@ -126,8 +154,9 @@ impl SqliteStore {
         let writer = connect(path)?;
         writer.execute_batch(SCHEMA).map_err(|e| {
             StoreError::Database(format!(
-                "{} cannot be used as a search database: {e}",
-                path.display()
+                "{} cannot be used as a search database: {}",
+                path.display(),
+                explained(&e)
             ))
         })?;
         let reader = connect(path)?;
