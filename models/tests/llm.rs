@@ -71,33 +71,60 @@ fn greedy_answer_names_paris() {
 }
 
 #[test]
-fn the_shared_start_runs_ahead_and_replies_do_not_depend_on_the_request_before() {
+fn the_shared_start_runs_ahead_and_a_cold_reply_does_not_depend_on_the_request_before() {
     let mut llm = llm();
+    // Forget what an earlier test left in the cache.
+    let shared = llm.share_prefix(None).unwrap();
     let params = GenerationParams {
         max_tokens: 24,
         ..GenerationParams::default()
     };
     let plain = user("Name a colour.");
     let (first, usage) = run(&mut llm, &plain, &params);
-    assert!(
-        usage.cached_prompt_tokens > 0 && usage.cached_prompt_tokens < usage.prompt_tokens,
-        "{usage:?}"
-    );
-    // Another system prompt shares nothing run ahead.
+    assert_eq!(usage.cached_prompt_tokens, shared, "{usage:?}");
+    assert!(shared > 0 && shared < usage.prompt_tokens, "{usage:?}");
+    // Another system prompt shares only the template's opening with what was run.
     let pirate = [
         ChatMessage::system("You are a pirate."),
         ChatMessage::user("Name a colour."),
     ];
-    assert_eq!(run(&mut llm, &pirate, &params).1.cached_prompt_tokens, 0);
+    assert!(run(&mut llm, &pirate, &params).1.cached_prompt_tokens < shared);
     run(&mut llm, &user("Count to five."), &params);
+    llm.share_prefix(None).unwrap();
     assert_eq!(run(&mut llm, &plain, &params).0, first);
 
     // A server's own system prompt can be the start run ahead instead.
     let tokens = llm.share_prefix(Some("You are a pirate.")).unwrap();
     let (_, usage) = run(&mut llm, &pirate, &params);
     assert_eq!(usage.cached_prompt_tokens, tokens);
-    assert_eq!(run(&mut llm, &plain, &params).1.cached_prompt_tokens, 0);
     llm.share_prefix(None).unwrap();
+}
+
+#[test]
+fn the_next_turn_of_a_conversation_runs_only_what_is_new() {
+    let mut llm = llm();
+    llm.share_prefix(None).unwrap();
+    let params = GenerationParams {
+        max_tokens: 16,
+        ..GenerationParams::default()
+    };
+    let mut conversation = vec![ChatMessage::user("Name a fruit.")];
+    let mut cached = Vec::new();
+    for turn in ["And a vegetable?", "And a colour?", "And an animal?"] {
+        let (reply, usage) = run(&mut llm, &conversation, &params);
+        cached.push((usage.cached_prompt_tokens, usage.prompt_tokens));
+        conversation.push(ChatMessage {
+            role: models::llm::Role::Assistant,
+            content: reply.trim().to_string(),
+        });
+        conversation.push(ChatMessage::user(turn));
+    }
+    // From the second turn on, the whole of the turn before was reused but for the end of
+    // the reply, where the template's rendering of it may differ from the tokens generated.
+    for pair in cached.windows(2) {
+        let ((_, before), (reused, now)) = (pair[0], pair[1]);
+        assert!(reused >= before && reused < now, "{cached:?}");
+    }
 }
 
 #[test]
@@ -179,10 +206,13 @@ fn sampling_is_reproducible_with_a_seed() {
         ..GenerationParams::default()
     };
     let messages = user("Name a colour.");
-    assert_eq!(
-        run(&mut llm, &messages, &params).0,
-        run(&mut llm, &messages, &params).0
-    );
+    let first = run(&mut llm, &messages, &params).0;
+    // The same request again, and again, starts from what the first left in the cache.
+    for _ in 0..2 {
+        let (again, usage) = run(&mut llm, &messages, &params);
+        assert_eq!(again, first);
+        assert_eq!(usage.cached_prompt_tokens, usage.prompt_tokens);
+    }
 }
 
 #[test]

@@ -260,12 +260,18 @@ impl FinishReason {
     }
 }
 
+/// Most tokens whose keys and values stay in the cache between requests for the next turn
+/// of the conversation to reuse (about 120 MB of keys and values for a 1.5B Qwen; llama-server
+/// keeps its whole context's).
+const HELD_TOKENS_MAX: usize = 2048;
+
 /// Figures of one generation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Usage {
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
-    /// Of those, the tokens whose keys and values were computed ahead (the shared prefix).
+    /// Of those, the tokens whose keys and values were already in the cache (the shared
+    /// prefix, or the start of the conversation the last request ran).
     pub cached_prompt_tokens: usize,
     /// Tokens generated.
     pub completion_tokens: usize,
@@ -290,6 +296,13 @@ pub struct Llm {
     eos: Vec<u32>,
     /// The start most conversations share, run once.
     shared_prefix: Option<SharedPrefix>,
+    /// The tokens whose keys and values the cache holds, from the last request: its prompt
+    /// and the reply run so far. The next prompt that starts with some of them (the next turn
+    /// of the same conversation) runs only the rest.
+    held: Vec<u32>,
+    /// The logits after the last request's prompt (with the prompt's length): the same
+    /// prompt again starts from them without running anything.
+    prompt_logits: Option<(usize, Tensor)>,
 }
 
 /// The tokens conversations start with (the system prompt, the template's default one or that of
@@ -391,6 +404,8 @@ impl Llm {
             context_length,
             eos,
             shared_prefix: None,
+            held: Vec::new(),
+            prompt_logits: None,
         };
         llm.share_prefix(None)?;
         Ok(llm)
@@ -401,6 +416,9 @@ impl Llm {
     /// for `None`). Returns how many tokens that start is.
     pub fn share_prefix(&mut self, system: Option<&str>) -> Result<usize, LlmError> {
         self.shared_prefix = None;
+        // Running the prefix overwrites the cache.
+        self.held.clear();
+        self.prompt_logits = None;
         let render = |text: &str| -> Result<Vec<u32>, LlmError> {
             let mut messages: Vec<ChatMessage> =
                 system.map(ChatMessage::system).into_iter().collect();
@@ -476,11 +494,15 @@ impl Llm {
         params: &GenerationParams,
         on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Usage, LlmError> {
+        // On an error `held` stays empty: the cache may hold part of a step.
         let result = self.generate_in_cache(prompt, params, on_text);
-        // The next request reuses nothing of this one's keys and values (only the shared
-        // prefix, kept apart): give back what a long prompt grew the cache to, so memory
-        // returns to its resting size after each request.
-        self.weights.release_kv_cache();
+        if self.held.len() > HELD_TOKENS_MAX {
+            // A long conversation's keys and values would stay resident between requests:
+            // give them back, so memory returns near its resting size.
+            self.held.clear();
+            self.prompt_logits = None;
+            self.weights.release_kv_cache();
+        }
         result
     }
 
@@ -512,24 +534,56 @@ impl Llm {
         let mut first_token_at = None;
         let mut finish = FinishReason::Length;
 
-        // Reusing the keys and values of the previous request's prompt would run the rest
-        // through differently sized matrix products, whose rounding differs, and a reply would
-        // depend on the request before it; the shared prefix is the same for every request.
+        // The longest start of the prompt whose keys and values the cache holds (at least one
+        // token must run, for the logits), else the shared prefix. Held keys and values were
+        // computed in other chunks than a fresh run would use, so their rounding can differ in
+        // the last bits: like llama.cpp's prompt cache, a reply can then differ from a cold
+        // run's where two tokens were nearly tied.
+        let held = std::mem::take(&mut self.held);
+        // The same prompt again (a retry, a regenerate): its keys and values and the logits
+        // after it are all held, exactly as a cold run computes them, so the reply is the
+        // one a cold run gives.
+        let mut repeated = self
+            .prompt_logits
+            .take()
+            .filter(|(len, _)| *len == prompt.len() && held.starts_with(prompt))
+            .map(|(_, logits)| logits);
+        let reusable = held
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
         let (mut fed, mut position) = match &self.shared_prefix {
+            _ if repeated.is_some() => (&prompt[prompt.len()..], prompt.len()),
             Some(shared)
-                if prompt.len() > shared.tokens.len() && prompt.starts_with(&shared.tokens) =>
+                if prompt.len() > shared.tokens.len()
+                    && prompt.starts_with(&shared.tokens)
+                    && reusable <= shared.tokens.len() =>
             {
                 self.weights.set_kv_cache(&shared.cache)?;
                 (&prompt[shared.tokens.len()..], shared.tokens.len())
             }
-            _ => (prompt, 0),
+            _ => (&prompt[reusable..], reusable),
         };
         let cached_prompt_tokens = position;
         let mut last = [0u32];
         while generated < max_tokens {
-            let input = Tensor::new(fed, &self.device)?.unsqueeze(0)?;
-            let logits = self.weights.forward(&input, position)?.squeeze(0)?;
-            position += fed.len();
+            let logits = match repeated.take() {
+                Some(logits) => {
+                    self.prompt_logits = Some((prompt.len(), logits.clone()));
+                    logits
+                }
+                None => {
+                    let input = Tensor::new(fed, &self.device)?.unsqueeze(0)?;
+                    let logits = self.weights.forward(&input, position)?.squeeze(0)?;
+                    position += fed.len();
+                    if position == prompt.len() {
+                        self.prompt_logits = Some((prompt.len(), logits.clone()));
+                    }
+                    logits
+                }
+            };
             let logits = if params.repeat_penalty == 1.0 {
                 logits
             } else {
@@ -560,6 +614,9 @@ impl Llm {
             last[0] = token;
             fed = &last;
         }
+        // What the cache holds now: every token fed, prompt and reply.
+        history.truncate(position);
+        self.held = history;
         if finish != FinishReason::Stop || params.stop.is_empty() {
             let rest = stops.push(&detok.finish()?);
             let tail = format!(

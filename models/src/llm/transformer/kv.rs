@@ -14,17 +14,17 @@ pub(super) struct KvBuffer {
 }
 
 impl KvBuffer {
-    /// Readies the buffer for a sequence going on at `position`: 0 starts a new one (what is
-    /// held is dropped); any other position must be the length held.
+    /// Readies the buffer for a sequence going on at `position`: what is held from there on is
+    /// dropped (0 starts a new sequence; less than the length held goes on from a prefix of
+    /// it); a position past the length held is an error.
     pub(super) fn continue_at(&mut self, position: usize) -> Result<()> {
-        if position == 0 {
-            self.len = 0;
-        } else if self.len != position {
+        if position > self.len {
             candle_core::bail!(
                 "position {position} does not follow the cache ({})",
                 self.len
             );
         }
+        self.len = position;
         Ok(())
     }
 
