@@ -13,9 +13,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # The peers the compatibility tests drive: named-pipes 0.4.0 (the protocol's reference library),
 # the official MCP SDK (a client of `cpipe mcp`), the official OpenAI SDK (a client of
-# `--serve http`) and the wyoming package (its client, as Home Assistant uses it, of
-# `--serve wyoming`).
-for pin in named-pipes==0.4.0 mcp==2.3.0 openai==3.51.0 wyoming==1.10.2; do
+# `--serve http`), the wyoming package (its client, as Home Assistant uses it, of
+# `--serve wyoming`) and python-zeroconf (Home Assistant's discovery of it).
+for pin in named-pipes==0.4.0 mcp==2.3.0 openai==3.51.0 wyoming==1.10.2 zeroconf==0.154.0; do
   pkg=${pin%%==*} version=${pin##*==}
   if ! .venv/bin/python -c "import importlib.metadata as m; assert m.version('$pkg') == '$version'" 2>/dev/null; then
     echo "setup: installing $pin into .venv"

@@ -222,6 +222,36 @@ fn the_wyoming_client_does_what_home_assistant_does() {
     run_checks(&python, "wyoming_client.py", &[port, jfk.to_str().unwrap()]);
 }
 
+/// What Home Assistant's discovery does: python-zeroconf finds the bridge by the name it was
+/// announced under, and the wyoming client describes it at the announced address and port.
+#[test]
+fn home_assistant_discovers_the_wyoming_bridge_over_zeroconf() {
+    let python = python();
+    python_with("zeroconf", "0.154.0");
+    let dir = TestDir::new("zeroconf");
+    let name = format!("cpipe-test-{}", std::process::id());
+    let _wyoming = dir.serve(
+        "wyoming",
+        &["--uri", "tcp://0.0.0.0:0", "--zeroconf", &name],
+    );
+    run_checks(&python, "zeroconf_discover.py", &[&name]);
+    // Loopback only is refused: no other machine could use what is announced.
+    let out = dir.run(&[
+        "--serve",
+        "wyoming",
+        "--uri",
+        "tcp://127.0.0.1:0",
+        "--zeroconf",
+        "--name",
+        "nowhere",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("tcp://0.0.0.0"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn an_http_client_that_leaves_mid_stream_frees_the_chat_server() {
     let dir = TestDir::new("http-leave");

@@ -3,10 +3,12 @@
 //! client of the servers (one connection each, shared by all Wyoming clients) and a pipe
 //! server of its own.
 //!
-//! [`event`] is Wyoming's framing, [`session`] one client's conversation.
+//! [`event`] is Wyoming's framing, [`session`] one client's conversation, [`zeroconf`] the
+//! announcement Home Assistant discovers it by.
 
 mod event;
 mod session;
+mod zeroconf;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +49,11 @@ pub struct WyomingArgs {
     /// The tts server to use (default: the only live one).
     #[arg(long, value_name = "NAME")]
     pub tts: Option<String>,
+
+    /// Announce the service over zeroconf (mDNS) as NAME (default: cpipe), so that Home
+    /// Assistant discovers it by itself. Needs --uri on an address other machines reach.
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "cpipe")]
+    pub zeroconf: Option<String>,
 }
 
 /// What every connection shares.
@@ -208,12 +215,22 @@ fn build(args: WyomingArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolS
         Endpoint::Tcp(listener) => format!("tcp://{}", listener.local_addr()?),
         Endpoint::Unix(_, path) => format!("unix://{}", path.display()),
     };
+    let announcement = match (&args.zeroconf, &endpoint) {
+        (None, _) => None,
+        (Some(name), Endpoint::Tcp(listener)) => {
+            Some(zeroconf::announce(name, listener.local_addr()?)?)
+        }
+        (Some(_), Endpoint::Unix(..)) => {
+            bail!("--zeroconf announces a TCP port; a unix:// socket cannot be announced")
+        }
+    };
     let mut server = builder.bind()?;
     let (dir, own) = crate::bridge::home(&server, "wyoming");
     server.set_config(Fields::from_iter([
         ("uri", Value::from(uri.clone())),
         ("stt", json!(args.stt)),
         ("tts", json!(args.tts)),
+        ("zeroconf", json!(args.zeroconf)),
     ]));
     let bridge = Arc::new(Bridge {
         upstreams: Upstreams::new(dir),
@@ -221,7 +238,11 @@ fn build(args: WyomingArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolS
         stt: args.stt,
         tts: args.tts,
     });
-    crate::bridge::run_listener(&server, "wyoming", serve(endpoint, bridge))?;
+    crate::bridge::run_listener(&server, "wyoming", async move {
+        // Announced for as long as the bridge serves.
+        let _announcement = announcement;
+        serve(endpoint, bridge).await
+    })?;
     eprintln!("Wyoming server on {uri}");
     Ok(server)
 }
