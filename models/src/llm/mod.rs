@@ -153,6 +153,10 @@ pub struct GenerationParams {
     pub stop: Vec<String>,
     /// Keep generating past end-of-turn tokens (for benchmarks that need a fixed length).
     pub ignore_eos: bool,
+    /// Start from the keys and values the last request left where the prompt begins like it
+    /// (llama-server's `cache_prompt`). Off, the prompt runs cold but for the shared start, and
+    /// the reply is the same whatever came before.
+    pub cache_prompt: bool,
 }
 
 impl Default for GenerationParams {
@@ -167,6 +171,7 @@ impl Default for GenerationParams {
             seed: 299792458,
             stop: Vec::new(),
             ignore_eos: false,
+            cache_prompt: true,
         }
     }
 }
@@ -539,14 +544,19 @@ impl Llm {
         // computed in other chunks than a fresh run would use, so their rounding can differ in
         // the last bits: like llama.cpp's prompt cache, a reply can then differ from a cold
         // run's where two tokens were nearly tied.
-        let held = std::mem::take(&mut self.held);
+        let mut held = std::mem::take(&mut self.held);
+        if !params.cache_prompt {
+            held.clear();
+        }
         // The same prompt again (a retry, a regenerate): its keys and values and the logits
         // after it are all held, exactly as a cold run computes them, so the reply is the
         // one a cold run gives.
         let mut repeated = self
             .prompt_logits
             .take()
-            .filter(|(len, _)| *len == prompt.len() && held.starts_with(prompt))
+            .filter(|(len, _)| {
+                params.cache_prompt && *len == prompt.len() && held.starts_with(prompt)
+            })
             .map(|(_, logits)| logits);
         let reusable = held
             .iter()

@@ -48,6 +48,15 @@ fn chat_request(round: usize) -> Value {
     })
 }
 
+/// [`chat_request`] run cold (`cache_prompt: false`), for the overhead pairs: the pipe and
+/// the bridge send the same request in turn, and neither may start from what the other left
+/// in the chat server's cache.
+fn uncached_chat_request(round: usize) -> Value {
+    let mut request = chat_request(round);
+    request["cache_prompt"] = false.into();
+    request
+}
+
 /// One streamed reply: time to first token, then the gaps between tokens (seconds).
 struct Stream {
     first: f64,
@@ -77,10 +86,10 @@ impl Stream {
 }
 
 /// A reply straight through the pipe.
-fn pipe_chat(client: &mut Client, round: usize) -> Result<Stream> {
+fn pipe_chat(client: &mut Client, request: Value) -> Result<Stream> {
     let start = Instant::now();
     let mut times = Vec::new();
-    for event in client.request("chat", chat_request(round))? {
+    for event in client.request("chat", request)? {
         let event = event?;
         if let Some(e) = event.as_error() {
             bail!("chat failed: {}", e.message);
@@ -193,8 +202,8 @@ impl Http {
     }
 
     /// A streamed chat completion: the times its content-bearing events arrived.
-    fn chat(&mut self, model: &str, round: usize) -> Result<Stream> {
-        let mut body = chat_request(round);
+    fn chat(&mut self, model: &str, request: Value) -> Result<Stream> {
+        let mut body = request;
         body["model"] = model.into();
         body["stream"] = true.into();
         let body = serde_json::to_vec(&body)?;
@@ -378,12 +387,12 @@ pub fn run(options: &BridgesBench) -> Result<()> {
     println!("cpipe bench bridges: {} on {threads} threads, median of {repetitions} per side, requests alternating", options.model);
 
     // Warm both paths (the bridge's first request connects to the servers).
-    pipe_chat(&mut chat, 0)?;
-    http.chat("chat", 0)?;
+    pipe_chat(&mut chat, uncached_chat_request(0))?;
+    http.chat("chat", uncached_chat_request(0))?;
     let (mut piped, mut bridged) = (Vec::new(), Vec::new());
     for round in 1..=repetitions {
-        piped.push(pipe_chat(&mut chat, round)?);
-        bridged.push(http.chat("chat", round)?);
+        piped.push(pipe_chat(&mut chat, uncached_chat_request(round))?);
+        bridged.push(http.chat("chat", uncached_chat_request(round))?);
     }
     println!("\nOverhead of the http bridge (same requests, alternating; target: at most 1 ms / 2 ms added)");
     println!(
@@ -491,15 +500,15 @@ pub fn run(options: &BridgesBench) -> Result<()> {
         let mut anchor = loop {
             // It listens before its model is loaded and answers 503 until then.
             let mut client = Http::connect(&llama_address)?;
-            if client.chat("model", 0).is_ok() {
+            if client.chat("model", chat_request(0)).is_ok() {
                 break client;
             }
             std::thread::sleep(Duration::from_millis(200));
         };
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for round in 1..=repetitions {
-            ours.push(http.chat("chat", round + 1000)?);
-            theirs.push(anchor.chat("model", round + 1000)?);
+            ours.push(http.chat("chat", chat_request(round + 1000))?);
+            theirs.push(anchor.chat("model", chat_request(round + 1000))?);
         }
         let (o_first, _, o_rate) = summary(&ours);
         let (l_first, _, l_rate) = summary(&theirs);

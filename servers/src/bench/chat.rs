@@ -51,9 +51,11 @@ struct FirstToken {
 /// time to first token.
 fn ours(path: &Path, repetitions: usize) -> Result<([f64; 3], FirstToken)> {
     let mut llm = Llm::load(path, &models::device::best_device())?;
+    // Every run cold, as llama-bench's are: nothing of the run before is reused.
     let one = GenerationParams {
         max_tokens: 1,
         ignore_eos: true,
+        cache_prompt: false,
         ..GenerationParams::default()
     };
     let mut prefill = |n: usize| -> Result<f64> {
@@ -71,6 +73,7 @@ fn ours(path: &Path, repetitions: usize) -> Result<([f64; 3], FirstToken)> {
     let generate = GenerationParams {
         max_tokens: 129,
         ignore_eos: true,
+        cache_prompt: false,
         ..GenerationParams::default()
     };
     let start = prompt_tokens(&llm, 1)?;
@@ -88,6 +91,7 @@ fn ours(path: &Path, repetitions: usize) -> Result<([f64; 3], FirstToken)> {
     ];
     let ttft_params = GenerationParams {
         max_tokens: 1,
+        cache_prompt: false,
         ..GenerationParams::default()
     };
     let mut ttfts = Vec::new();

@@ -223,6 +223,15 @@ fn parse_params(req: &Request) -> Result<GenerationParams, ToolError> {
     if let Some(seed) = count("seed")? {
         params.seed = seed;
     }
+    match field("cache_prompt") {
+        None | Some(Value::Null) => {}
+        Some(Value::Bool(on)) => params.cache_prompt = *on,
+        Some(v) => {
+            return Err(ToolError::invalid(format!(
+                "\"cache_prompt\" must be true or false, got {v}"
+            )))
+        }
+    }
     params.stop = match field("stop") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
@@ -293,6 +302,7 @@ fn chat_args() -> Value {
             "top_k": {"type": "integer", "minimum": 1},
             "repeat_penalty": {"type": "number", "minimum": 0, "maximum": GenerationParams::MAX_REPEAT_PENALTY, "description": "Above 0; 1 is none."},
             "seed": {"type": "integer", "minimum": 0},
+            "cache_prompt": {"type": "boolean", "description": "Reuse the keys and values of the last request where the prompt starts like it (default true); false runs it cold, for a reply that does not depend on earlier requests."},
             "stop": {"type": ["string", "array"], "items": {"type": "string", "maxLength": GenerationParams::MAX_STOP_BYTES}, "maxItems": GenerationParams::MAX_STOPS}
         }
     })

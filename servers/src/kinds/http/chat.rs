@@ -280,7 +280,8 @@ fn chat_args(request: &Map<String, Value>) -> Result<Value, ApiError> {
         .filter(|v| !v.is_null())
         .or_else(|| request.get("max_tokens"));
     copy(&mut args, "max_tokens", max_tokens);
-    // The same names on both sides; top_k and repeat_penalty are llama-server's extensions.
+    // The same names on both sides; top_k, repeat_penalty and cache_prompt are llama-server's
+    // extensions.
     for name in [
         "temperature",
         "top_p",
@@ -288,6 +289,7 @@ fn chat_args(request: &Map<String, Value>) -> Result<Value, ApiError> {
         "repeat_penalty",
         "seed",
         "stop",
+        "cache_prompt",
     ] {
         copy(&mut args, name, request.get(name));
     }
@@ -399,14 +401,15 @@ mod tests {
                 {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]}
             ],
             "max_completion_tokens": 5, "temperature": 0, "top_p": 0.9, "seed": 3, "stop": ["\n"],
-            "frequency_penalty": 0, "stream": true
+            "frequency_penalty": 0, "stream": true, "cache_prompt": false
         }))
         .unwrap();
         assert_eq!(
             mapped,
             json!({"messages": [{"role": "system", "content": "Be brief."},
                                 {"role": "user", "content": "Hi there"}],
-                   "max_tokens": 5, "temperature": 0, "top_p": 0.9, "seed": 3, "stop": ["\n"]})
+                   "max_tokens": 5, "temperature": 0, "top_p": 0.9, "seed": 3, "stop": ["\n"],
+                   "cache_prompt": false})
         );
     }
 
