@@ -259,17 +259,14 @@ fn a_corrupt_database_and_a_second_server_on_one_database_are_reported() {
     );
 }
 
-/// A database on a disk that fills up: the write that does not fit gets an error saying the
-/// disk is full, everything acknowledged before it stays, and the server goes on answering.
-/// The disk is a 2 MB tmpfs mounted in the server's own mount namespace (`unshare`).
-#[test]
-fn a_full_disk_refuses_the_write_that_does_not_fit_and_keeps_the_rest() {
-    let dir = TestDir::new("searchfull");
+/// A search server `name` whose database is on a tmpfs mounted with `options` in the server's
+/// own mount namespace (`unshare`), so a test can make a disk full or read-only.
+fn serve_on_tmpfs(dir: &TestDir, options: &str, name: &str) -> Server {
     let disk = dir.path().join("disk");
     std::fs::create_dir(&disk).unwrap();
     let db = disk.join("search.db");
     let mount = format!(
-        "mount -t tmpfs -o size=2m tmpfs '{}' && exec \"$@\"",
+        "mount -t tmpfs -o {options} tmpfs '{}' && exec \"$@\"",
         disk.display()
     );
     let wrapper = [
@@ -281,18 +278,24 @@ fn a_full_disk_refuses_the_write_that_does_not_fit_and_keeps_the_rest() {
         &mount,
         "sh",
     ];
-    let _server = dir.serve_under(
-        &wrapper,
-        "search",
-        &[
-            "--model",
-            "minilm",
-            "--db",
-            db.to_str().unwrap(),
-            "--name",
-            "full",
-        ],
-    );
+    let args = [
+        "--model",
+        "minilm",
+        "--db",
+        db.to_str().unwrap(),
+        "--name",
+        name,
+    ];
+    dir.serve_under(&wrapper, "search", &args)
+}
+
+/// A database on a disk that fills up: the write that does not fit gets an error saying the
+/// disk is full, everything acknowledged before it stays, and the server goes on answering.
+/// The disk is a 2 MB tmpfs.
+#[test]
+fn a_full_disk_refuses_the_write_that_does_not_fit_and_keeps_the_rest() {
+    let dir = TestDir::new("searchfull");
+    let _server = serve_on_tmpfs(&dir, "size=2m", "full");
     assert!(eventually(Duration::from_secs(120), || dir
         .state_of("full")
         == "idle"));
@@ -350,34 +353,7 @@ fn a_full_disk_refuses_the_write_that_does_not_fit_and_keeps_the_rest() {
 #[test]
 fn a_database_on_a_read_only_disk_is_refused_with_what_to_do() {
     let dir = TestDir::new("searchro");
-    let disk = dir.path().join("disk");
-    std::fs::create_dir(&disk).unwrap();
-    let db = disk.join("search.db");
-    let mount = format!(
-        "mount -t tmpfs -o size=1m,ro tmpfs '{}' && exec \"$@\"",
-        disk.display()
-    );
-    let wrapper = [
-        "unshare",
-        "--map-root-user",
-        "--mount",
-        "sh",
-        "-c",
-        &mount,
-        "sh",
-    ];
-    let _server = dir.serve_under(
-        &wrapper,
-        "search",
-        &[
-            "--model",
-            "minilm",
-            "--db",
-            db.to_str().unwrap(),
-            "--name",
-            "ro",
-        ],
-    );
+    let _server = serve_on_tmpfs(&dir, "size=1m,ro", "ro");
     assert!(eventually(Duration::from_secs(60), || dir.state_of("ro") == "error"));
     let out = dir.run(&["ro", "count"]);
     let message = json_lines(&out)[0]["message"].as_str().unwrap().to_string();
