@@ -9,19 +9,15 @@ use common::*;
 use pipe_core::{Client, ErrorCode, Step};
 use serde_json::{json, Value};
 
+/// The flags of a search server `name` on MiniLM with its database at `db`.
+fn search_args<'a>(db: &'a std::path::Path, name: &'a str) -> [&'a str; 6] {
+    let db = db.to_str().unwrap();
+    ["--model", "minilm", "--db", db, "--name", name]
+}
+
 fn start(dir: &TestDir, name: &str) -> Server {
     let db = dir.path().join("search.db");
-    dir.serve_loaded(
-        "search",
-        &[
-            "--model",
-            "minilm",
-            "--db",
-            db.to_str().unwrap(),
-            "--name",
-            name,
-        ],
-    )
+    dir.serve_loaded("search", &search_args(&db, name))
 }
 
 fn client(dir: &TestDir, name: &str) -> Client {
@@ -210,17 +206,7 @@ fn a_corrupt_database_and_a_second_server_on_one_database_are_reported() {
     let dir = TestDir::new("searchdb");
     let junk = dir.path().join("junk.db");
     std::fs::write(&junk, vec![b'x'; 8192]).unwrap();
-    let _broken = dir.serve(
-        "search",
-        &[
-            "--model",
-            "minilm",
-            "--db",
-            junk.to_str().unwrap(),
-            "--name",
-            "broken",
-        ],
-    );
+    let _broken = dir.serve("search", &search_args(&junk, "broken"));
     assert!(eventually(Duration::from_secs(30), || dir
         .state_of("broken")
         == "error"));
@@ -237,17 +223,7 @@ fn a_corrupt_database_and_a_second_server_on_one_database_are_reported() {
 
     let _first = start(&dir, "first");
     let db = dir.path().join("search.db");
-    let _second = dir.serve(
-        "search",
-        &[
-            "--model",
-            "minilm",
-            "--db",
-            db.to_str().unwrap(),
-            "--name",
-            "second",
-        ],
-    );
+    let _second = dir.serve("search", &search_args(&db, "second"));
     assert!(eventually(Duration::from_secs(30), || dir
         .state_of("second")
         == "error"));
@@ -278,15 +254,7 @@ fn serve_on_tmpfs(dir: &TestDir, options: &str, name: &str) -> Server {
         &mount,
         "sh",
     ];
-    let args = [
-        "--model",
-        "minilm",
-        "--db",
-        db.to_str().unwrap(),
-        "--name",
-        name,
-    ];
-    dir.serve_under(&wrapper, "search", &args)
+    dir.serve_under(&wrapper, "search", &search_args(&db, name))
 }
 
 /// A database on a disk that fills up: the write that does not fit gets an error saying the

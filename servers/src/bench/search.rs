@@ -1,7 +1,7 @@
 //! `cpipe bench search`: the embedder against sentence-transformers (PyTorch, CPU) and fastembed
-//! (ONNX Runtime) on the same weights and sentences, and the search server against Chroma's embedded client on the same
-//! vectors: ingest time, search latency through the pipe against in-process Chroma, recall@10
-//! against exact search, disk and memory.
+//! (ONNX Runtime) on the same weights and sentences, and the search server against Chroma's
+//! embedded client on the same vectors: ingest time, search latency through the pipe against
+//! in-process Chroma, recall@10 against exact search, disk and memory.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -264,28 +264,22 @@ pub fn run(options: &SearchBench) -> Result<()> {
         times.push(start.elapsed().as_secs_f64());
     }
     let engine = median(times);
-    let anchor = python(
-        options,
-        &[
-            "embed",
-            &threads.to_string(),
+    // Both anchors embed the same sentences with the same weights and threads.
+    let (threads_arg, repetitions) = (threads.to_string(), options.repetitions.to_string());
+    let embedding = |mode: &str, extra: &[&str]| {
+        let common = [
+            mode,
+            &threads_arg,
             folder.to_str().unwrap_or_default(),
             texts_file.to_str().unwrap_or_default(),
-            &options.repetitions.to_string(),
-        ],
-    )?;
+            &repetitions,
+        ];
+        python(options, &[&common[..], extra].concat())
+    };
+    let anchor = embedding("embed", &[])?;
     let theirs = anchor["seconds"].as_f64().unwrap_or(f64::NAN);
-    let fastembed = python(
-        options,
-        &[
-            "fastembed",
-            &threads.to_string(),
-            folder.to_str().unwrap_or_default(),
-            texts_file.to_str().unwrap_or_default(),
-            &options.repetitions.to_string(),
-            work.join("onnx").to_str().unwrap_or_default(),
-        ],
-    )?;
+    let export = work.join("onnx");
+    let fastembed = embedding("fastembed", &[export.to_str().unwrap_or_default()])?;
     let onnx = fastembed["seconds"].as_f64().unwrap_or(f64::NAN);
     let dir = work.join("pipes");
     std::fs::create_dir_all(&dir)?;
