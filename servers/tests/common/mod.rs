@@ -41,7 +41,12 @@ impl TestDir {
 
     /// `cpipe` with `--dir` set to this directory.
     pub fn cpipe(&self) -> Command {
-        let mut cmd = Command::new(cpipe_bin());
+        self.command(cpipe_bin())
+    }
+
+    /// `program` in this directory's environment (`CPIPE_DIR` set, no `CPIPE_LOG`).
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
         cmd.env("CPIPE_DIR", &self.0).env_remove("CPIPE_LOG");
         cmd
     }
@@ -89,12 +94,8 @@ impl TestDir {
         let mut command = match wrapper {
             [] => self.cpipe(),
             [program, rest @ ..] => {
-                let mut command = Command::new(program);
-                command
-                    .args(rest)
-                    .arg(cpipe_bin())
-                    .env("CPIPE_DIR", &self.0)
-                    .env_remove("CPIPE_LOG");
+                let mut command = self.command(program);
+                command.args(rest).arg(cpipe_bin());
                 command
             }
         };
