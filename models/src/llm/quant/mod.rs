@@ -16,8 +16,12 @@ use candle_core::{bail, Result};
 /// Weights (and input values) per block.
 const BLOCK: usize = 32;
 
-/// One row's blocks against a quantized input: a format's kernel.
-type Kernel = fn(&[u8], &QuantizedInput) -> f32;
+/// One row's blocks against `N` quantized inputs: a format's kernel.
+type Kernel<const N: usize> = fn(&[u8], [&QuantizedInput; N]) -> [f32; N];
+
+/// Inputs a kernel takes at once when there are that many (prompt tokens): each block of a
+/// row is unpacked once for all of them.
+const GROUP: usize = 4;
 
 /// The block formats with a kernel here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,10 +57,10 @@ impl Format {
         ),
         allow(dead_code)
     )]
-    fn scalar_kernel(self) -> Kernel {
+    fn scalar_kernel<const N: usize>(self) -> Kernel<N> {
         match self {
-            Self::Q4_1 => q4_1::dot_scalar,
-            Self::Q8_0 => q8_0::dot_scalar,
+            Self::Q4_1 => |blocks, inputs| inputs.map(|input| q4_1::dot_scalar(blocks, input)),
+            Self::Q8_0 => |blocks, inputs| inputs.map(|input| q8_0::dot_scalar(blocks, input)),
         }
     }
 
@@ -67,13 +71,13 @@ impl Format {
         target_feature = "fma",
         target_feature = "f16c"
     ))]
-    fn kernel(self) -> Kernel {
+    fn kernel<const N: usize>(self) -> Kernel<N> {
         match self {
             // SAFETY: the build targets AVX2, FMA and F16C, so the CPU has them; the row and
-            // the input have the same number of blocks (`QuantMatrix::matmul`).
-            Self::Q4_1 => |blocks, input| unsafe { q4_1::dot_avx2(blocks, input) },
+            // the inputs have the same number of blocks (`QuantMatrix::matmul`).
+            Self::Q4_1 => |blocks, inputs| unsafe { q4_1::dot_avx2(blocks, inputs) },
             // SAFETY: as for Q4_1.
-            Self::Q8_0 => |blocks, input| unsafe { q8_0::dot_avx2(blocks, input) },
+            Self::Q8_0 => |blocks, inputs| unsafe { q8_0::dot_avx2(blocks, inputs) },
         }
     }
 
@@ -83,7 +87,7 @@ impl Format {
         target_feature = "fma",
         target_feature = "f16c"
     )))]
-    fn kernel(self) -> Kernel {
+    fn kernel<const N: usize>(self) -> Kernel<N> {
         self.scalar_kernel()
     }
 }
@@ -145,16 +149,25 @@ impl QuantMatrix {
         let inputs: Vec<QuantizedInput> = x.chunks_exact(self.cols).map(quantize_input).collect();
         let mut out = vec![0.0f32; inputs.len() * self.rows];
         let row_bytes = self.cols / BLOCK * self.format.block_bytes();
-        let kernel = self.format.kernel();
+        let (one, group) = (self.format.kernel::<1>(), self.format.kernel::<GROUP>());
+        let grouped = inputs.len() / GROUP * GROUP;
         // Each weight row's outputs are written by one worker only.
         let out_ptr = out.as_mut_ptr() as usize;
+        let write = |i: usize, row: usize, value: f32| {
+            // SAFETY: `i * rows + row < out.len()`, and no other worker has this row.
+            unsafe { *(out_ptr as *mut f32).add(i * self.rows + row) = value };
+        };
         candle_core::utils::barrier_pool().execute_chunked(self.rows, |range| {
             for row in range {
                 let blocks = &self.blocks[row * row_bytes..(row + 1) * row_bytes];
-                for (i, input) in inputs.iter().enumerate() {
-                    let value = kernel(blocks, input);
-                    // SAFETY: `i * rows + row < out.len()`, and no other worker has this row.
-                    unsafe { *(out_ptr as *mut f32).add(i * self.rows + row) = value };
+                for (g, inputs) in inputs[..grouped].chunks_exact(GROUP).enumerate() {
+                    let values = group(blocks, std::array::from_fn(|k| &inputs[k]));
+                    for (k, value) in values.into_iter().enumerate() {
+                        write(g * GROUP + k, row, value);
+                    }
+                }
+                for (i, input) in inputs.iter().enumerate().skip(grouped) {
+                    write(i, row, one(blocks, [input])[0]);
                 }
             }
         });
@@ -273,7 +286,7 @@ mod tests {
             let row_bytes = matrix.blocks.len() / rows;
             for (row, g) in got.iter().enumerate() {
                 let blocks = &matrix.blocks[row * row_bytes..(row + 1) * row_bytes];
-                let scalar = matrix.format.scalar_kernel()(blocks, &input);
+                let [scalar] = matrix.format.scalar_kernel()(blocks, [&input]);
                 assert!(
                     (g - scalar).abs() <= 1e-4 * scale,
                     "{dtype:?}: {g} against {scalar}"
@@ -282,14 +295,17 @@ mod tests {
         }
     }
 
+    /// Six vectors take a group of four and two alone: each gets exactly the products it
+    /// gets alone, so how a prompt is split never changes its logits.
     #[test]
     fn several_vectors_give_each_its_own_products() {
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let cols = 64;
             let (_, matrix) = matrix(9, cols, dtype, 4);
-            let (a, b) = (values(cols, 5), values(cols, 6));
-            let both = matrix.matmul(&[a.clone(), b.clone()].concat());
-            assert_eq!(both, [matrix.matmul(&a), matrix.matmul(&b)].concat());
+            let vectors: Vec<Vec<f32>> = (5..11).map(|seed| values(cols, seed)).collect();
+            let together = matrix.matmul(&vectors.concat());
+            let alone: Vec<f32> = vectors.iter().flat_map(|v| matrix.matmul(v)).collect();
+            assert_eq!(together, alone, "{dtype:?}");
         }
     }
 

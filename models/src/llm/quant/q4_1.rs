@@ -27,6 +27,8 @@ pub(super) fn dot_scalar(blocks: &[u8], input: &QuantizedInput) -> f32 {
     total
 }
 
+/// `N` inputs against one row at once: each block is unpacked once for all of them, and each
+/// input's sums are added in the same order as alone, so grouping never changes a result.
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -34,44 +36,63 @@ pub(super) fn dot_scalar(blocks: &[u8], input: &QuantizedInput) -> f32 {
     target_feature = "f16c"
 ))]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_avx2(blocks: &[u8], input: &QuantizedInput) -> f32 {
+pub(super) unsafe fn dot_avx2<const N: usize>(
+    blocks: &[u8],
+    inputs: [&QuantizedInput; N],
+) -> [f32; N] {
     use super::{dot_u8_i8, sum_lanes};
     use std::arch::x86_64::*;
     let low_nibbles = _mm_set1_epi8(0x0F);
-    // Two accumulators each, for even and odd blocks: one chain of dependent adds would hold
-    // every block up for the latency of the last.
-    let mut scaled = [_mm256_setzero_ps(); 2];
-    let mut offsets = [_mm_setzero_ps(); 2];
-    for (b, block) in blocks.chunks_exact(BLOCK_BYTES).enumerate() {
-        // SAFETY: a block is `d` and `m` (f16 each), then 16 bytes of values; the input has
-        // 32 values and one scale pair per block.
-        let (dm, scale_sum, packed, values) = unsafe {
-            (
-                _mm_cvtph_ps(_mm_cvtsi32_si128(
-                    (block.as_ptr() as *const i32).read_unaligned(),
-                )),
-                _mm_castsi128_ps(_mm_loadl_epi64(
-                    input.scale_sums.as_ptr().add(b) as *const __m128i
-                )),
-                _mm_loadu_si128(block.as_ptr().add(4) as *const __m128i),
-                _mm256_loadu_si256(input.values.as_ptr().add(b * BLOCK) as *const __m256i),
-            )
-        };
-        // Lane 0: d × the input's scale; lane 1: m × the input's scaled sum.
-        let factors = _mm_mul_ps(dm, scale_sum);
-        let low = _mm_and_si128(packed, low_nibbles);
-        let high = _mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles);
-        // SAFETY: `dot_u8_i8` is compiled only for target features this build has.
-        let products = unsafe { dot_u8_i8(_mm256_set_m128i(high, low), values) };
-        let lane = b & 1;
-        scaled[lane] = _mm256_fmadd_ps(
-            _mm256_broadcastss_ps(factors),
-            _mm256_cvtepi32_ps(products),
-            scaled[lane],
-        );
-        offsets[lane] = _mm_add_ps(offsets[lane], factors);
+    // Two accumulators per input, for even and odd blocks: one chain of dependent adds would
+    // hold every block up for the latency of the last.
+    let mut scaled = [[_mm256_setzero_ps(); 2]; N];
+    let mut offsets = [[_mm_setzero_ps(); 2]; N];
+    // Blocks go in pairs, the even one to lane 0 and the odd one to lane 1: with the lane a
+    // constant of the unrolled inner loop, the accumulators stay in registers.
+    for (pair_index, pair) in blocks.chunks(2 * BLOCK_BYTES).enumerate() {
+        for lane in 0..2 {
+            let Some(block) = pair.get(lane * BLOCK_BYTES..(lane + 1) * BLOCK_BYTES) else {
+                break;
+            };
+            let b = 2 * pair_index + lane;
+            // SAFETY: a block is `d` and `m` (f16 each), then 16 bytes of values.
+            let (dm, packed) = unsafe {
+                (
+                    _mm_cvtph_ps(_mm_cvtsi32_si128(
+                        (block.as_ptr() as *const i32).read_unaligned(),
+                    )),
+                    _mm_loadu_si128(block.as_ptr().add(4) as *const __m128i),
+                )
+            };
+            let low = _mm_and_si128(packed, low_nibbles);
+            let high = _mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles);
+            let weights = _mm256_set_m128i(high, low);
+            for (k, input) in inputs.iter().enumerate() {
+                // SAFETY: each input has 32 values and one scale pair per block of the row.
+                let (scale_sum, values) = unsafe {
+                    (
+                        _mm_castsi128_ps(_mm_loadl_epi64(
+                            input.scale_sums.as_ptr().add(b) as *const __m128i
+                        )),
+                        _mm256_loadu_si256(input.values.as_ptr().add(b * BLOCK) as *const __m256i),
+                    )
+                };
+                // Lane 0: d × the input's scale; lane 1: m × the input's scaled sum.
+                let factors = _mm_mul_ps(dm, scale_sum);
+                // SAFETY: `dot_u8_i8` is compiled only for target features this build has.
+                let products = unsafe { dot_u8_i8(weights, values) };
+                scaled[k][lane] = _mm256_fmadd_ps(
+                    _mm256_broadcastss_ps(factors),
+                    _mm256_cvtepi32_ps(products),
+                    scaled[k][lane],
+                );
+                offsets[k][lane] = _mm_add_ps(offsets[k][lane], factors);
+            }
+        }
     }
-    let offsets = _mm_add_ps(offsets[0], offsets[1]);
-    sum_lanes(_mm256_add_ps(scaled[0], scaled[1]))
-        + _mm_cvtss_f32(_mm_shuffle_ps(offsets, offsets, 1))
+    std::array::from_fn(|k| {
+        let offsets = _mm_add_ps(offsets[k][0], offsets[k][1]);
+        sum_lanes(_mm256_add_ps(scaled[k][0], scaled[k][1]))
+            + _mm_cvtss_f32(_mm_shuffle_ps(offsets, offsets, 1))
+    })
 }
