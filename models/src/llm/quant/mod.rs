@@ -8,7 +8,12 @@
 //! blocks as integers, and rows are shared out over candle's own spinning thread pool.
 
 mod q4_1;
+mod q4_k;
+mod q6_k;
 mod q8_0;
+
+use std::borrow::Cow;
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{bail, Result};
@@ -28,6 +33,8 @@ const GROUP: usize = 4;
 enum Format {
     Q4_1,
     Q8_0,
+    Q4K,
+    Q6K,
 }
 
 impl Format {
@@ -35,6 +42,8 @@ impl Format {
         match dtype {
             GgmlDType::Q4_1 => Some(Self::Q4_1),
             GgmlDType::Q8_0 => Some(Self::Q8_0),
+            GgmlDType::Q4K => Some(Self::Q4K),
+            GgmlDType::Q6K => Some(Self::Q6K),
             _ => None,
         }
     }
@@ -43,6 +52,17 @@ impl Format {
         match self {
             Self::Q4_1 => q4_1::BLOCK_BYTES,
             Self::Q8_0 => q8_0::BLOCK_BYTES,
+            Self::Q4K => q4_k::BLOCK_BYTES,
+            Self::Q6K => q6_k::BLOCK_BYTES,
+        }
+    }
+
+    /// Weights per block: 32, or 256 for the k-quants' super-blocks.
+    fn block_values(self) -> usize {
+        match self {
+            Self::Q4_1 | Self::Q8_0 => BLOCK,
+            Self::Q4K => q4_k::VALUES,
+            Self::Q6K => q6_k::VALUES,
         }
     }
 
@@ -61,6 +81,8 @@ impl Format {
         match self {
             Self::Q4_1 => |blocks, inputs| inputs.map(|input| q4_1::dot_scalar(blocks, input)),
             Self::Q8_0 => |blocks, inputs| inputs.map(|input| q8_0::dot_scalar(blocks, input)),
+            Self::Q4K => |blocks, inputs| inputs.map(|input| q4_k::dot_scalar(blocks, input)),
+            Self::Q6K => |blocks, inputs| inputs.map(|input| q6_k::dot_scalar(blocks, input)),
         }
     }
 
@@ -78,6 +100,10 @@ impl Format {
             Self::Q4_1 => |blocks, inputs| unsafe { q4_1::dot_avx2(blocks, inputs) },
             // SAFETY: as for Q4_1.
             Self::Q8_0 => |blocks, inputs| unsafe { q8_0::dot_avx2(blocks, inputs) },
+            // SAFETY: as for Q4_1.
+            Self::Q4K => |blocks, inputs| unsafe { q4_k::dot_avx2(blocks, inputs) },
+            // SAFETY: as for Q4_1.
+            Self::Q6K => |blocks, inputs| unsafe { q6_k::dot_avx2(blocks, inputs) },
         }
     }
 
@@ -92,12 +118,13 @@ impl Format {
     }
 }
 
-/// A `rows × cols` quantized matrix, row-major, each row `cols / 32` blocks.
+/// A `rows × cols` quantized matrix, row-major, each row whole blocks. It reads the blocks
+/// where the tensor holds them, so candle's kernels may share the one copy.
 pub(super) struct QuantMatrix {
     format: Format,
     rows: usize,
     cols: usize,
-    blocks: Vec<u8>,
+    tensor: Arc<QTensor>,
 }
 
 /// An input vector quantized to 8 bits per block: values, then per block its scale and its
@@ -108,28 +135,36 @@ struct QuantizedInput {
 }
 
 impl QuantMatrix {
-    /// Takes a Q4_1 or Q8_0 tensor's blocks as stored; `None` for any other format.
-    pub(super) fn from_qtensor(tensor: &QTensor) -> Result<Option<Self>> {
+    /// Takes a CPU tensor in a format with a kernel here; `None` for any other format.
+    pub(super) fn from_qtensor(tensor: Arc<QTensor>) -> Result<Option<Self>> {
         let Some(format) = Format::of(tensor.dtype()) else {
             return Ok(None);
         };
         let (rows, cols) = tensor.shape().dims2()?;
-        if cols % BLOCK != 0 {
+        if cols % format.block_values() != 0 {
             bail!("a {format:?} row of {cols} values is not whole blocks");
         }
-        let blocks = tensor.data()?.into_owned();
-        if blocks.len() != rows * cols / BLOCK * format.block_bytes() {
-            bail!(
-                "a {format:?} tensor of {rows}×{cols} holds {} bytes",
-                blocks.len()
-            );
+        let bytes = match tensor.data()? {
+            Cow::Borrowed(blocks) => blocks.len(),
+            Cow::Owned(_) => bail!("the kernels here read blocks in CPU memory only"),
+        };
+        if bytes != rows * cols / format.block_values() * format.block_bytes() {
+            bail!("a {format:?} tensor of {rows}×{cols} holds {bytes} bytes");
         }
         Ok(Some(Self {
             format,
             rows,
             cols,
-            blocks,
+            tensor,
         }))
+    }
+
+    /// The blocks, where the tensor holds them.
+    fn blocks(&self) -> &[u8] {
+        match self.tensor.data() {
+            Ok(Cow::Borrowed(blocks)) => blocks,
+            _ => unreachable!("checked to be borrowed CPU memory when made"),
+        }
     }
 
     /// Output values per input vector.
@@ -147,8 +182,9 @@ impl QuantMatrix {
             "the input does not match the matrix"
         );
         let inputs: Vec<QuantizedInput> = x.chunks_exact(self.cols).map(quantize_input).collect();
+        let blocks = self.blocks();
         let mut out = vec![0.0f32; inputs.len() * self.rows];
-        let row_bytes = self.cols / BLOCK * self.format.block_bytes();
+        let row_bytes = self.cols / self.format.block_values() * self.format.block_bytes();
         let (one, group) = (self.format.kernel::<1>(), self.format.kernel::<GROUP>());
         let grouped = inputs.len() / GROUP * GROUP;
         // Each weight row's outputs are written by one worker only.
@@ -159,7 +195,7 @@ impl QuantMatrix {
         };
         candle_core::utils::barrier_pool().execute_chunked(self.rows, |range| {
             for row in range {
-                let blocks = &self.blocks[row * row_bytes..(row + 1) * row_bytes];
+                let blocks = &blocks[row * row_bytes..(row + 1) * row_bytes];
                 for (g, inputs) in inputs[..grouped].chunks_exact(GROUP).enumerate() {
                     let values = group(blocks, std::array::from_fn(|k| &inputs[k]));
                     for (k, value) in values.into_iter().enumerate() {
@@ -242,6 +278,14 @@ mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
 
+    /// The formats with a kernel here.
+    const FORMATS: [GgmlDType; 4] = [
+        GgmlDType::Q4_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+    ];
+
     /// A deterministic spread of values in [-1, 1).
     fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut state = seed.wrapping_mul(2_654_435_761).max(1);
@@ -255,17 +299,22 @@ mod tests {
             .collect()
     }
 
-    fn matrix(rows: usize, cols: usize, dtype: GgmlDType, seed: u32) -> (QTensor, QuantMatrix) {
+    fn matrix(
+        rows: usize,
+        cols: usize,
+        dtype: GgmlDType,
+        seed: u32,
+    ) -> (Arc<QTensor>, QuantMatrix) {
         let w = Tensor::from_vec(values(rows * cols, seed), (rows, cols), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, dtype).unwrap();
-        let matrix = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
+        let q = Arc::new(QTensor::quantize(&w, dtype).unwrap());
+        let matrix = QuantMatrix::from_qtensor(q.clone()).unwrap().unwrap();
         (q, matrix)
     }
 
     #[test]
     fn products_match_the_dequantized_ones() {
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let (rows, cols) = (70, 576);
+        for dtype in FORMATS {
+            let (rows, cols) = (70, 768);
             let (q, matrix) = matrix(rows, cols, dtype, 1);
             let dense = q.dequantize(&Device::Cpu).unwrap();
             let x = values(cols, 2);
@@ -283,9 +332,9 @@ mod tests {
             }
             // The SIMD kernel and the portable one agree to rounding.
             let input = quantize_input(&x);
-            let row_bytes = matrix.blocks.len() / rows;
+            let row_bytes = matrix.blocks().len() / rows;
             for (row, g) in got.iter().enumerate() {
-                let blocks = &matrix.blocks[row * row_bytes..(row + 1) * row_bytes];
+                let blocks = &matrix.blocks()[row * row_bytes..(row + 1) * row_bytes];
                 let [scalar] = matrix.format.scalar_kernel()(blocks, [&input]);
                 assert!(
                     (g - scalar).abs() <= 1e-4 * scale,
@@ -299,8 +348,8 @@ mod tests {
     /// gets alone, so how a prompt is split never changes its logits.
     #[test]
     fn several_vectors_give_each_its_own_products() {
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let cols = 64;
+        for dtype in FORMATS {
+            let cols = 512;
             let (_, matrix) = matrix(9, cols, dtype, 4);
             let vectors: Vec<Vec<f32>> = (5..11).map(|seed| values(cols, seed)).collect();
             let together = matrix.matmul(&vectors.concat());
@@ -312,7 +361,7 @@ mod tests {
     #[test]
     fn other_formats_are_left_to_candle() {
         let w = Tensor::from_vec(values(256, 3), (1, 256), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
-        assert!(QuantMatrix::from_qtensor(&q).unwrap().is_none());
+        let q = QTensor::quantize(&w, GgmlDType::Q5K).unwrap();
+        assert!(QuantMatrix::from_qtensor(Arc::new(q)).unwrap().is_none());
     }
 }

@@ -3,6 +3,7 @@
 //! loader that reads them.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Storage, StorageRef, Tensor, D};
@@ -26,8 +27,14 @@ pub(super) const DENSE_MIN_ROWS_BLOCKS: usize = 32;
 pub(super) enum Quantized {
     /// candle's kernels.
     Candle(QMatMul),
-    /// Blocks as stored, on this crate's CPU kernels.
-    Blocks(QuantMatrix),
+    /// Blocks as stored, on this crate's CPU kernels; with no dense copy, prompts go to
+    /// candle's tiled kernels where it has them (Q4_K, Q6_K, Q8_0), which share the tensor
+    /// (and repack it into tiles on first use): they beat these one-row kernels from a few
+    /// rows on.
+    Blocks {
+        matrix: QuantMatrix,
+        prompts: Option<QMatMul>,
+    },
 }
 
 /// A weight matrix in its generation and prompt-processing forms, with an optional bias.
@@ -41,20 +48,27 @@ impl Linear {
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(D::Minus1)?;
         let y = match (&self.dense, &self.quantized) {
-            (_, Quantized::Blocks(w)) if rows < DENSE_MIN_ROWS_BLOCKS => {
+            (Some(w), Quantized::Blocks { .. }) if rows >= DENSE_MIN_ROWS_BLOCKS => {
+                x.broadcast_matmul(&w.t()?)?
+            }
+            (Some(w), Quantized::Candle(_)) if rows >= PROMPT_MIN_ROWS => {
+                x.broadcast_matmul(&w.t()?)?
+            }
+            (
+                None,
+                Quantized::Blocks {
+                    prompts: Some(w), ..
+                },
+            ) if rows >= PROMPT_MIN_ROWS => w.forward(x)?,
+            (_, Quantized::Blocks { matrix, .. }) => {
                 let mut shape = x.dims().to_vec();
                 *shape
                     .last_mut()
-                    .expect("a matrix product's input has a dimension") = w.rows();
-                let y = w.matmul(&x.flatten_all()?.to_vec1::<f32>()?);
+                    .expect("a matrix product's input has a dimension") = matrix.rows();
+                let y = matrix.matmul(&x.flatten_all()?.to_vec1::<f32>()?);
                 Tensor::from_vec(y, shape, x.device())?
             }
-            (Some(w), _) if rows >= PROMPT_MIN_ROWS => x.broadcast_matmul(&w.t()?)?,
             (_, Quantized::Candle(w)) => w.forward(x)?,
-            (_, Quantized::Blocks(_)) => candle_core::bail!(
-                "a block weight without its dense copy takes at most {} rows at a time",
-                DENSE_MIN_ROWS_BLOCKS - 1
-            ),
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -66,8 +80,8 @@ impl Linear {
     /// on candle's through a one-row tensor.
     pub(super) fn vector_product(&self, x: &[f32]) -> Result<Vec<f32>> {
         match &self.quantized {
-            Quantized::Blocks(w) => {
-                let mut y = w.matmul(x);
+            Quantized::Blocks { matrix, .. } => {
+                let mut y = matrix.matmul(x);
                 if let Some(b) = &self.bias {
                     cpu_ops::add(&mut y, CpuValues::of(b)?.get());
                 }
@@ -219,8 +233,7 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
         } else {
             None
         };
-        // This crate's kernels serve at most short prompts, so they need the dense copy.
-        let own_kernels = matches!(self.device, Device::Cpu) && dense.is_some();
+        let own_kernels = matches!(self.device, Device::Cpu);
         // Formats with no SIMD kernel, in candle or here, are repacked into Q8_0.
         let repack = match q.dtype() {
             GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1 => true,
@@ -236,17 +249,23 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
         } else {
             q
         };
+        let q = Arc::new(q);
         if own_kernels {
-            if let Some(blocks) = QuantMatrix::from_qtensor(&q)? {
+            if let Some(matrix) = QuantMatrix::from_qtensor(q.clone())? {
+                let tiled = matches!(q.dtype(), GgmlDType::Q4K | GgmlDType::Q6K | GgmlDType::Q8_0);
+                let prompts = match dense {
+                    None if tiled => Some(QMatMul::from_arc(q)?),
+                    _ => None,
+                };
                 return Ok(Linear {
-                    quantized: Quantized::Blocks(blocks),
+                    quantized: Quantized::Blocks { matrix, prompts },
                     dense,
                     bias,
                 });
             }
         }
         Ok(Linear {
-            quantized: Quantized::Candle(QMatMul::from_qtensor(q)?),
+            quantized: Quantized::Candle(QMatMul::from_arc(q)?),
             dense,
             bias,
         })

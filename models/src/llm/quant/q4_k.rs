@@ -1,0 +1,164 @@
+//! The Q4_K kernel. A super-block of 256 weights is a scale `d` and a minimum scale `dmin`
+//! (f16 each), twelve bytes packing eight 6-bit sub-block scales and eight 6-bit minimums,
+//! then 128 bytes of four-bit values: each 32 bytes hold two sub-blocks of 32, the first in
+//! the low nibbles and the second in the high ones. Sub-block `j` contributes
+//! `d · sc_j · d_x · Σ q q_x − dmin · m_j · s_x`, where the input block of 32 lines up with
+//! the sub-block, `d_x` is its scale and `s_x` its scaled sum.
+
+use half::f16;
+
+use super::{QuantizedInput, BLOCK};
+
+/// Bytes per super-block.
+pub(super) const BLOCK_BYTES: usize = 144;
+
+/// Weights per super-block.
+pub(super) const VALUES: usize = 256;
+
+/// Input blocks of 32 per super-block.
+const SUB_BLOCKS: usize = VALUES / BLOCK;
+
+/// A super-block's `d · sc_j` and `dmin · m_j` for its eight sub-blocks.
+fn factors(block: &[u8]) -> ([f32; SUB_BLOCKS], [f32; SUB_BLOCKS]) {
+    let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+    let dmin = f16::from_le_bytes([block[2], block[3]]).to_f32();
+    let packed = unpack_scales_mins(&block[4..16]);
+    (
+        std::array::from_fn(|j| d * packed[j] as f32),
+        std::array::from_fn(|j| dmin * packed[SUB_BLOCKS + j] as f32),
+    )
+}
+
+/// The portable kernel.
+pub(super) fn dot_scalar(blocks: &[u8], input: &QuantizedInput) -> f32 {
+    let mut total = 0.0f32;
+    for (s, block) in blocks.chunks_exact(BLOCK_BYTES).enumerate() {
+        let (scales, mins) = factors(block);
+        for (pair, quants) in block[16..].chunks_exact(BLOCK).enumerate() {
+            for (half, shift) in [(0, 0), (1, 4)] {
+                let j = 2 * pair + half;
+                let b = s * SUB_BLOCKS + j;
+                let values = &input.values[b * BLOCK..(b + 1) * BLOCK];
+                let products: i32 = quants
+                    .iter()
+                    .zip(values)
+                    .map(|(&q, &x)| ((q >> shift) & 0x0F) as i32 * x as i32)
+                    .sum();
+                let [scale, sum] = input.scale_sums[b];
+                total += scales[j] * scale * products as f32 - mins[j] * sum;
+            }
+        }
+    }
+    total
+}
+
+/// A super-block's eight 6-bit scales (bytes 0–7) and minimums (bytes 8–15). ggml packs the
+/// first four of each in the low six bits of bytes 0–3 and 4–7, and the last four in bytes
+/// 8–11's nibbles with their top two bits in the spare bits of bytes 0–7; word-wide masks and
+/// shifts unpack four at a time.
+fn unpack_scales_mins(packed: &[u8]) -> [u8; 16] {
+    const SIX_BITS: u32 = 0x3f3f_3f3f;
+    const FOUR_BITS: u32 = 0x0f0f_0f0f;
+    const TWO_BITS: u32 = 0x0303_0303;
+    let word =
+        |i: usize| u32::from_le_bytes([packed[i], packed[i + 1], packed[i + 2], packed[i + 3]]);
+    let (w0, w1, w2) = (word(0), word(4), word(8));
+    let words = [
+        w0 & SIX_BITS,
+        (w2 & FOUR_BITS) | (((w0 >> 6) & TWO_BITS) << 4),
+        w1 & SIX_BITS,
+        ((w2 >> 4) & FOUR_BITS) | (((w1 >> 6) & TWO_BITS) << 4),
+    ];
+    let mut out = [0u8; 16];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    out
+}
+
+/// `N` inputs against one row at once: each super-block's scales and values are unpacked once
+/// for all of them, and each input's sums are added in the same order as alone.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_avx2<const N: usize>(
+    blocks: &[u8],
+    inputs: [&QuantizedInput; N],
+) -> [f32; N] {
+    use super::{dot_u8_i8, sum_lanes};
+    use std::arch::x86_64::*;
+    let low_nibbles = _mm256_set1_epi8(0x0F);
+    // One accumulator per input and nibble half (the two halves of a 32-byte run are
+    // independent chains), and one for the minimums' part.
+    let mut scaled = [[_mm256_setzero_ps(); 2]; N];
+    let mut offsets = [_mm256_setzero_ps(); N];
+    for (s, block) in blocks.chunks_exact(BLOCK_BYTES).enumerate() {
+        let scales_mins = unpack_scales_mins(&block[4..16]);
+        // SAFETY: `d` and `dmin` are the block's first four bytes; `scales_mins` is 16 bytes.
+        let (d_dmin, scales, mins) = unsafe {
+            let as_floats = |bytes: *const u8| {
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    bytes as *const __m128i,
+                )))
+            };
+            (
+                _mm_cvtph_ps(_mm_cvtsi32_si128(
+                    (block.as_ptr() as *const i32).read_unaligned(),
+                )),
+                as_floats(scales_mins.as_ptr()),
+                as_floats(scales_mins.as_ptr().add(8)),
+            )
+        };
+        // Lane j: d · sc_j, and dmin · m_j.
+        let scales = _mm256_mul_ps(_mm256_broadcastss_ps(d_dmin), scales);
+        let mins = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(d_dmin)), mins);
+        // SAFETY: a super-block's values are 128 bytes from byte 16.
+        let packed: [__m256i; 4] = std::array::from_fn(|pair| unsafe {
+            _mm256_loadu_si256(block.as_ptr().add(16 + pair * 32) as *const __m256i)
+        });
+        for (k, input) in inputs.iter().enumerate() {
+            let first = s * SUB_BLOCKS;
+            // SAFETY: the input has a scale pair per block of 32 of the row: eight from
+            // `first`, as sixteen floats (scale, scaled sum, scale, ...).
+            let (pairs_low, pairs_high) = unsafe {
+                let pairs = input.scale_sums.as_ptr().add(first) as *const f32;
+                (_mm256_loadu_ps(pairs), _mm256_loadu_ps(pairs.add(8)))
+            };
+            // Even and odd floats apart, each back in block order.
+            let in_order = |v: __m256| {
+                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+            };
+            let input_scales = in_order(_mm256_shuffle_ps::<0b10_00_10_00>(pairs_low, pairs_high));
+            let input_sums = in_order(_mm256_shuffle_ps::<0b11_01_11_01>(pairs_low, pairs_high));
+            offsets[k] = _mm256_fmadd_ps(mins, input_sums, offsets[k]);
+            let factors = _mm256_mul_ps(scales, input_scales);
+            for (pair, packed) in packed.iter().enumerate() {
+                let halves = [
+                    _mm256_and_si256(*packed, low_nibbles),
+                    _mm256_and_si256(_mm256_srli_epi16(*packed, 4), low_nibbles),
+                ];
+                for (half, weights) in halves.into_iter().enumerate() {
+                    let j = 2 * pair + half;
+                    // SAFETY: the input has 32 values per block of 32 of the row.
+                    let values = unsafe {
+                        _mm256_loadu_si256(
+                            input.values.as_ptr().add((first + j) * BLOCK) as *const __m256i
+                        )
+                    };
+                    // SAFETY: `dot_u8_i8` is compiled only for target features this build has.
+                    let products = unsafe { dot_u8_i8(weights, values) };
+                    let factor = _mm256_permutevar8x32_ps(factors, _mm256_set1_epi32(j as i32));
+                    scaled[k][half] =
+                        _mm256_fmadd_ps(factor, _mm256_cvtepi32_ps(products), scaled[k][half]);
+                }
+            }
+        }
+    }
+    std::array::from_fn(|k| {
+        sum_lanes(_mm256_add_ps(scaled[k][0], scaled[k][1])) - sum_lanes(offsets[k])
+    })
+}

@@ -1,0 +1,132 @@
+//! The Q6_K kernel. A super-block of 256 weights is 128 bytes of low four bits, 64 bytes of
+//! high two bits, sixteen signed 8-bit scales (one per 16 weights), then a scale `d` (f16).
+//! A weight is `d · sc · (q − 32)` with `q` six bits. Each half of 128 weights draws on 64
+//! low-bit bytes and 32 high-bit bytes: weights `32r + l` (`r` = 0..4, `l` = 0..32) take the
+//! low or high nibble of byte `l` or `l + 32`, and bits `2r`–`2r+1` of high byte `l`.
+
+use half::f16;
+
+use super::{QuantizedInput, BLOCK};
+
+/// Bytes per super-block.
+pub(super) const BLOCK_BYTES: usize = 210;
+
+/// Weights per super-block.
+pub(super) const VALUES: usize = 256;
+
+/// Input blocks of 32 per super-block.
+const SUB_BLOCKS: usize = VALUES / BLOCK;
+
+/// Where a super-block's parts start.
+const HIGH_BITS: usize = 128;
+const SCALES: usize = 192;
+const SCALE: usize = 208;
+
+/// Weight `32r + l` of half `h` of a super-block, as a signed value in −32..32.
+fn weight(block: &[u8], h: usize, r: usize, l: usize) -> i32 {
+    let low = block[h * 64 + l + 32 * (r & 1)];
+    let low = if r < 2 { low & 0x0F } else { low >> 4 };
+    let high = (block[HIGH_BITS + h * 32 + l] >> (2 * r)) & 3;
+    (low | (high << 4)) as i32 - 32
+}
+
+/// The portable kernel.
+pub(super) fn dot_scalar(blocks: &[u8], input: &QuantizedInput) -> f32 {
+    let mut total = 0.0f32;
+    for (s, block) in blocks.chunks_exact(BLOCK_BYTES).enumerate() {
+        let d = f16::from_le_bytes([block[SCALE], block[SCALE + 1]]).to_f32();
+        for j in 0..SUB_BLOCKS {
+            let (h, r) = (j / 4, j % 4);
+            let b = s * SUB_BLOCKS + j;
+            let values = &input.values[b * BLOCK..(b + 1) * BLOCK];
+            // Each block of 32 has two scales, one per 16 weights.
+            let mut sums = [0i32; 2];
+            for (l, &x) in values.iter().enumerate() {
+                sums[l / 16] += weight(block, h, r, l) * x as i32;
+            }
+            let scales = [2 * j, 2 * j + 1].map(|i| block[SCALES + i] as i8 as f32);
+            let [scale, _] = input.scale_sums[b];
+            total += d * scale * (scales[0] * sums[0] as f32 + scales[1] * sums[1] as f32);
+        }
+    }
+    total
+}
+
+/// `N` inputs against one row at once: each super-block's six-bit values are put together
+/// once for all of them, and each input's sums are added in the same order as alone.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_avx2<const N: usize>(
+    blocks: &[u8],
+    inputs: [&QuantizedInput; N],
+) -> [f32; N] {
+    use super::{dot_u8_i8, sum_lanes};
+    use std::arch::x86_64::*;
+    let low_nibbles = _mm256_set1_epi8(0x0F);
+    let two_bits = _mm256_set1_epi8(3);
+    let offset = _mm256_set1_epi8(32);
+    let mut scaled = [[_mm256_setzero_ps(); 2]; N];
+    for (s, block) in blocks.chunks_exact(BLOCK_BYTES).enumerate() {
+        let d = f16::from_le_bytes([block[SCALE], block[SCALE + 1]]).to_f32();
+        for h in 0..2 {
+            // SAFETY: each half's 64 low-bit bytes start at 64h and its 32 high-bit bytes at
+            // 128 + 32h, inside the super-block's 210 bytes.
+            let (low_a, low_b, high) = unsafe {
+                (
+                    _mm256_loadu_si256(block.as_ptr().add(h * 64) as *const __m256i),
+                    _mm256_loadu_si256(block.as_ptr().add(h * 64 + 32) as *const __m256i),
+                    _mm256_loadu_si256(block.as_ptr().add(HIGH_BITS + h * 32) as *const __m256i),
+                )
+            };
+            let lows = [
+                _mm256_and_si256(low_a, low_nibbles),
+                _mm256_and_si256(low_b, low_nibbles),
+                _mm256_and_si256(_mm256_srli_epi16(low_a, 4), low_nibbles),
+                _mm256_and_si256(_mm256_srli_epi16(low_b, 4), low_nibbles),
+            ];
+            for (r, low) in lows.into_iter().enumerate() {
+                let j = 4 * h + r;
+                let b = s * SUB_BLOCKS + j;
+                let high_bits = _mm256_and_si256(
+                    _mm256_srl_epi16(high, _mm_cvtsi32_si128(2 * r as i32)),
+                    two_bits,
+                );
+                // q − 32 as signed bytes, then |w| and x with w's sign (as in Q8_0).
+                let weights = _mm256_sub_epi8(
+                    _mm256_or_si256(low, _mm256_slli_epi16(high_bits, 4)),
+                    offset,
+                );
+                let magnitudes = _mm256_sign_epi8(weights, weights);
+                // Lanes 0–3 sum the first 16 weights, lanes 4–7 the last 16: each half its
+                // scale.
+                let first = block[SCALES + 2 * j] as i8 as f32 * d;
+                let second = block[SCALES + 2 * j + 1] as i8 as f32 * d;
+                let half_scales =
+                    _mm256_setr_ps(first, first, first, first, second, second, second, second);
+                for (k, input) in inputs.iter().enumerate() {
+                    // SAFETY: each input has 32 values and one scale pair per block of 32 of
+                    // the row.
+                    let values = unsafe {
+                        _mm256_loadu_si256(input.values.as_ptr().add(b * BLOCK) as *const __m256i)
+                    };
+                    let [scale, _] = input.scale_sums[b];
+                    // SAFETY: `dot_u8_i8` is compiled only for target features this build has.
+                    let products =
+                        unsafe { dot_u8_i8(magnitudes, _mm256_sign_epi8(values, weights)) };
+                    let lane = r & 1;
+                    scaled[k][lane] = _mm256_fmadd_ps(
+                        _mm256_mul_ps(half_scales, _mm256_set1_ps(scale)),
+                        _mm256_cvtepi32_ps(products),
+                        scaled[k][lane],
+                    );
+                }
+            }
+        }
+    }
+    std::array::from_fn(|k| sum_lanes(_mm256_add_ps(scaled[k][0], scaled[k][1])))
+}
