@@ -6,7 +6,8 @@ The tokenizer and chat template are copied from a real GGUF of a model with the 
 vocabulary (SmolLM2's for the Llama shape). Quantize the result with llama.cpp's
 llama-quantize (scripts/make-bench-model.sh does both).
 
-Needs numpy and llama.cpp's gguf-py on PYTHONPATH (it is in the vendored llama.cpp).
+Needs numpy, pyyaml and tqdm, and llama.cpp's gguf-py on PYTHONPATH (it is in the vendored
+llama.cpp).
 """
 
 import argparse

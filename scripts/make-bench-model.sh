@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Makes a benchmark model no registry ships: random f16 weights in a real model's exact shape
+# (scripts/make-bench-gguf.py, tokenizer copied from the offline SmolLM2), quantized with
+# llama.cpp's llama-quantize built from the same vendored sources as llama-bench. Speed does not
+# depend on the weights' values; the answers are noise. Prints the GGUF's path.
+#
+#   scripts/make-bench-model.sh [SHAPE] [TYPE]     e.g. llama-1b Q4_K_M (the defaults), or Q8_0
+#   cpipe bench chat --model "$(scripts/make-bench-model.sh llama-1b Q4_K_M)"
+set -euo pipefail
+shape="${1:-llama-1b}"
+type="${2:-Q4_K_M}"
+here="$(cd "$(dirname "$0")" && pwd)"
+models="${CPIPE_MODELS:-$HOME/.cache/cpipe/models}"
+out="$models/bench-$shape-$type.gguf"
+if [ -s "$out" ]; then echo "$out"; exit 0; fi
+tokenizer="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
+[ -s "$tokenizer" ] || { echo "make-bench-model: $tokenizer is missing: run scripts/fetch-models.sh" >&2; exit 1; }
+bench="$("$here/build-llama-bench.sh")"
+build="$(dirname "$(dirname "$bench")")"
+cmake --build "$build" -j"$(nproc)" --target llama-quantize >&2
+llama="$(dirname "$build")"
+work=$(mktemp -d "$models/.bench-model.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install --quiet numpy pyyaml tqdm >&2
+PYTHONPATH="$llama/gguf-py" "$work/venv/bin/python" "$here/make-bench-gguf.py" \
+  --shape "$shape" --tokenizer-from "$tokenizer" --out "$work/f16.gguf" >&2
+LD_LIBRARY_PATH="$build/bin" "$build/bin/llama-quantize" "$work/f16.gguf" "$work/q.gguf" "$type" "$(nproc)" >&2
+mv "$work/q.gguf" "$out"
+echo "$out"
