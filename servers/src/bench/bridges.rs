@@ -16,7 +16,7 @@ use pipe_core::audio::AudioChunk;
 use pipe_core::Client;
 use serde_json::{json, Value};
 
-use super::{connect_ready, median, serve};
+use super::{connect_ready, median, resident_mb, serve};
 
 /// Options of `cpipe bench bridges`.
 #[derive(Debug, clap::Args)]
@@ -276,16 +276,6 @@ fn multipart(wav: &[u8], fields: &[(&str, &str)]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-/// Resident memory of a process, in MB.
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// A config field of server `name` in `dir`.
 fn config(dir: &Path, name: &str, field: &str) -> Result<String> {
     let mut client = connect_ready(dir, name)?;
@@ -530,8 +520,8 @@ pub fn run(options: &BridgesBench) -> Result<()> {
         println!(
             "{:<38} {:>10.0} {:>12.0}",
             "resident memory, MB (chat server)",
-            rss_mb(chat_server.pid()),
-            rss_mb(peer.0.id())
+            resident_mb(chat_server.pid()),
+            resident_mb(peer.0.id())
         );
     } else {
         println!("\n(llama-server not found at {}: build it with scripts/build-llama-server.sh for the comparison)", llama.display());
@@ -625,8 +615,8 @@ pub fn run(options: &BridgesBench) -> Result<()> {
     println!("transcript heard: {heard}");
     println!(
         "\nbridges' resident memory: http {:.0} MB, wyoming {:.0} MB",
-        rss_mb(http_server.pid()),
-        rss_mb(wyoming_server.pid())
+        resident_mb(http_server.pid()),
+        resident_mb(wyoming_server.pid())
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

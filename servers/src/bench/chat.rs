@@ -1,14 +1,14 @@
 //! `cpipe bench chat`: the LLM engine against llama.cpp on the same GGUF and thread count
 //! (prompt processing at 128 and 512 tokens, generation of 128 tokens), time to first token of
 //! a short chat, and a warm server request against a fresh process that loads the model for
-//! one answer.
+//! one answer, with the warm server's resident memory.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::median;
+use super::{median, resident_mb};
 use anyhow::{bail, ensure, Context, Result};
 use models::llm::{ChatMessage, GenerationParams, Llm};
 use pipe_core::{Client, ConnectOptions};
@@ -141,16 +141,25 @@ fn llama_cpp(bin: &Path, model: &Path, threads: usize, repetitions: usize) -> Re
     Ok([rate(128, 0)?, rate(512, 0)?, rate(0, 128)?])
 }
 
-/// Seconds for one `chat_blocking` answer from a warm server, and from a fresh process that
-/// starts, loads the model and answers once.
-fn warm_versus_fresh(model: &str, repetitions: usize) -> Result<(f64, f64)> {
+/// One answer from a warm server and from a fresh process.
+struct Answers {
+    /// Seconds for one `chat_blocking` answer from a warm server.
+    warm: f64,
+    /// Seconds for a fresh process to start, load the model and answer once.
+    fresh: f64,
+    /// The warm server's resident memory after its answers, in MB.
+    resident_mb: f64,
+}
+
+fn warm_versus_fresh(model: &str, repetitions: usize) -> Result<Answers> {
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("cpipe-bench-chat-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let question = json!({"messages": [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16});
-    let one_answer = |warm: bool| -> Result<f64> {
+    // Seconds, and resident MB (measured on the warm server only).
+    let one_answer = |warm: bool| -> Result<(f64, f64)> {
         let start = Instant::now();
         let mut server = Command::new(&exe)
             .args(["--serve", "chat", "--model", model, "--dir"])
@@ -171,6 +180,7 @@ fn warm_versus_fresh(model: &str, repetitions: usize) -> Result<(f64, f64)> {
             }
         };
         let mut took = Vec::new();
+        let mut resident = 0.0;
         if warm {
             client.call("chat_blocking", question.clone())?; // loads the model
             for _ in 0..repetitions {
@@ -178,6 +188,7 @@ fn warm_versus_fresh(model: &str, repetitions: usize) -> Result<(f64, f64)> {
                 client.call("chat_blocking", question.clone())?;
                 took.push(t.elapsed().as_secs_f64());
             }
+            resident = resident_mb(server.id());
         } else {
             client.call("chat_blocking", question.clone())?;
             took.push(start.elapsed().as_secs_f64());
@@ -185,16 +196,20 @@ fn warm_versus_fresh(model: &str, repetitions: usize) -> Result<(f64, f64)> {
         let _ = client.call("stop", Value::Null);
         drop(client);
         server.wait()?;
-        Ok(median(took))
+        Ok((median(took), resident))
     };
-    let warm = one_answer(true)?;
+    let (warm, resident_mb) = one_answer(true)?;
     let fresh = median(
         (0..repetitions)
-            .map(|_| one_answer(false))
+            .map(|_| one_answer(false).map(|(seconds, _)| seconds))
             .collect::<Result<_>>()?,
     );
     let _ = std::fs::remove_dir_all(&dir);
-    Ok((warm, fresh))
+    Ok(Answers {
+        warm,
+        fresh,
+        resident_mb,
+    })
 }
 
 fn default_llama_bench() -> PathBuf {
@@ -255,12 +270,16 @@ pub fn run(options: &ChatBench) -> Result<()> {
         "time to first token, short chat (engine): {:.1} ms ({} prompt tokens, {} of them run ahead at start-up)",
         first.ms, first.prompt_tokens, first.cached
     );
-    let (warm, fresh) = warm_versus_fresh(&options.model, repetitions)?;
+    let answers = warm_versus_fresh(&options.model, repetitions)?;
     println!(
         "one answer: warm server {:.0} ms, fresh process {:.0} ms ({:.1}x)",
-        warm * 1000.0,
-        fresh * 1000.0,
-        fresh / warm
+        answers.warm * 1000.0,
+        answers.fresh * 1000.0,
+        answers.fresh / answers.warm
+    );
+    println!(
+        "resident memory of the warm server after its answers: {:.0} MB",
+        answers.resident_mb
     );
     Ok(())
 }
