@@ -14,13 +14,17 @@
 //!   for Q4_K, Q6_K and Q8_0 (sharing the blocks; candle adds its tiled repacking on the first
 //!   prompt), else this crate's kernels.
 
+mod embeddings;
 mod kv;
 mod weights;
+
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::cpu_ops;
+use embeddings::TokenEmbeddings;
 use kv::KvBuffer;
 pub(in crate::llm) use kv::KvCache;
 use weights::{
@@ -53,7 +57,7 @@ struct Layer {
 
 /// A loaded decoder with its key/value cache.
 pub(super) struct Transformer {
-    embeddings: Tensor,
+    embeddings: TokenEmbeddings,
     layers: Vec<Layer>,
     norm: RmsNorm,
     output: Linear,
@@ -111,8 +115,8 @@ impl Transformer {
             device,
             dense,
         };
-        let embedding_q = load.qtensor("token_embd.weight")?;
-        let embeddings = embedding_q.dequantize(device)?;
+        let embedding_q = Arc::new(load.qtensor("token_embd.weight")?);
+        let embeddings = TokenEmbeddings::new(embedding_q.clone(), device)?;
         let output = if load.has("output.weight") {
             load.linear("output.weight", None)?
         } else {
@@ -257,7 +261,7 @@ impl Transformer {
         };
         let mut x = self
             .embeddings
-            .index_select(&tokens.flatten_all()?, 0)?
+            .rows(&tokens.flatten_all()?)?
             .reshape((batch, seq, ()))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (n_head, n_kv_head, head_dim) = (self.n_head, self.n_kv_head, self.head_dim);
@@ -316,9 +320,9 @@ impl Transformer {
         let (n_head, n_kv_head, head_dim) = (self.n_head, self.n_kv_head, self.head_dim);
         let groups = n_head / n_kv_head;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let device = self.embeddings.device().clone();
-        let dim = self.embeddings.dim(1)?;
-        let mut x = CpuValues::of(&self.embeddings)?.get()[token * dim..(token + 1) * dim].to_vec();
+        let device = self.cos.device().clone();
+        let dim = self.embeddings.dim()?;
+        let mut x = self.embeddings.row_values(token)?;
         let mut h = vec![0.0; dim];
         let half = head_dim / 2;
         let (cos, sin) = (CpuValues::of(&self.cos)?, CpuValues::of(&self.sin)?);

@@ -227,7 +227,7 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
         })
     }
 
-    pub(super) fn linear_from(&mut self, q: QTensor, bias: Option<Tensor>) -> Result<Linear> {
+    pub(super) fn linear_from(&mut self, q: Arc<QTensor>, bias: Option<Tensor>) -> Result<Linear> {
         let dense = if self.dense {
             Some(q.dequantize(self.device)?)
         } else {
@@ -245,11 +245,10 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
                 Some(d) => d.clone(),
                 None => q.dequantize(self.device)?,
             };
-            QTensor::quantize(&values, GgmlDType::Q8_0)?
+            Arc::new(QTensor::quantize(&values, GgmlDType::Q8_0)?)
         } else {
             q
         };
-        let q = Arc::new(q);
         if own_kernels {
             if let Some(matrix) = QuantMatrix::from_qtensor(q.clone())? {
                 let tiled = matches!(q.dtype(), GgmlDType::Q4K | GgmlDType::Q6K | GgmlDType::Q8_0);
@@ -281,7 +280,7 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
     pub(super) fn linear(&mut self, name: &str, bias: Option<&str>) -> Result<Linear> {
         let q = self.qtensor(name)?;
         let bias = self.bias(bias)?;
-        self.linear_from(q, bias)
+        self.linear_from(Arc::new(q), bias)
     }
 
     /// The weights `parts` (names, with their bias's name), stacked when they share a format.
@@ -302,7 +301,7 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
                 weights
                     .into_iter()
                     .zip(biases)
-                    .map(|(w, b)| self.linear_from(w, b))
+                    .map(|(w, b)| self.linear_from(Arc::new(w), b))
                     .collect::<Result<_>>()?,
             ));
         }
@@ -328,7 +327,7 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
             Some(Tensor::cat(&parts, 0)?)
         };
         Ok(Projections::Stacked {
-            linear: self.linear_from(stacked, bias)?,
+            linear: self.linear_from(Arc::new(stacked), bias)?,
             sizes,
         })
     }
