@@ -48,24 +48,6 @@ impl Format {
         }
     }
 
-    fn block_bytes(self) -> usize {
-        match self {
-            Self::Q4_1 => q4_1::BLOCK_BYTES,
-            Self::Q8_0 => q8_0::BLOCK_BYTES,
-            Self::Q4K => q4_k::BLOCK_BYTES,
-            Self::Q6K => q6_k::BLOCK_BYTES,
-        }
-    }
-
-    /// Weights per block: 32, or 256 for the k-quants' super-blocks.
-    fn block_values(self) -> usize {
-        match self {
-            Self::Q4_1 | Self::Q8_0 => BLOCK,
-            Self::Q4K => q4_k::VALUES,
-            Self::Q6K => q6_k::VALUES,
-        }
-    }
-
     /// The portable kernel: the one where the build has no SIMD kernel, and the reference the
     /// SIMD ones are tested against.
     #[cfg_attr(
@@ -124,6 +106,7 @@ pub(super) struct QuantMatrix {
     format: Format,
     rows: usize,
     cols: usize,
+    row_bytes: usize,
     tensor: Arc<QTensor>,
 }
 
@@ -141,20 +124,23 @@ impl QuantMatrix {
             return Ok(None);
         };
         let (rows, cols) = tensor.shape().dims2()?;
-        if cols % format.block_values() != 0 {
+        let dtype = tensor.dtype();
+        if cols % dtype.block_size() != 0 {
             bail!("a {format:?} row of {cols} values is not whole blocks");
         }
+        let row_bytes = cols / dtype.block_size() * dtype.type_size();
         let bytes = match tensor.data()? {
             Cow::Borrowed(blocks) => blocks.len(),
             Cow::Owned(_) => bail!("the kernels here read blocks in CPU memory only"),
         };
-        if bytes != rows * cols / format.block_values() * format.block_bytes() {
+        if bytes != rows * row_bytes {
             bail!("a {format:?} tensor of {rows}×{cols} holds {bytes} bytes");
         }
         Ok(Some(Self {
             format,
             rows,
             cols,
+            row_bytes,
             tensor,
         }))
     }
@@ -184,7 +170,7 @@ impl QuantMatrix {
         let inputs: Vec<QuantizedInput> = x.chunks_exact(self.cols).map(quantize_input).collect();
         let blocks = self.blocks();
         let mut out = vec![0.0f32; inputs.len() * self.rows];
-        let row_bytes = self.cols / self.format.block_values() * self.format.block_bytes();
+        let row_bytes = self.row_bytes;
         let (one, group) = (self.format.kernel::<1>(), self.format.kernel::<GROUP>());
         let grouped = inputs.len() / GROUP * GROUP;
         // Each weight row's outputs are written by one worker only.

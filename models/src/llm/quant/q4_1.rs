@@ -7,7 +7,7 @@ use half::f16;
 use super::{QuantizedInput, BLOCK};
 
 /// Bytes per block.
-pub(super) const BLOCK_BYTES: usize = 20;
+const BLOCK_BYTES: usize = 20;
 
 /// The portable kernel.
 pub(super) fn dot_scalar(blocks: &[u8], input: &QuantizedInput) -> f32 {

@@ -10,10 +10,10 @@ use half::f16;
 use super::{QuantizedInput, BLOCK};
 
 /// Bytes per super-block.
-pub(super) const BLOCK_BYTES: usize = 144;
+const BLOCK_BYTES: usize = 144;
 
 /// Weights per super-block.
-pub(super) const VALUES: usize = 256;
+const VALUES: usize = 256;
 
 /// Input blocks of 32 per super-block.
 const SUB_BLOCKS: usize = VALUES / BLOCK;
