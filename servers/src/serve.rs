@@ -136,6 +136,7 @@ impl Serve {
                 common.stall_timeout
             )));
         }
+        crate::engine::allocate_from_one_arena();
         let name = common.name.as_deref().unwrap_or(kind.name);
         let limits = Limits {
             stall_timeout: Duration::from_secs_f64(common.stall_timeout),

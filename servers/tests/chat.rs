@@ -408,7 +408,7 @@ fn memory_comes_back_after_a_long_prompt() {
     let mut after = 0;
     let back = eventually(Duration::from_secs(10), || {
         after = resident_kb(server.pid());
-        state(&dir) == "idle" && after < resting + 60_000
+        state(&dir) == "idle" && after < resting + 30_000
     });
     assert!(
         back,
