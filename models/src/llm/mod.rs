@@ -14,6 +14,7 @@
 //! ```
 
 mod cpu_ops;
+mod generation;
 mod quant;
 mod stream;
 mod template;
@@ -24,14 +25,15 @@ use std::fs::File;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
-use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::generation::Sampling;
 use tokenizers::Tokenizer;
 
-use stream::{Detokenizer, StopFilter};
+pub use generation::Generation;
+use generation::{Pace, Slot};
 use template::ChatTemplate;
 use tokenizer::{meta_str, meta_u32};
 
@@ -301,13 +303,13 @@ pub struct Llm {
     eos: Vec<u32>,
     /// The start most conversations share, run once.
     shared_prefix: Option<SharedPrefix>,
-    /// The tokens whose keys and values the cache holds, from the last request: its prompt
-    /// and the reply run so far. The next prompt that starts with some of them (the next turn
-    /// of the same conversation) runs only the rest.
-    held: Vec<u32>,
-    /// The logits after the last request's prompt (with the prompt's length): the same
-    /// prompt again starts from them without running anything.
-    prompt_logits: Option<(usize, Tensor)>,
+    /// One per sequence that can run at once.
+    slots: Vec<Slot>,
+    /// Context tokens the running requests may reserve together.
+    context_budget: usize,
+    /// Counts [`Llm::start`] calls, to find the least recently used slot.
+    clock: u64,
+    pace: Pace,
 }
 
 /// The tokens conversations start with (the system prompt, the template's default one or that of
@@ -399,6 +401,7 @@ impl Llm {
         )
         .map_err(|e| read_error(format!("cannot load the weights ({e})")))?;
         tracing::info!(%name, %architecture, context_length, "model loaded");
+        let slots = vec![Slot::new(weights.new_cache())];
         let mut llm = Self {
             weights,
             tokenizer,
@@ -409,8 +412,10 @@ impl Llm {
             context_length,
             eos,
             shared_prefix: None,
-            held: Vec::new(),
-            prompt_logits: None,
+            slots,
+            context_budget: context_length,
+            clock: 0,
+            pace: Pace::default(),
         };
         llm.share_prefix(None)?;
         Ok(llm)
@@ -418,12 +423,11 @@ impl Llm {
 
     /// Runs ahead the start of conversations that open with `system` as their system message
     /// (`None`: with none), so that their prompts run only what follows it (loading does this
-    /// for `None`). Returns how many tokens that start is.
+    /// for `None`). Returns how many tokens that start is. The conversations the slots hold
+    /// are forgotten, so that what runs next does not depend on what ran before.
     pub fn share_prefix(&mut self, system: Option<&str>) -> Result<usize, LlmError> {
         self.shared_prefix = None;
-        // Running the prefix overwrites the cache.
-        self.held.clear();
-        self.prompt_logits = None;
+        self.forget_conversations();
         let render = |text: &str| -> Result<Vec<u32>, LlmError> {
             let mut messages: Vec<ChatMessage> =
                 system.map(ChatMessage::system).into_iter().collect();
@@ -439,12 +443,13 @@ impl Llm {
         }
         let tokens = a[..shared - 1].to_vec();
         let input = Tensor::new(tokens.as_slice(), &self.device)?.unsqueeze(0)?;
-        self.weights.forward(&input, 0)?;
+        let mut cache = self.weights.new_cache();
+        self.weights.forward(&mut cache, &input, 0)?;
         tracing::debug!("{} shared prompt tokens run ahead", tokens.len());
         let count = tokens.len();
         self.shared_prefix = Some(SharedPrefix {
             tokens,
-            cache: self.weights.kv_cache()?,
+            cache: cache.snapshot()?,
         });
         Ok(count)
     }
@@ -487,174 +492,5 @@ impl Llm {
         let prompt = self.render_chat(messages)?;
         let tokens = self.encode(&prompt)?;
         self.generate(&tokens, params, on_text)
-    }
-
-    /// Generates a continuation of `prompt`, calling `on_text` once per generated token with
-    /// the text that became final (often empty: a character or a possible stop sequence can
-    /// span tokens). Returning `ControlFlow::Break` stops generation (finish reason
-    /// `Cancelled`) before the next token.
-    pub fn generate(
-        &mut self,
-        prompt: &[u32],
-        params: &GenerationParams,
-        on_text: impl FnMut(&str) -> ControlFlow<()>,
-    ) -> Result<Usage, LlmError> {
-        // On an error `held` stays empty: the cache may hold part of a step.
-        let result = self.generate_in_cache(prompt, params, on_text);
-        if self.held.len() > HELD_TOKENS_MAX {
-            // A long conversation's keys and values would stay resident between requests:
-            // give them back, so memory returns near its resting size.
-            self.held.clear();
-            self.prompt_logits = None;
-            self.weights.release_kv_cache();
-        }
-        result
-    }
-
-    /// [`Llm::generate`], leaving the cache as the request left it.
-    fn generate_in_cache(
-        &mut self,
-        prompt: &[u32],
-        params: &GenerationParams,
-        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
-    ) -> Result<Usage, LlmError> {
-        params.validate()?;
-        let started = Instant::now();
-        if prompt.is_empty() {
-            return Err(LlmError::InvalidRequest("the prompt is empty".into()));
-        }
-        if prompt.len() >= self.context_length {
-            return Err(LlmError::InvalidRequest(format!(
-                "the prompt is {} tokens but the model's context window is {}; shorten the conversation",
-                prompt.len(),
-                self.context_length
-            )));
-        }
-        let max_tokens = params.max_tokens.min(self.context_length - prompt.len());
-        let mut sampler = LogitsProcessor::from_sampling(params.seed, params.sampling());
-        let mut detok = Detokenizer::new(&self.tokenizer);
-        let mut stops = StopFilter::new(&params.stop);
-        let mut history: Vec<u32> = prompt.to_vec();
-        let mut generated = 0;
-        let mut first_token_at = None;
-        let mut finish = FinishReason::Length;
-
-        // The longest start of the prompt whose keys and values the cache holds (at least one
-        // token must run, for the logits), else the shared prefix. Held keys and values were
-        // computed in other chunks than a fresh run would use, so their rounding can differ in
-        // the last bits: like llama.cpp's prompt cache, a reply can then differ from a cold
-        // run's where two tokens were nearly tied.
-        let mut held = std::mem::take(&mut self.held);
-        if !params.cache_prompt {
-            held.clear();
-        }
-        // The same prompt again (a retry, a regenerate): its keys and values and the logits
-        // after it are all held, exactly as a cold run computes them, so the reply is the
-        // one a cold run gives.
-        let mut repeated = self
-            .prompt_logits
-            .take()
-            .filter(|(len, _)| {
-                params.cache_prompt && *len == prompt.len() && held.starts_with(prompt)
-            })
-            .map(|(_, logits)| logits);
-        let reusable = held
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(prompt.len() - 1);
-        let (mut fed, mut position) = match &self.shared_prefix {
-            _ if repeated.is_some() => (&prompt[prompt.len()..], prompt.len()),
-            Some(shared)
-                if prompt.len() > shared.tokens.len()
-                    && prompt.starts_with(&shared.tokens)
-                    && reusable <= shared.tokens.len() =>
-            {
-                self.weights.set_kv_cache(&shared.cache)?;
-                (&prompt[shared.tokens.len()..], shared.tokens.len())
-            }
-            _ => (&prompt[reusable..], reusable),
-        };
-        let cached_prompt_tokens = position;
-        let mut last = [0u32];
-        while generated < max_tokens {
-            let logits = match repeated.take() {
-                Some(logits) => {
-                    self.prompt_logits = Some((prompt.len(), logits.clone()));
-                    logits
-                }
-                None => {
-                    let input = Tensor::new(fed, &self.device)?.unsqueeze(0)?;
-                    let logits = self.weights.forward(&input, position)?.squeeze(0)?;
-                    position += fed.len();
-                    if position == prompt.len() {
-                        self.prompt_logits = Some((prompt.len(), logits.clone()));
-                    }
-                    logits
-                }
-            };
-            let logits = if params.repeat_penalty == 1.0 {
-                logits
-            } else {
-                let start = history.len().saturating_sub(params.repeat_last_n);
-                candle_transformers::utils::apply_repeat_penalty(
-                    &logits,
-                    params.repeat_penalty,
-                    &history[start..],
-                )?
-            };
-            let token = sampler.sample(&logits)?;
-            generated += 1;
-            first_token_at.get_or_insert_with(Instant::now);
-            if !params.ignore_eos && self.eos.contains(&token) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            history.push(token);
-            let piece = stops.push(&detok.push(token)?);
-            if on_text(&piece.text).is_break() {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-            if piece.stopped {
-                finish = FinishReason::Stop;
-                break;
-            }
-            last[0] = token;
-            fed = &last;
-        }
-        // What the cache holds now: every token fed, prompt and reply.
-        history.truncate(position);
-        self.held = history;
-        if finish != FinishReason::Stop || params.stop.is_empty() {
-            let rest = stops.push(&detok.finish()?);
-            let tail = format!(
-                "{}{}",
-                rest.text,
-                if rest.stopped {
-                    String::new()
-                } else {
-                    stops.finish()
-                }
-            );
-            if finish != FinishReason::Cancelled && !tail.is_empty() {
-                let _ = on_text(&tail);
-            }
-        }
-        let first = first_token_at.unwrap_or_else(Instant::now);
-        let decode_time = first.elapsed().as_secs_f64();
-        Ok(Usage {
-            prompt_tokens: prompt.len(),
-            cached_prompt_tokens,
-            completion_tokens: generated,
-            time_to_first_token: first - started,
-            tokens_per_second: if generated > 1 && decode_time > 0.0 {
-                (generated - 1) as f64 / decode_time
-            } else {
-                0.0
-            },
-            finish_reason: finish,
-        })
     }
 }

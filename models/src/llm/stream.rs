@@ -6,35 +6,30 @@ use tokenizers::Tokenizer;
 use super::LlmError;
 
 /// Incremental detokenizer: decodes a sliding window so each step costs O(window), and emits
-/// only text that later tokens cannot change.
-pub(super) struct Detokenizer<'a> {
-    tokenizer: &'a Tokenizer,
+/// only text that later tokens cannot change. It takes the tokenizer at each call, so that a
+/// generation in progress holds no borrow of the model.
+#[derive(Default)]
+pub(super) struct Detokenizer {
     tokens: Vec<u32>,
     prefix_offset: usize,
     read_offset: usize,
 }
 
-impl<'a> Detokenizer<'a> {
-    pub(super) fn new(tokenizer: &'a Tokenizer) -> Self {
-        Self {
-            tokenizer,
-            tokens: Vec::new(),
-            prefix_offset: 0,
-            read_offset: 0,
-        }
-    }
-
-    fn decode(&self, tokens: &[u32]) -> Result<String, LlmError> {
-        self.tokenizer
+impl Detokenizer {
+    fn decode(tokenizer: &Tokenizer, tokens: &[u32]) -> Result<String, LlmError> {
+        tokenizer
             .decode(tokens, true)
             .map_err(|e| LlmError::Tokenizer(format!("cannot decode tokens: {e}")))
     }
 
     /// Adds a token; returns the text it completes (possibly empty).
-    pub(super) fn push(&mut self, token: u32) -> Result<String, LlmError> {
+    pub(super) fn push(&mut self, tokenizer: &Tokenizer, token: u32) -> Result<String, LlmError> {
         self.tokens.push(token);
-        let prefix = self.decode(&self.tokens[self.prefix_offset..self.read_offset])?;
-        let full = self.decode(&self.tokens[self.prefix_offset..])?;
+        let prefix = Self::decode(
+            tokenizer,
+            &self.tokens[self.prefix_offset..self.read_offset],
+        )?;
+        let full = Self::decode(tokenizer, &self.tokens[self.prefix_offset..])?;
         if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.starts_with(&prefix) {
             let text = full[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
@@ -45,9 +40,12 @@ impl<'a> Detokenizer<'a> {
     }
 
     /// Whatever is still held back (an incomplete character at the very end).
-    pub(super) fn finish(&self) -> Result<String, LlmError> {
-        let prefix = self.decode(&self.tokens[self.prefix_offset..self.read_offset])?;
-        let full = self.decode(&self.tokens[self.prefix_offset..])?;
+    pub(super) fn finish(&self, tokenizer: &Tokenizer) -> Result<String, LlmError> {
+        let prefix = Self::decode(
+            tokenizer,
+            &self.tokens[self.prefix_offset..self.read_offset],
+        )?;
+        let full = Self::decode(tokenizer, &self.tokens[self.prefix_offset..])?;
         Ok(full.get(prefix.len()..).unwrap_or_default().to_string())
     }
 }

@@ -143,3 +143,42 @@ impl InplaceOp1 for WritePosition<'_> {
 
 /// Every layer's cached keys and values (copies): what a sequence so far leaves behind.
 pub(in crate::llm) type KvCache = Vec<Option<(Tensor, Tensor)>>;
+
+/// One sequence's keys and values in every layer: each generation running at once has its
+/// own, while the weights are shared.
+pub(in crate::llm) struct SequenceCache {
+    pub(super) layers: Vec<KvBuffer>,
+}
+
+impl SequenceCache {
+    /// An empty cache for a model of `layers` layers.
+    pub(super) fn new(layers: usize) -> Self {
+        Self {
+            layers: (0..layers).map(|_| KvBuffer::default()).collect(),
+        }
+    }
+
+    /// A copy of what is held.
+    pub(in crate::llm) fn snapshot(&self) -> Result<KvCache> {
+        self.layers.iter().map(KvBuffer::snapshot).collect()
+    }
+
+    /// Holds `cache` (taken by [`SequenceCache::snapshot`]) instead of what it held: the
+    /// next run goes on at that sequence's length.
+    pub(in crate::llm) fn restore(&mut self, cache: &KvCache) -> Result<()> {
+        for (layer, cache) in self.layers.iter_mut().zip(cache) {
+            layer.len = 0;
+            if let Some((k, v)) = cache {
+                layer.append(k, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets go of the buffers (they grow with the longest sequence run since they were made).
+    pub(in crate::llm) fn release(&mut self) {
+        for layer in &mut self.layers {
+            *layer = KvBuffer::default();
+        }
+    }
+}

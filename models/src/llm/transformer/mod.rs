@@ -25,8 +25,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::cpu_ops;
 use embeddings::TokenEmbeddings;
-use kv::KvBuffer;
-pub(in crate::llm) use kv::KvCache;
+pub(in crate::llm) use kv::{KvCache, SequenceCache};
 use weights::{
     meta, meta_f32, CpuValues, Linear, Loader, Projections, RmsNorm, DENSE_BUDGET_BYTES,
 };
@@ -52,10 +51,10 @@ struct Layer {
     /// Gate, up.
     gate_up: Projections,
     down: Linear,
-    cache: KvBuffer,
 }
 
-/// A loaded decoder with its key/value cache.
+/// A loaded decoder: the weights every sequence shares. Each sequence's keys and values are
+/// in a [`SequenceCache`] of its own.
 pub(super) struct Transformer {
     embeddings: TokenEmbeddings,
     layers: Vec<Layer>,
@@ -150,7 +149,6 @@ impl Transformer {
                         .map(|x| (p(&format!("ffn_{x}.weight")), p(&format!("ffn_{x}.bias")))),
                 )?,
                 down: load.linear(&p("ffn_down.weight"), None)?,
-                cache: KvBuffer::default(),
             });
         }
 
@@ -178,29 +176,9 @@ impl Transformer {
         })
     }
 
-    /// A copy of the cached keys and values.
-    pub(super) fn kv_cache(&self) -> Result<KvCache> {
-        self.layers.iter().map(|l| l.cache.snapshot()).collect()
-    }
-
-    /// Lets go of the cached keys and values and their buffers (they grow with the longest
-    /// sequence run since they were last released).
-    pub(super) fn release_kv_cache(&mut self) {
-        for layer in &mut self.layers {
-            layer.cache = KvBuffer::default();
-        }
-    }
-
-    /// Continues from a sequence whose cache [`Transformer::kv_cache`] took: the next
-    /// [`Transformer::forward`] goes on at that sequence's length.
-    pub(super) fn set_kv_cache(&mut self, cache: &KvCache) -> Result<()> {
-        for (layer, cache) in self.layers.iter_mut().zip(cache) {
-            layer.cache.len = 0;
-            if let Some((k, v)) = cache {
-                layer.cache.append(k, v)?;
-            }
-        }
-        Ok(())
+    /// An empty cache for one sequence.
+    pub(in crate::llm) fn new_cache(&self) -> SequenceCache {
+        SequenceCache::new(self.layers.len())
     }
 
     fn rotate(&self, x: &Tensor, position: usize) -> Result<Tensor> {
@@ -213,26 +191,50 @@ impl Transformer {
         }
     }
 
-    /// Runs `tokens` (shape `[1, seq]`) starting at `position`, and returns the logits of the
-    /// last one. Position 0 starts a new sequence (the cache is emptied); any other position
-    /// must be the cache's length.
+    /// Runs `tokens` (shape `[1, seq]`) of the sequence in `cache` starting at `position`, and
+    /// returns the logits of the last one. Position 0 starts a new sequence (the cache is
+    /// emptied); any other position must be at most the cache's length (what follows it is
+    /// dropped).
     ///
     /// On the CPU it runs inside candle's thread pool: the many small parallel operations of a
     /// step then find its threads awake, instead of each waking a sleeping one from outside (a
     /// wake-up costs tens of microseconds, and a step has hundreds of operations).
-    pub(super) fn forward(&mut self, tokens: &Tensor, position: usize) -> Result<Tensor> {
+    pub(super) fn forward(
+        &self,
+        cache: &mut SequenceCache,
+        tokens: &Tensor,
+        position: usize,
+    ) -> Result<Tensor> {
         let device = tokens.device().clone();
-        device.with_context(|| self.step(tokens, position))
+        device.with_context(|| self.step(cache, tokens, position))
     }
 
-    fn step(&mut self, tokens: &Tensor, position: usize) -> Result<Tensor> {
+    /// The next token of each of several sequences in one pass over the weights (each weight
+    /// row is read once for all of them), on the CPU: the logits of each, one after another.
+    /// A sequence's logits do not depend on the others in the pass.
+    pub(super) fn forward_tokens(&self, next: &mut [NextToken<'_>]) -> Result<Vec<f32>> {
+        if let Some(past) = next.iter().find(|n| n.position >= self.max_positions) {
+            candle_core::bail!("position {} is past the context window", past.position + 1);
+        }
+        self.cos
+            .device()
+            .clone()
+            .with_context(|| self.step_tokens(next))
+    }
+
+    fn step(&self, caches: &mut SequenceCache, tokens: &Tensor, position: usize) -> Result<Tensor> {
         let (batch, seq) = tokens.dims2()?;
         if position + seq > self.max_positions {
             candle_core::bail!("position {} is past the context window", position + seq);
         }
         if (batch, seq) == (1, 1) && self.slice_path {
             let token = tokens.flatten_all()?.to_vec1::<u32>()?[0];
-            return self.step_token(token as usize, position);
+            let logits = self.step_tokens(&mut [NextToken {
+                cache: caches,
+                token,
+                position,
+            }])?;
+            return Tensor::from_vec(logits, (1, ()), tokens.device());
         }
         let groups = self.n_head / self.n_kv_head;
         let mask = if seq > 1 {
@@ -265,8 +267,7 @@ impl Transformer {
             .reshape((batch, seq, ()))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (n_head, n_kv_head, head_dim) = (self.n_head, self.n_kv_head, self.head_dim);
-        for layer_index in 0..self.layers.len() {
-            let layer = &self.layers[layer_index];
+        for (layer, cache) in self.layers.iter().zip(&mut caches.layers) {
             let h = layer.attn_norm.forward(&x)?;
             let heads = |t: Tensor, n: usize| -> Result<Tensor> {
                 t.reshape((batch, seq, n, head_dim))?.transpose(1, 2)
@@ -285,7 +286,6 @@ impl Transformer {
             }
             let q = self.rotate(&q, position)?;
             let k = self.rotate(&k, position)?;
-            let cache = &mut self.layers[layer_index].cache;
             cache.continue_at(position)?;
             let (k, v) = cache.append(&k, &v)?;
             // Query heads share key/value heads in groups (head h uses h / groups): each
@@ -300,7 +300,6 @@ impl Transformer {
                 .reshape((batch, n_head, seq, head_dim))?
                 .transpose(1, 2)?
                 .reshape((batch, seq, n_head * head_dim))?;
-            let layer = &self.layers[layer_index];
             x = (x + layer.o.forward(&attention)?)?;
             let h = layer.ffn_norm.forward(&x)?;
             let [gate, up]: [Tensor; 2] =
@@ -312,23 +311,29 @@ impl Transformer {
         self.output.forward(&last)?.squeeze(1)
     }
 
-    /// One generated token through plain loops on slices (`cpu_ops`) and this crate's kernels
-    /// (candle's for other formats), with the same arithmetic as [`Transformer::step`]: a step
+    /// The next token of each sequence in `next` through plain loops on slices (`cpu_ops`)
+    /// and the quantized kernels, with the same arithmetic as [`Transformer::step`]: a step
     /// of a small model is hundreds of tiny operations, and as tensor operations their overhead
-    /// outweighed their work.
-    fn step_token(&mut self, token: usize, position: usize) -> Result<Tensor> {
+    /// outweighed their work. The matrix products take every sequence's row at once; the rest
+    /// is per sequence.
+    fn step_tokens(&self, next: &mut [NextToken<'_>]) -> Result<Vec<f32>> {
         let (n_head, n_kv_head, head_dim) = (self.n_head, self.n_kv_head, self.head_dim);
         let groups = n_head / n_kv_head;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let device = self.cos.device().clone();
+        let rows = next.len();
         let dim = self.embeddings.dim()?;
-        let mut x = self.embeddings.row_values(token)?;
-        let mut h = vec![0.0; dim];
+        let mut x = Vec::with_capacity(rows * dim);
+        for n in next.iter() {
+            x.extend(self.embeddings.row_values(n.token as usize)?);
+        }
+        let mut h = vec![0.0; rows * dim];
         let half = head_dim / 2;
         let (cos, sin) = (CpuValues::of(&self.cos)?, CpuValues::of(&self.sin)?);
-        let cos = &cos.get()[position * half..(position + 1) * half];
-        let sin = &sin.get()[position * half..(position + 1) * half];
-        let rotate = |values: &mut [f32]| {
+        let (cos, sin) = (cos.get(), sin.get());
+        let rotate = |values: &mut [f32], position: usize| {
+            let cos = &cos[position * half..(position + 1) * half];
+            let sin = &sin[position * half..(position + 1) * half];
             for head in values.chunks_exact_mut(head_dim) {
                 match self.rope {
                     Rope::Interleaved => cpu_ops::rope_interleaved(head, cos, sin),
@@ -336,59 +341,90 @@ impl Transformer {
                 }
             }
         };
-        let mut attention = vec![0.0; n_head * head_dim];
-        for layer in &mut self.layers {
-            layer.cache.continue_at(position)?;
+        let width = n_head * head_dim;
+        let mut attention = vec![0.0; rows * width];
+        for (index, layer) in self.layers.iter().enumerate() {
             layer.attn_norm.apply(&x, &mut h)?;
-            let (mut qkv, sizes) = layer.qkv.vector_product(&h)?;
-            let (q, kv) = qkv.split_at_mut(sizes[0]);
-            let (k, v) = kv.split_at_mut(sizes[1]);
-            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                let (q_in, k_in) = (q.to_vec(), k.to_vec());
-                qn.apply(&q_in, q)?;
-                kn.apply(&k_in, k)?;
+            let (mut qkv, sizes) = layer.qkv.rows_product(&h, rows)?;
+            let qkv_width = qkv.len() / rows;
+            for (row, n) in qkv.chunks_exact_mut(qkv_width).zip(next.iter_mut()) {
+                let (q, kv) = row.split_at_mut(sizes[0]);
+                let (k, v) = kv.split_at_mut(sizes[1]);
+                if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                    let (q_in, k_in) = (q.to_vec(), k.to_vec());
+                    qn.apply(&q_in, q)?;
+                    kn.apply(&k_in, k)?;
+                }
+                rotate(q, n.position);
+                rotate(k, n.position);
+                let cache = &mut n.cache.layers[index];
+                cache.continue_at(n.position)?;
+                cache.push(k, v, n_kv_head, &device)?;
             }
-            rotate(q);
-            rotate(k);
-            layer.cache.push(k, v, n_kv_head, &device)?;
-            let len = layer.cache.len;
-            let (keys, values, capacity) = layer.cache.values()?;
-            let (keys, values) = (keys.get(), values.get());
-            let q: &[f32] = q;
+            let caches = next
+                .iter()
+                .map(|n| {
+                    let cache = &n.cache.layers[index];
+                    cache
+                        .values()
+                        .map(|(k, v, capacity)| (k, v, capacity, cache.len))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let qkv: &[f32] = &qkv;
             let out = attention.as_mut_ptr() as usize;
-            candle_core::utils::barrier_pool().execute_chunked(n_head, |heads| {
-                for head in heads {
+            candle_core::utils::barrier_pool().execute_chunked(rows * n_head, |items| {
+                for item in items {
+                    let (row, head) = (item / n_head, item % n_head);
+                    let (keys, values, capacity, len) = &caches[row];
                     let base = head / groups * capacity * head_dim;
-                    // SAFETY: each head's output slice is written by one worker only.
+                    let q = &qkv[row * qkv_width + head * head_dim..][..head_dim];
+                    // SAFETY: each (row, head) output slice is written by one worker only,
+                    // and lies inside `attention` (`item < rows * n_head`).
                     let out = unsafe {
                         std::slice::from_raw_parts_mut(
-                            (out as *mut f32).add(head * head_dim),
+                            (out as *mut f32).add(item * head_dim),
                             head_dim,
                         )
                     };
                     cpu_ops::attend(
-                        &q[head * head_dim..(head + 1) * head_dim],
-                        &keys[base..],
-                        &values[base..],
-                        len,
+                        q,
+                        &keys.get()[base..],
+                        &values.get()[base..],
+                        *len,
                         scale,
                         out,
                     );
                 }
             });
-            let o = layer.o.vector_product(&attention)?;
+            drop(caches);
+            let o = layer.o.rows_product(&attention, rows)?;
             cpu_ops::add(&mut x, &o);
             layer.ffn_norm.apply(&x, &mut h)?;
-            let (mut gate_up, sizes) = layer.gate_up.vector_product(&h)?;
-            let (gate, up) = gate_up.split_at_mut(sizes[0]);
-            cpu_ops::silu_mul(gate, up);
-            let down = layer.down.vector_product(gate)?;
+            let (mut gate_up, sizes) = layer.gate_up.rows_product(&h, rows)?;
+            let ff = sizes[0];
+            let mut gated = Vec::with_capacity(rows * ff);
+            let row_width = gate_up.len() / rows;
+            for row in gate_up.chunks_exact_mut(row_width) {
+                let (gate, up) = row.split_at_mut(ff);
+                cpu_ops::silu_mul(gate, up);
+                gated.extend_from_slice(gate);
+            }
+            let down = layer.down.rows_product(&gated, rows)?;
             cpu_ops::add(&mut x, &down);
         }
         self.norm.apply(&x, &mut h)?;
-        let last = Tensor::from_vec(h, (1, 1, dim), &device)?;
-        self.output.forward(&last)?.squeeze(1)
+        self.output.rows_product(&h, rows)
     }
+}
+
+/// One sequence's next token in a batched step ([`Transformer::forward_tokens`]).
+pub(in crate::llm) struct NextToken<'a> {
+    /// The sequence's keys and values.
+    pub(in crate::llm) cache: &'a mut SequenceCache,
+    /// The token to run.
+    pub(in crate::llm) token: u32,
+    /// Its position: at most the cache's length (what follows is dropped).
+    pub(in crate::llm) position: usize,
 }
 
 #[cfg(test)]
@@ -412,12 +448,21 @@ mod tests {
     }
 
     /// Logits after a 5-token prompt and then after each of 4 single tokens.
-    fn run(model: &mut Transformer) -> Result<Vec<Vec<f32>>> {
+    fn run(model: &Transformer) -> Result<Vec<Vec<f32>>> {
+        let mut cache = model.new_cache();
         let prompt = Tensor::new(&[[1u32, 4093, 314, 253, 5248]], &Device::Cpu)?;
-        let mut logits = vec![model.forward(&prompt, 0)?.flatten_all()?.to_vec1()?];
+        let mut logits = vec![model
+            .forward(&mut cache, &prompt, 0)?
+            .flatten_all()?
+            .to_vec1()?];
         for (i, token) in [30u32, 216, 1030, 17].into_iter().enumerate() {
             let token = Tensor::new(&[[token]], &Device::Cpu)?;
-            logits.push(model.forward(&token, 5 + i)?.flatten_all()?.to_vec1()?);
+            logits.push(
+                model
+                    .forward(&mut cache, &token, 5 + i)?
+                    .flatten_all()?
+                    .to_vec1()?,
+            );
         }
         Ok(logits)
     }
@@ -428,9 +473,9 @@ mod tests {
         let content = gguf_file::Content::read(&mut file)?;
         let mut model = Transformer::load(&content, &mut file, &Device::Cpu, "llama", 64)?;
         assert!(model.slice_path);
-        let slices = run(&mut model)?;
+        let slices = run(&model)?;
         model.slice_path = false;
-        let tensors = run(&mut model)?;
+        let tensors = run(&model)?;
 
         // Sums in a different order differ in the last bits, and the 8-bit quantization of
         // each product's input can turn that into a step of 1/127: so the paths agree on the
@@ -577,7 +622,8 @@ mod tests {
             let bytes = tiny_gguf(arch, format)?;
             let content = || gguf_file::Content::read(&mut std::io::Cursor::new(&bytes));
             let mut reader = std::io::Cursor::new(&bytes);
-            let mut ours = Transformer::load(&content()?, &mut reader, &Device::Cpu, arch, 64)?;
+            let ours = Transformer::load(&content()?, &mut reader, &Device::Cpu, arch, 64)?;
+            let mut cache = ours.new_cache();
             let mut reference: Forward = match arch {
                 "llama" => {
                     let mut m = quantized_llama::ModelWeights::from_gguf(
@@ -609,7 +655,10 @@ mod tests {
                 [(&[1, 5, 9, 13, 2], 0), (&[7], 5), (&[3], 6), (&[11], 7)];
             for (tokens, position) in steps {
                 let input = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
-                let a: Vec<f32> = ours.forward(&input, position)?.flatten_all()?.to_vec1()?;
+                let a: Vec<f32> = ours
+                    .forward(&mut cache, &input, position)?
+                    .flatten_all()?
+                    .to_vec1()?;
                 let b: Vec<f32> = reference(&input, position)?.flatten_all()?.to_vec1()?;
                 assert_eq!(a.len(), b.len());
                 let largest = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));

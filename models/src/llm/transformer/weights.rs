@@ -76,22 +76,29 @@ impl Linear {
         }
     }
 
-    /// `x · selfᵀ (+ bias)` for one vector: on this crate's kernels straight from the slice,
-    /// on candle's through a one-row tensor.
-    pub(super) fn vector_product(&self, x: &[f32]) -> Result<Vec<f32>> {
-        match &self.quantized {
-            Quantized::Blocks { matrix, .. } => {
-                let mut y = matrix.matmul(x);
-                if let Some(b) = &self.bias {
-                    cpu_ops::add(&mut y, CpuValues::of(b)?.get());
-                }
-                Ok(y)
-            }
-            Quantized::Candle(_) => self
-                .forward(&Tensor::from_slice(x, (1, x.len()), &Device::Cpu)?)?
+    /// `x · selfᵀ (+ bias)` for `x` holding vectors one after another (the generation steps
+    /// of several sequences), always on the quantized kernels, so that a sequence's result is
+    /// the same whatever else runs with it: on this crate's kernels straight from the slice,
+    /// on candle's through a tensor.
+    pub(super) fn rows_product(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let mut y = match &self.quantized {
+            Quantized::Blocks { matrix, .. } => matrix.matmul(x),
+            Quantized::Candle(w) => w
+                .forward(&Tensor::from_slice(
+                    x,
+                    (rows, x.len() / rows),
+                    &Device::Cpu,
+                )?)?
                 .flatten_all()?
-                .to_vec1(),
+                .to_vec1()?,
+        };
+        if let Some(b) = &self.bias {
+            let b = CpuValues::of(b)?;
+            for row in y.chunks_exact_mut(b.get().len()) {
+                cpu_ops::add(row, b.get());
+            }
         }
+        Ok(y)
     }
 }
 
@@ -124,19 +131,28 @@ impl Projections {
         }
     }
 
-    /// Every part's product of one vector, one after another, with the parts' sizes.
-    pub(super) fn vector_product(&self, x: &[f32]) -> Result<(Vec<f32>, Cow<'_, [usize]>)> {
+    /// Every part's product of each of `rows` vectors: per vector, the parts' outputs one
+    /// after another; with the parts' sizes.
+    pub(super) fn rows_product(
+        &self,
+        x: &[f32],
+        rows: usize,
+    ) -> Result<(Vec<f32>, Cow<'_, [usize]>)> {
         match self {
             Projections::Stacked { linear, sizes } => {
-                Ok((linear.vector_product(x)?, Cow::Borrowed(sizes)))
+                Ok((linear.rows_product(x, rows)?, Cow::Borrowed(sizes)))
             }
             Projections::Separate(parts) => {
-                let mut all = Vec::new();
-                let mut sizes = Vec::with_capacity(parts.len());
-                for part in parts {
-                    let y = part.vector_product(x)?;
-                    sizes.push(y.len());
-                    all.extend(y);
+                let outputs = parts
+                    .iter()
+                    .map(|part| part.rows_product(x, rows))
+                    .collect::<Result<Vec<_>>>()?;
+                let sizes: Vec<usize> = outputs.iter().map(|y| y.len() / rows).collect();
+                let mut all = Vec::with_capacity(outputs.iter().map(Vec::len).sum());
+                for row in 0..rows {
+                    for (y, &n) in outputs.iter().zip(&sizes) {
+                        all.extend_from_slice(&y[row * n..(row + 1) * n]);
+                    }
                 }
                 Ok((all, Cow::Owned(sizes)))
             }
