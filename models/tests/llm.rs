@@ -328,11 +328,12 @@ fn run_together(
     texts
 }
 
-/// Eight greedy replies generated together are the replies each gives alone: a sequence's
-/// logits do not depend on what else is in the step. Prompts that join while others generate
-/// run in chunks, and a chunk's attention sums in another order than the whole prompt's (as in
-/// llama.cpp, whose batch splits change results in the last bits too), so such a reply can
-/// leave the lone one where two tokens were nearly tied: it is checked to be whole, not equal.
+/// Eight greedy replies generated together are the replies each gives alone, whether they
+/// start at once or join one by one while others generate (their prompts then run in chunks
+/// between the others' tokens): a row's arithmetic depends neither on the other rows of a step
+/// nor on how a prompt is split. (A prompt of 32 tokens or more, run alone, takes a dense GEMM
+/// instead, which sums in another order: a reply can then leave a batched one's where two
+/// tokens were nearly tied.)
 #[test]
 fn batched_replies_equal_the_replies_alone() {
     let mut llm = llm();
@@ -375,8 +376,7 @@ fn batched_replies_equal_the_replies_alone() {
     let joined = run_together(&mut llm, &prompts, &staggered, &params);
     llm.set_parallel(1, 8192).unwrap();
     assert_eq!(together, alone);
-    assert_eq!(joined[0], alone[0], "the first prompt ran whole");
-    assert!(joined.iter().all(|t| !t.is_empty()), "{joined:?}");
+    assert_eq!(joined, alone);
 }
 
 /// Each conversation's next turn finds its own slot: two conversations that take turns both

@@ -26,7 +26,8 @@ pub enum Piece {
         /// What went wrong.
         message: String,
     },
-    /// Nothing to show (the usage summary that closes a stream, which JSON mode shows).
+    /// Nothing to show (the usage summary that closes a stream, a place in line: JSON mode
+    /// shows them).
     Nothing,
 }
 
@@ -44,7 +45,9 @@ pub fn piece(event: &Event) -> Piece {
             end_line: done.as_bool() == Some(true),
         };
     }
-    if event.is(ServerEvent::Done) || event.is(ProtocolEvent::End) {
+    // A place in line is progress for programs (JSON mode), not part of the answer.
+    if event.is(ServerEvent::Done) || event.is(ServerEvent::Queued) || event.is(ProtocolEvent::End)
+    {
         return Piece::Nothing;
     }
     // An event that carries text (a reply, a transcript, a spoken sentence) reads as its text;

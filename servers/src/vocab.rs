@@ -11,6 +11,8 @@ pipe_core::vocabulary! {
         Done = "done",
         /// chat_blocking: the whole reply.
         Reply = "reply",
+        /// chat: the request waits for a free slot, at `position` in line (1: next).
+        Queued = "queued",
         /// tts synthesize: the whole text was spoken.
         Synthesized = "synthesized",
         /// tts: the answer to subscribe_audio.

@@ -198,7 +198,7 @@ fn cancel_and_client_death_stop_generation() {
 #[test]
 fn a_queued_request_that_is_cancelled_gets_cancelled_at_once() {
     let dir = TestDir::new("chatqueued");
-    let _server = start(&dir);
+    let _server = dir.serve_loaded("chat", &["--model", "smollm2", "--parallel", "1"]);
     // Another client keeps the model busy, so this client's request waits in line.
     let mut busy = dir.streaming(&[
         "chat",
@@ -217,13 +217,12 @@ fn a_queued_request_that_is_cancelled_gets_cancelled_at_once() {
     let asked = std::time::Instant::now();
     c.cancel(id).unwrap();
     let events: Vec<Event> = c.events_of(id).map(|e| e.unwrap()).collect();
+    // It was told its place in line, and streamed nothing.
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].name(), "queued", "{events:?}");
+    assert_eq!(events[0].get("position"), Some(&json!(1)), "{events:?}");
     assert_eq!(
-        events.len(),
-        1,
-        "a queued request streams nothing: {events:?}"
-    );
-    assert_eq!(
-        events[0].as_error().map(|e| e.code),
+        events[1].as_error().map(|e| e.code),
         Some(ErrorCode::Cancelled),
         "{events:?}"
     );

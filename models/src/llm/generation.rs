@@ -10,7 +10,7 @@ use candle_core::Tensor;
 use candle_transformers::generation::LogitsProcessor;
 
 use super::stream::{Detokenizer, StopFilter};
-use super::transformer::{NextToken, SequenceCache};
+use super::transformer::{SequenceCache, SequenceTokens, SLICE_PATH_MAX_TOKENS};
 use super::{FinishReason, GenerationParams, Llm, LlmError, Usage, HELD_TOKENS_MAX};
 
 /// Where one sequence's keys and values live between and during requests.
@@ -102,8 +102,10 @@ impl Pace {
     /// between tokens at most doubles while a newcomer's prompt runs.
     fn chunk(&self) -> usize {
         match (self.step, self.prompt_token) {
-            (Some(step), Some(token)) if token > 0.0 => ((step / token) as usize).clamp(1, 512),
-            _ => 8,
+            (Some(step), Some(token)) if token > 0.0 => {
+                ((step / token) as usize).clamp(1, SLICE_PATH_MAX_TOKENS - 1)
+            }
+            _ => 4,
         }
     }
 }
@@ -326,71 +328,114 @@ impl Llm {
                 self.sample(generation, &logits, &mut |text| on_text(i, text))?;
             }
         }
+        let live = |g: &Generation| g.finish.is_none();
         let generating: Vec<usize> = (0..running.len())
-            .filter(|&i| running[i].finish.is_none() && running[i].next.is_some())
+            .filter(|&i| live(running[i]) && running[i].next.is_some())
             .collect();
-        if !generating.is_empty() {
-            let started = Instant::now();
-            let logits = {
-                // Each generation's own slot, borrowed apart from the others.
-                let mut caches: Vec<Option<&mut SequenceCache>> =
-                    self.slots.iter_mut().map(|s| Some(&mut s.cache)).collect();
-                let mut next: Vec<NextToken<'_>> = generating
-                    .iter()
-                    .map(|&i| {
-                        let g = &running[i];
-                        NextToken {
-                            cache: caches[g.slot].take().expect("one generation per slot"),
-                            token: g.next.expect("chosen above"),
-                            position: g.position,
-                        }
-                    })
-                    .collect();
-                self.weights.forward_tokens(&mut next)?
-            };
-            Pace::record(&mut self.pace.step, started.elapsed().as_secs_f64());
-            let vocab = logits.len() / generating.len();
-            for (row, &i) in logits.chunks_exact(vocab).zip(&generating) {
-                let generation = &mut *running[i];
-                generation.position += 1;
-                generation.next = None;
-                let row = Tensor::from_slice(row, vocab, &self.device)?;
-                self.sample(generation, &row, &mut |text| on_text(i, text))?;
+        let waiting: Vec<usize> = (0..running.len())
+            .filter(|&i| live(running[i]) && !running[i].is_generating())
+            .collect();
+        // What joins this step, as (generation, tokens to run): every generated token, and
+        // prompts. With replies running, one prompt's chunk, paced; with none, every prompt
+        // whole, the short ones in this pass and the long ones on the tensor path (a GEMM).
+        let mut batch: Vec<(usize, usize)> = Vec::new();
+        for &i in &generating {
+            batch.push((i, 1));
+        }
+        let mut long_prompts = Vec::new();
+        for &i in &waiting {
+            let left = running[i].prompt.len() - running[i].position;
+            if !generating.is_empty() {
+                batch.push((i, left.min(self.pace.chunk())));
+                break;
+            }
+            if left < SLICE_PATH_MAX_TOKENS {
+                batch.push((i, left));
+            } else {
+                long_prompts.push(i);
             }
         }
-        let waiting: Vec<usize> = (0..running.len())
-            .filter(|&i| running[i].finish.is_none() && !running[i].is_generating())
-            .collect();
-        let chunk = if generating.is_empty() {
-            usize::MAX
-        } else {
-            self.pace.chunk()
-        };
-        for i in waiting {
+        for i in long_prompts {
             let generation = &mut *running[i];
-            let end = generation
-                .prompt
-                .len()
-                .min(generation.position.saturating_add(chunk));
-            let tokens = &generation.prompt[generation.position..end];
             let started = Instant::now();
+            let tokens = &generation.prompt[generation.position..];
             let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
             let cache = &mut self.slots[generation.slot].cache;
             let logits = self
                 .weights
                 .forward(cache, &input, generation.position)?
                 .squeeze(0)?;
-            if tokens.len() > 1 {
-                let per_token = started.elapsed().as_secs_f64() / tokens.len() as f64;
-                Pace::record(&mut self.pace.prompt_token, per_token);
+            Pace::record(
+                &mut self.pace.prompt_token,
+                started.elapsed().as_secs_f64() / tokens.len() as f64,
+            );
+            generation.position = generation.prompt.len();
+            self.slots[generation.slot].prompt_logits = Some((generation.position, logits.clone()));
+            self.sample(generation, &logits, &mut |text| on_text(i, text))?;
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let logits = {
+            // Each generation's own slot, borrowed apart from the others.
+            let mut caches: Vec<Option<&mut SequenceCache>> =
+                self.slots.iter_mut().map(|s| Some(&mut s.cache)).collect();
+            let mut sequences: Vec<SequenceTokens<'_>> = batch
+                .iter()
+                .map(|&(i, count)| {
+                    let g = &*running[i];
+                    let (tokens, logits) = match &g.next {
+                        Some(token) => (std::slice::from_ref(token), true),
+                        None => (
+                            &g.prompt[g.position..g.position + count],
+                            g.position + count == g.prompt.len(),
+                        ),
+                    };
+                    SequenceTokens {
+                        cache: caches[g.slot].take().expect("one generation per slot"),
+                        tokens,
+                        position: g.position,
+                        logits,
+                    }
+                })
+                .collect();
+            self.weights.forward_tokens(&mut sequences)?
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        let prompt_rows: usize = batch
+            .iter()
+            .filter(|(i, _)| running[*i].next.is_none())
+            .map(|(_, count)| count)
+            .sum();
+        match (prompt_rows, self.pace.step) {
+            (0, _) => Pace::record(&mut self.pace.step, elapsed),
+            (rows, Some(step)) if !generating.is_empty() && elapsed > step => {
+                Pace::record(&mut self.pace.prompt_token, (elapsed - step) / rows as f64)
             }
-            generation.position = end;
-            if generation.is_generating() {
-                self.slots[generation.slot].prompt_logits = Some((end, logits.clone()));
-                self.sample(generation, &logits, &mut |text| on_text(i, text))?;
-            }
-            if !generating.is_empty() {
-                break;
+            _ => {}
+        }
+        let wanting = batch
+            .iter()
+            .filter(|&&(i, count)| {
+                let g = &*running[i];
+                g.next.is_some() || g.position + count == g.prompt.len()
+            })
+            .count();
+        let vocab = logits.len() / wanting.max(1);
+        let mut rows = logits.chunks_exact(vocab.max(1));
+        for (i, count) in batch {
+            let generation = &mut *running[i];
+            let sampled = generation.next.take().is_some();
+            generation.position += count;
+            if sampled || generation.is_generating() {
+                let row = rows.next().expect("logits for each that wants them");
+                let row = Tensor::from_slice(row, vocab, &self.device)?;
+                if !sampled {
+                    self.slots[generation.slot].prompt_logits =
+                        Some((generation.position, row.clone()));
+                }
+                self.sample(generation, &row, &mut |text| on_text(i, text))?;
             }
         }
         Ok(())

@@ -106,6 +106,7 @@ impl Builder {
             requests: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
             config: RwLock::new(Fields::new()),
+            status: RwLock::new(Fields::new()),
             commands: RwLock::new(HashMap::new()),
             limits: self.limits,
             subscribers: Mutex::default(),

@@ -146,7 +146,9 @@ impl Listener {
             }
             "ping" => self.reply(pid, id, Event::new(ProtocolEvent::Pong)),
             "get_state" => {
-                let event = Event::new(ProtocolEvent::State)
+                let mut event = Event::new(ProtocolEvent::State);
+                event.set_all(&read(&self.shared.status));
+                let event = event
                     .with("state", lock(&self.shared.state).as_str())
                     .with("pid", std::process::id())
                     .with("subscribers", lock(&self.shared.subscribers).len())

@@ -198,6 +198,8 @@ struct Shared {
     /// Streamed `token` events with text sent since start, for `get_state`.
     tokens: AtomicU64,
     config: RwLock<Fields>,
+    /// A kind's live figures, added to `get_state` (a chat server's slots and queue).
+    status: RwLock<Fields>,
     commands: RwLock<HashMap<String, Command>>,
     limits: Limits,
     subscribers: Mutex<HashMap<u32, Arc<Subscriber>>>,
@@ -277,6 +279,12 @@ impl ServerHandle {
     /// Replaces the fields answered to `get_config` (e.g. once a model has loaded).
     pub fn set_config(&self, config: Fields) {
         *write(&self.0.config) = config;
+    }
+
+    /// Replaces the kind's own live figures answered with `get_state`, beside the fields every
+    /// server answers (which they cannot replace).
+    pub fn set_status(&self, status: Fields) {
+        *write(&self.0.status) = status;
     }
 
     /// The current state.

@@ -19,6 +19,8 @@ enum Step<P, O> {
     Piece(P),
     /// The job finished with this output.
     Done(O),
+    /// The job still waits, at this place in line (1: next).
+    Waiting(usize),
 }
 
 struct Inbox<P, O> {
@@ -26,6 +28,9 @@ struct Inbox<P, O> {
     result: Option<Result<O, ToolError>>,
     /// The handler stopped waiting: the engine can stop too.
     reader_gone: bool,
+    /// The job's place in line while it waits, and whether the handler has yet to see it.
+    place: Option<usize>,
+    place_unseen: bool,
 }
 
 /// The shared slot between one job's engine side ([`Work`]) and handler side ([`Pending`]).
@@ -41,6 +46,8 @@ impl<P, O> Mailbox<P, O> {
                 pieces: VecDeque::new(),
                 result: None,
                 reader_gone: false,
+                place: None,
+                place_unseen: false,
             }),
             changed: Condvar::new(),
         })
@@ -54,6 +61,22 @@ impl<P, O> Mailbox<P, O> {
     fn nudge(&self) {
         let _inbox = self.lock();
         self.changed.notify_all();
+    }
+
+    /// Tells the handler its job waits at `place` in line (1: next), if that changed.
+    pub fn set_place(&self, place: usize) {
+        let mut inbox = self.lock();
+        if inbox.place != Some(place) {
+            inbox.place = Some(place);
+            inbox.place_unseen = true;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Whether the handler has as many pieces unread as the engine may run ahead: an engine
+    /// running several jobs leaves this one out of its next step instead of waiting.
+    pub fn is_full(&self) -> bool {
+        self.lock().pieces.len() >= CAPACITY
     }
 
     /// Hands over the job's result (the engine's last word).
@@ -154,11 +177,17 @@ impl<P, O> Pending<P, O> {
         let mut inbox = self.mailbox.lock();
         loop {
             if let Some(piece) = inbox.pieces.pop_front() {
+                // A place in line seen only now is stale: the job runs.
+                inbox.place_unseen = false;
                 self.mailbox.changed.notify_all();
                 return Ok(Step::Piece(piece));
             }
             if let Some(result) = inbox.result.take() {
                 return result.map(Step::Done);
+            }
+            if let (true, Some(place)) = (inbox.place_unseen, inbox.place) {
+                inbox.place_unseen = false;
+                return Ok(Step::Waiting(place));
             }
             if let Some(reason) = self.cancel.reason() {
                 return Err(Interrupted(reason).into());
@@ -191,13 +220,24 @@ impl<P, O> Pending<P, O> {
 
     /// Waits for the result, passing each piece to `on_piece`.
     pub fn finish_with(
+        self,
+        on_piece: impl FnMut(P) -> Result<(), ToolError>,
+    ) -> Result<O, ToolError> {
+        self.finish_in_line(|_| Ok(()), on_piece)
+    }
+
+    /// [`Pending::finish_with`], also passing `on_place` the job's place in line (1: next)
+    /// each time it changes while the job waits.
+    pub fn finish_in_line(
         mut self,
+        mut on_place: impl FnMut(usize) -> Result<(), ToolError>,
         mut on_piece: impl FnMut(P) -> Result<(), ToolError>,
     ) -> Result<O, ToolError> {
         loop {
             match self.step()? {
                 Step::Piece(piece) => on_piece(piece)?,
                 Step::Done(output) => return Ok(output),
+                Step::Waiting(place) => on_place(place)?,
             }
         }
     }

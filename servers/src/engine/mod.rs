@@ -7,15 +7,17 @@
 //! reason is then in `get_config` and every request is answered `unavailable`. A panicking
 //! engine fails the one request it was running; the server goes on.
 
+pub mod admission;
 pub mod mailbox;
 pub mod queue;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use pipe_core::{CancelToken, ErrorCode, Fields, Interrupted, ServerHandle, StateName, ToolError};
+use pipe_core::{CancelToken, ErrorCode, Fields, ServerHandle, StateName, ToolError};
 
 use crate::vocab::ServerState;
+pub use admission::{Admitted, Line};
 pub use mailbox::{Pending, Work};
 pub use queue::Place;
 
@@ -43,6 +45,21 @@ pub trait Engine: Send + 'static {
     /// Runs once on the worker thread when the engine has loaded, before the first job (stt
     /// starts listening here).
     fn ready(&mut self) {}
+
+    /// Runs `first` and, in an engine that advances several jobs together, the jobs it takes
+    /// from `line` while others run, until none is left. By default, `first` alone through
+    /// [`Engine::run`].
+    fn run_admitted(&mut self, mut first: Admitted<Self>, line: &Line<'_, Self>)
+    where
+        Self: Sized,
+    {
+        let _ = line;
+        let Some(job) = first.take_job() else {
+            return;
+        };
+        let result = self.run(job, &first.work());
+        first.finish(result);
+    }
 }
 
 /// A queued job and where its answer goes.
@@ -179,28 +196,24 @@ impl<E: Engine> Worker<E> {
 }
 
 /// Runs jobs on a loaded engine until the queue closes.
-fn serve<E: Engine>(mut engine: E, server: &ServerHandle, jobs: &Jobs<E>, what: &str) {
+fn serve<E: Engine>(mut engine: E, server: &ServerHandle, jobs: &Jobs<E>, what: &'static str) {
     server.update_state(|_| Some(engine.rest_state()));
     engine.ready();
+    let line = Line { jobs, what };
     while let Some(Queued {
         job,
         cancel,
         mailbox,
     }) = jobs.next()
     {
-        if let Some(reason) = cancel.reason() {
-            mailbox.finish(Err(Interrupted(reason).into()));
+        let first = Admitted::new(job, cancel, mailbox, what);
+        if let Some(reason) = first.cancelled() {
+            first.finish(Err(reason.into()));
         } else {
             server.set_state(E::BUSY);
-            let work = Work::new(&*mailbox, &cancel);
-            let result =
-                catch_unwind(AssertUnwindSafe(|| engine.run(job, &work))).unwrap_or_else(|_| {
-                    tracing::error!("the {what} crashed on a request");
-                    Err(ToolError::internal(format!(
-                        "the {what} crashed on this request; the server is still running"
-                    )))
-                });
-            mailbox.finish(result.map_err(user_facing));
+            line.announce_places(1);
+            // A panic answers the jobs it interrupted (`Admitted` does on drop).
+            let _ = catch_unwind(AssertUnwindSafe(|| engine.run_admitted(first, &line)));
         }
         // Also after a job cancelled while queued: it may be the last one behind a job that
         // ran, which left the state busy because this one was waiting.

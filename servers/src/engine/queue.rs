@@ -61,6 +61,27 @@ impl<T> FairQueue<T> {
     pub fn is_empty(&self) -> bool {
         self.lines.is_empty()
     }
+
+    /// The waiting jobs in the order [`FairQueue::pop`] would take them if none arrived.
+    pub fn in_order(&self) -> Vec<&T> {
+        let mut priorities: Vec<u8> = self.lines.iter().map(|(p, _)| p.priority).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        let mut order = Vec::new();
+        for priority in priorities {
+            let lines: Vec<&VecDeque<T>> = self
+                .lines
+                .iter()
+                .filter(|(p, _)| p.priority == priority)
+                .map(|(_, line)| line)
+                .collect();
+            let longest = lines.iter().map(|l| l.len()).max().unwrap_or(0);
+            for turn in 0..longest {
+                order.extend(lines.iter().filter_map(|line| line.get(turn)));
+            }
+        }
+        order
+    }
 }
 
 #[cfg(test)]
@@ -69,6 +90,32 @@ mod tests {
 
     fn drain(queue: &mut FairQueue<&'static str>) -> Vec<&'static str> {
         std::iter::from_fn(|| queue.pop()).collect()
+    }
+
+    #[test]
+    fn the_order_shown_is_the_order_taken() {
+        let mut queue = FairQueue::default();
+        let urgent = Place {
+            client: Some(9),
+            priority: 0,
+        };
+        let later = |client| Place {
+            client: Some(client),
+            priority: 1,
+        };
+        for (place, item) in [
+            (later(1), "a1"),
+            (later(1), "a2"),
+            (later(1), "a3"),
+            (later(2), "b1"),
+            (urgent, "u1"),
+            (later(3), "c1"),
+            (later(2), "b2"),
+        ] {
+            queue.push(place, item);
+        }
+        let shown: Vec<&str> = queue.in_order().into_iter().copied().collect();
+        assert_eq!(shown, drain(&mut queue));
     }
 
     #[test]

@@ -1,15 +1,17 @@
 //! `cpipe --serve chat`: a resident LLM streaming tokens to many clients.
 //!
-//! The model runs on the engine worker ([`crate::engine`]), one generation at a time. Each
-//! client's requests already run one at a time (pipe-core's lanes), so the worker's fair
-//! order is round-robin across clients. Handlers only translate: they queue a job and forward
+//! The model runs on the engine worker ([`crate::engine`]), which advances up to `--parallel`
+//! replies together, one token each per pass over the weights (continuous batching, in
+//! `models::llm`). A request joins at the next step when a slot and the context budget have
+//! room; otherwise it waits in the worker's fair queue (round-robin across clients) and is
+//! told its place with `queued` events. Handlers only translate: they queue a job and forward
 //! its pieces as events, which keeps back-pressure and cancellation in pipe-core's hands.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use clap::{Args, FromArgMatches};
-use models::llm::{ChatMessage, GenerationParams, Llm, LlmError, Role, Usage};
+use models::llm::{ChatMessage, Generation, GenerationParams, Llm, LlmError, Role, Usage};
 use models::source::ModelSource;
 use pipe_core::{
     CommandSpec, Event, Fields, ProtocolEvent, Request, Responder, StateName, ToolError, ToolServer,
@@ -17,7 +19,7 @@ use pipe_core::{
 use serde_json::{json, Value};
 
 use super::Kind;
-use crate::engine::{Engine, Place, Work, Worker};
+use crate::engine::{Admitted, Engine, Line, Place, Work, Worker};
 use crate::vocab::{ServerEvent, ServerState};
 
 /// The chat kind.
@@ -47,6 +49,20 @@ pub struct ChatArgs {
     /// template decides, and some insert a long one of their own).
     #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
+
+    /// Replies generated at once (continuous batching): each step reads the weights once for
+    /// all of them. On a CPU one reply leaves the cores waiting on memory, so up to about four
+    /// share a step for little more than one's time; beyond that, steps slow down in
+    /// proportion. More requests wait in line, told their place.
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=Llm::MAX_SLOTS as i64))]
+    pub parallel: u16,
+
+    /// Context tokens the running replies share: each reserves its prompt plus max_tokens when
+    /// it starts, and a request waits while they do not fit [default: the model's context
+    /// window].
+    #[arg(long, value_name = "TOKENS")]
+    pub ctx: Option<usize>,
 }
 
 /// The model real users get by default: fetched once from the Hugging Face hub.
@@ -90,6 +106,134 @@ fn to_tool_error(e: LlmError) -> ToolError {
 /// The loaded model on the engine worker: streams a reply's text pieces, answers its usage.
 struct ChatEngine {
     llm: Llm,
+    server: pipe_core::ServerHandle,
+}
+
+/// A taken request with its prompt, waiting for a slot.
+struct Prepared {
+    admitted: Admitted<ChatEngine>,
+    prompt: Vec<u32>,
+    params: GenerationParams,
+}
+
+/// A reply in progress and where it goes.
+type Running = (Admitted<ChatEngine>, Generation);
+
+impl ChatEngine {
+    /// Renders and encodes a taken request's prompt; a request that cannot be is answered.
+    fn prepare(&self, mut admitted: Admitted<Self>) -> Option<Prepared> {
+        let job = admitted.take_job()?;
+        let prompt = self
+            .llm
+            .render_chat(&job.messages)
+            .and_then(|text| self.llm.encode(&text));
+        match prompt {
+            Ok(prompt) => Some(Prepared {
+                admitted,
+                prompt,
+                params: job.params,
+            }),
+            Err(e) => {
+                admitted.finish(Err(to_tool_error(e)));
+                None
+            }
+        }
+    }
+
+    /// Starts the requests in line while slots and the context budget have room; returns the
+    /// first that must wait.
+    fn admit(
+        &mut self,
+        mut next: Option<Prepared>,
+        line: &Line<'_, Self>,
+        running: &mut Vec<Running>,
+    ) -> Option<Prepared> {
+        loop {
+            let prepared = match next.take() {
+                Some(prepared) => prepared,
+                None => match line.try_next().and_then(|a| self.prepare(a)) {
+                    Some(prepared) => prepared,
+                    None if line.waiting() > 0 => continue,
+                    None => return None,
+                },
+            };
+            if let Some(reason) = prepared.admitted.cancelled() {
+                prepared.admitted.finish(Err(reason.into()));
+                continue;
+            }
+            if !self.llm.has_room(prepared.prompt.len(), &prepared.params) {
+                return Some(prepared);
+            }
+            match self.llm.start(prepared.prompt, &prepared.params) {
+                Ok(generation) => running.push((prepared.admitted, generation)),
+                Err(e) => prepared.admitted.finish(Err(to_tool_error(e))),
+            }
+        }
+    }
+
+    /// Ends the replies whose request was cancelled or whose client is gone: their slots free
+    /// up at once.
+    fn drop_departed(&mut self, running: &mut Vec<Running>) {
+        let (gone, staying): (Vec<Running>, Vec<Running>) = std::mem::take(running)
+            .into_iter()
+            .partition(|(admitted, _)| admitted.work().stopped());
+        *running = staying;
+        for (admitted, generation) in gone {
+            let usage = self.llm.end(generation, |_| ControlFlow::Break(()));
+            admitted.finish(usage.map_err(to_tool_error));
+        }
+    }
+
+    /// One step of every reply whose client keeps up; answers the ones that finished.
+    fn step(&mut self, running: &mut Vec<Running>) {
+        let (works, mut generations): (Vec<Work<'_, String>>, Vec<&mut Generation>) = running
+            .iter_mut()
+            .filter(|(admitted, _)| !admitted.is_lagging())
+            .map(|(admitted, generation)| (admitted.work(), generation))
+            .unzip();
+        if generations.is_empty() {
+            // Every client lags behind its own stream: give them a moment to read.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            return;
+        }
+        let stepped = self.llm.step(&mut generations, |k, text| {
+            if text.is_empty() || works[k].send(text.to_string()) {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        });
+        drop(works);
+        if let Err(e) = stepped {
+            let error = to_tool_error(e);
+            for (admitted, generation) in running.drain(..) {
+                let _ = self.llm.end(generation, |_| ControlFlow::Break(()));
+                admitted.finish(Err(error.clone()));
+            }
+            return;
+        }
+        let (finished, going): (Vec<Running>, Vec<Running>) = std::mem::take(running)
+            .into_iter()
+            .partition(|(_, generation)| generation.is_finished());
+        *running = going;
+        for (admitted, generation) in finished {
+            let usage = self.llm.end(generation, |tail| {
+                admitted.work().send(tail.to_string());
+                ControlFlow::Continue(())
+            });
+            admitted.finish(usage.map_err(to_tool_error));
+        }
+    }
+
+    /// Publishes the slots in use, the line and the cache size for `get_state`.
+    fn publish_status(&self, waiting: usize) {
+        self.server.set_status(Fields::from_iter([
+            ("slots", self.llm.slots().into()),
+            ("slots_busy", self.llm.busy_slots().into()),
+            ("queued", waiting.into()),
+            ("cached_tokens", self.llm.cached_tokens().into()),
+        ]));
+    }
 }
 
 impl Engine for ChatEngine {
@@ -98,6 +242,7 @@ impl Engine for ChatEngine {
     type Output = Usage;
     const BUSY: StateName = ServerState::Inferring.name();
 
+    /// One reply alone; the worker calls [`Engine::run_admitted`], which runs many.
     fn run(&mut self, job: Job, work: &Work<String>) -> Result<Usage, ToolError> {
         self.llm
             .chat(&job.messages, &job.params, |text| {
@@ -108,19 +253,54 @@ impl Engine for ChatEngine {
             })
             .map_err(to_tool_error)
     }
+
+    /// Continuous batching: takes requests from the line while there is room, steps every
+    /// running reply together, and ends when none runs and none waits.
+    fn run_admitted(&mut self, first: Admitted<Self>, line: &Line<'_, Self>) {
+        let mut running: Vec<Running> = Vec::new();
+        let mut waiting = self.prepare(first);
+        loop {
+            waiting = self.admit(waiting, line, &mut running);
+            if running.is_empty() {
+                // Nothing reserves context, so a waiting request would have started.
+                debug_assert!(waiting.is_none());
+                break;
+            }
+            if let Some(prepared) = &waiting {
+                prepared.admitted.set_place(1);
+            }
+            let ahead = usize::from(waiting.is_some());
+            line.announce_places(1 + ahead);
+            self.publish_status(line.waiting() + ahead);
+            self.drop_departed(&mut running);
+            self.step(&mut running);
+        }
+        self.publish_status(0);
+    }
 }
 
 /// Loads the model (on the worker thread) and reports it in `get_config`.
 fn load(
     source: ModelSource,
-    tokenizer: Option<PathBuf>,
-    system: Option<String>,
+    args: &ChatArgs,
     server: &pipe_core::ServerHandle,
 ) -> Result<ChatEngine, String> {
     let device = models::device::best_device();
     let path = source.resolve().map_err(|e| e.to_string())?;
-    let mut llm = Llm::load_with_tokenizer(&path, tokenizer.as_deref(), &device)
+    let mut llm = Llm::load_with_tokenizer(&path, args.tokenizer.as_deref(), &device)
         .map_err(|e| e.to_string())?;
+    let slots = usize::from(args.parallel);
+    let ctx = args.ctx.unwrap_or(llm.context_length());
+    if ctx > slots * llm.context_length() {
+        return Err(format!(
+            "--ctx {ctx} is more than {slots} slots of the model's {}-token context window can use; give at most {}",
+            llm.context_length(),
+            slots * llm.context_length()
+        ));
+    }
+    llm.set_parallel(slots, ctx)
+        .map_err(|e| format!("--parallel/--ctx: {e}"))?;
+    let system = args.system.clone();
     // Conversations get the server's system prompt: theirs is the start to run ahead.
     if system.is_some() {
         llm.share_prefix(system.as_deref())
@@ -130,10 +310,15 @@ fn load(
         ("model", llm.name().into()),
         ("architecture", llm.architecture().into()),
         ("context_length", llm.context_length().into()),
+        ("parallel", llm.slots().into()),
+        ("ctx", llm.context_budget().into()),
         ("device", models::device::describe(&device).into()),
         ("source", source.to_string().into()),
     ]));
-    Ok(ChatEngine { llm })
+    Ok(ChatEngine {
+        llm,
+        server: server.clone(),
+    })
 }
 
 /// Reads the conversation from `messages`, or from `data` (messages, `{messages}`, or a string).
@@ -285,7 +470,17 @@ fn run_job(
             Place::client(req.pid),
             &out.cancel_token(),
         )
-        .finish_with(on_text)
+        .finish_in_line(
+            |position| {
+                // Only for requests with an id: named-pipes' clients, which send none, take
+                // the first event of a request for its answer.
+                if out.id().is_some() {
+                    out.emit(Event::new(ServerEvent::Queued).with("position", position))?;
+                }
+                Ok(())
+            },
+            on_text,
+        )
 }
 
 fn chat_args() -> Value {
@@ -310,25 +505,27 @@ fn chat_args() -> Value {
 
 /// Binds the chat server and starts loading the model on the engine worker.
 fn build(args: ChatArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolServer> {
-    let ChatArgs {
-        model,
-        tokenizer,
-        system,
-    } = args;
-    let source = model_source(&model)?;
+    let source = model_source(&args.model)?;
+    if args.ctx.is_some_and(|ctx| ctx < 16) {
+        anyhow::bail!("--ctx must be at least 16 tokens");
+    }
+    let system = args.system.clone();
     let mut server = builder.initial_state(ServerState::Loading).bind()?;
     let handle = server.handle_ref();
-    let model_system = system.clone();
     let worker = Worker::new();
     worker.start("model", "model", handle.clone(), move || {
-        load(source, tokenizer, model_system, &handle)
+        load(source, &args, &handle)
     })?;
     let stream_system = system.clone();
     let stream_worker = worker.clone();
     server.handle(
         CommandSpec::new("chat", "Streams the assistant's reply to a conversation.")
             .args(chat_args())
-            .emits(&[ProtocolEvent::Token.name(), ServerEvent::Done.name()]),
+            .emits(&[
+                ProtocolEvent::Token.name(),
+                ServerEvent::Done.name(),
+                ServerEvent::Queued.name(),
+            ]),
         move |req, out| {
             let usage = run_job(&stream_worker, stream_system.as_deref(), req, out, |text| {
                 out.emit(
@@ -357,7 +554,7 @@ fn build(args: ChatArgs, builder: pipe_core::Builder) -> anyhow::Result<ToolServ
             "Answers with the whole reply in one event.",
         )
         .args(chat_args())
-        .emits(&[ServerEvent::Reply]),
+        .emits(&[ServerEvent::Reply, ServerEvent::Queued]),
         move |req, out| {
             let mut reply = String::new();
             let usage = run_job(&worker, system.as_deref(), req, out, |text| {

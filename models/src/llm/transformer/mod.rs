@@ -209,12 +209,20 @@ impl Transformer {
         device.with_context(|| self.step(cache, tokens, position))
     }
 
-    /// The next token of each of several sequences in one pass over the weights (each weight
-    /// row is read once for all of them), on the CPU: the logits of each, one after another.
-    /// A sequence's logits do not depend on the others in the pass.
-    pub(super) fn forward_tokens(&self, next: &mut [NextToken<'_>]) -> Result<Vec<f32>> {
-        if let Some(past) = next.iter().find(|n| n.position >= self.max_positions) {
-            candle_core::bail!("position {} is past the context window", past.position + 1);
+    /// Tokens of several sequences in one pass over the weights (each weight row is read
+    /// once for all of them), on the CPU: a generated token each, or a chunk of a prompt.
+    /// Returns, one after another, the logits after the last token of each sequence that
+    /// wants them. A sequence's results depend neither on the others in the pass nor on how
+    /// its tokens were split into passes.
+    pub(super) fn forward_tokens(&self, next: &mut [SequenceTokens<'_>]) -> Result<Vec<f32>> {
+        if let Some(past) = next
+            .iter()
+            .find(|n| n.position + n.tokens.len() > self.max_positions)
+        {
+            candle_core::bail!(
+                "position {} is past the context window",
+                past.position + past.tokens.len()
+            );
         }
         self.cos
             .device()
@@ -227,14 +235,15 @@ impl Transformer {
         if position + seq > self.max_positions {
             candle_core::bail!("position {} is past the context window", position + seq);
         }
-        if (batch, seq) == (1, 1) && self.slice_path {
-            let token = tokens.flatten_all()?.to_vec1::<u32>()?[0];
-            let logits = self.step_tokens(&mut [NextToken {
+        if batch == 1 && seq < SLICE_PATH_MAX_TOKENS && self.slice_path {
+            let tokens = tokens.flatten_all()?.to_vec1::<u32>()?;
+            let logits = self.step_tokens(&mut [SequenceTokens {
                 cache: caches,
-                token,
+                tokens: &tokens,
                 position,
+                logits: true,
             }])?;
-            return Tensor::from_vec(logits, (1, ()), tokens.device());
+            return Tensor::from_vec(logits, (1, ()), self.cos.device());
         }
         let groups = self.n_head / self.n_kv_head;
         let mask = if seq > 1 {
@@ -311,23 +320,31 @@ impl Transformer {
         self.output.forward(&last)?.squeeze(1)
     }
 
-    /// The next token of each sequence in `next` through plain loops on slices (`cpu_ops`)
-    /// and the quantized kernels, with the same arithmetic as [`Transformer::step`]: a step
-    /// of a small model is hundreds of tiny operations, and as tensor operations their overhead
-    /// outweighed their work. The matrix products take every sequence's row at once; the rest
-    /// is per sequence.
-    fn step_tokens(&self, next: &mut [NextToken<'_>]) -> Result<Vec<f32>> {
+    /// The tokens of each sequence in `next` through plain loops on slices (`cpu_ops`) and
+    /// the quantized kernels: a step of a small model is hundreds of tiny operations, and as
+    /// tensor operations their overhead outweighed their work. The matrix products take every
+    /// token's row at once; the rest is per row, each attending to its own sequence up to its
+    /// own position, so a row's result does not depend on the other rows.
+    fn step_tokens(&self, next: &mut [SequenceTokens<'_>]) -> Result<Vec<f32>> {
         let (n_head, n_kv_head, head_dim) = (self.n_head, self.n_kv_head, self.head_dim);
         let groups = n_head / n_kv_head;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let device = self.cos.device().clone();
-        let rows = next.len();
+        // Each row's sequence and position.
+        let rows: Vec<(usize, usize)> = next
+            .iter()
+            .enumerate()
+            .flat_map(|(s, n)| (0..n.tokens.len()).map(move |j| (s, n.position + j)))
+            .collect();
+        let n_rows = rows.len();
         let dim = self.embeddings.dim()?;
-        let mut x = Vec::with_capacity(rows * dim);
+        let mut x = Vec::with_capacity(n_rows * dim);
         for n in next.iter() {
-            x.extend(self.embeddings.row_values(n.token as usize)?);
+            for &token in n.tokens {
+                x.extend(self.embeddings.row_values(token as usize)?);
+            }
         }
-        let mut h = vec![0.0; rows * dim];
+        let mut h = vec![0.0; n_rows * dim];
         let half = head_dim / 2;
         let (cos, sin) = (CpuValues::of(&self.cos)?, CpuValues::of(&self.sin)?);
         let (cos, sin) = (cos.get(), sin.get());
@@ -342,12 +359,15 @@ impl Transformer {
             }
         };
         let width = n_head * head_dim;
-        let mut attention = vec![0.0; rows * width];
+        let mut attention = vec![0.0; n_rows * width];
         for (index, layer) in self.layers.iter().enumerate() {
             layer.attn_norm.apply(&x, &mut h)?;
-            let (mut qkv, sizes) = layer.qkv.rows_product(&h, rows)?;
-            let qkv_width = qkv.len() / rows;
-            for (row, n) in qkv.chunks_exact_mut(qkv_width).zip(next.iter_mut()) {
+            let (mut qkv, sizes) = layer.qkv.rows_product(&h, n_rows)?;
+            let qkv_width = qkv.len() / n_rows;
+            for n in next.iter_mut() {
+                n.cache.layers[index].continue_at(n.position)?;
+            }
+            for (row, &(s, position)) in qkv.chunks_exact_mut(qkv_width).zip(&rows) {
                 let (q, kv) = row.split_at_mut(sizes[0]);
                 let (k, v) = kv.split_at_mut(sizes[1]);
                 if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
@@ -355,76 +375,92 @@ impl Transformer {
                     qn.apply(&q_in, q)?;
                     kn.apply(&k_in, k)?;
                 }
-                rotate(q, n.position);
-                rotate(k, n.position);
-                let cache = &mut n.cache.layers[index];
-                cache.continue_at(n.position)?;
-                cache.push(k, v, n_kv_head, &device)?;
+                rotate(q, position);
+                rotate(k, position);
+                next[s].cache.layers[index].push(k, v, n_kv_head, &device)?;
             }
             let caches = next
                 .iter()
-                .map(|n| {
-                    let cache = &n.cache.layers[index];
-                    cache
-                        .values()
-                        .map(|(k, v, capacity)| (k, v, capacity, cache.len))
-                })
+                .map(|n| n.cache.layers[index].values())
                 .collect::<Result<Vec<_>>>()?;
             let qkv: &[f32] = &qkv;
+            let rows = &rows;
             let out = attention.as_mut_ptr() as usize;
-            candle_core::utils::barrier_pool().execute_chunked(rows * n_head, |items| {
+            candle_core::utils::barrier_pool().execute_chunked(n_rows * n_head, |items| {
                 for item in items {
                     let (row, head) = (item / n_head, item % n_head);
-                    let (keys, values, capacity, len) = &caches[row];
+                    let (s, position) = rows[row];
+                    let (keys, values, capacity) = &caches[s];
                     let base = head / groups * capacity * head_dim;
                     let q = &qkv[row * qkv_width + head * head_dim..][..head_dim];
                     // SAFETY: each (row, head) output slice is written by one worker only,
-                    // and lies inside `attention` (`item < rows * n_head`).
+                    // and lies inside `attention` (`item < n_rows * n_head`).
                     let out = unsafe {
                         std::slice::from_raw_parts_mut(
                             (out as *mut f32).add(item * head_dim),
                             head_dim,
                         )
                     };
+                    // A row sees its sequence up to its own position.
                     cpu_ops::attend(
                         q,
                         &keys.get()[base..],
                         &values.get()[base..],
-                        *len,
+                        position + 1,
                         scale,
                         out,
                     );
                 }
             });
             drop(caches);
-            let o = layer.o.rows_product(&attention, rows)?;
+            let o = layer.o.rows_product(&attention, n_rows)?;
             cpu_ops::add(&mut x, &o);
             layer.ffn_norm.apply(&x, &mut h)?;
-            let (mut gate_up, sizes) = layer.gate_up.rows_product(&h, rows)?;
+            let (mut gate_up, sizes) = layer.gate_up.rows_product(&h, n_rows)?;
             let ff = sizes[0];
-            let mut gated = Vec::with_capacity(rows * ff);
-            let row_width = gate_up.len() / rows;
+            let mut gated = Vec::with_capacity(n_rows * ff);
+            let row_width = gate_up.len() / n_rows;
             for row in gate_up.chunks_exact_mut(row_width) {
                 let (gate, up) = row.split_at_mut(ff);
                 cpu_ops::silu_mul(gate, up);
                 gated.extend_from_slice(gate);
             }
-            let down = layer.down.rows_product(&gated, rows)?;
+            let down = layer.down.rows_product(&gated, n_rows)?;
             cpu_ops::add(&mut x, &down);
         }
-        self.norm.apply(&x, &mut h)?;
-        self.output.rows_product(&h, rows)
+        // The output layer only for each sequence's last row, where logits are wanted.
+        let mut last = Vec::new();
+        let mut end = 0;
+        for n in next.iter() {
+            end += n.tokens.len();
+            if n.logits {
+                last.extend_from_slice(&x[(end - 1) * dim..end * dim]);
+            }
+        }
+        let wanted = last.len() / dim;
+        if wanted == 0 {
+            return Ok(Vec::new());
+        }
+        let mut normed = vec![0.0; last.len()];
+        self.norm.apply(&last, &mut normed)?;
+        self.output.rows_product(&normed, wanted)
     }
 }
 
-/// One sequence's next token in a batched step ([`Transformer::forward_tokens`]).
-pub(in crate::llm) struct NextToken<'a> {
+/// Rows past which a sequence's tokens (a prompt run alone) take the tensor path: there a
+/// dense GEMM beats the quantized kernels.
+pub(super) const SLICE_PATH_MAX_TOKENS: usize = weights::DENSE_MIN_ROWS_BLOCKS;
+
+/// One sequence's tokens in a batched step ([`Transformer::forward_tokens`]).
+pub(in crate::llm) struct SequenceTokens<'a> {
     /// The sequence's keys and values.
     pub(in crate::llm) cache: &'a mut SequenceCache,
-    /// The token to run.
-    pub(in crate::llm) token: u32,
-    /// Its position: at most the cache's length (what follows is dropped).
+    /// The tokens to run: its last generated token, or a chunk of its prompt.
+    pub(in crate::llm) tokens: &'a [u32],
+    /// The first one's position: at most the cache's length (what follows is dropped).
     pub(in crate::llm) position: usize,
+    /// Whether to compute the logits after its last token.
+    pub(in crate::llm) logits: bool,
 }
 
 #[cfg(test)]
