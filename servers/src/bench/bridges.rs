@@ -58,15 +58,18 @@ fn uncached_chat_request(round: usize) -> Value {
 }
 
 /// One streamed reply: time to first token, then the gaps between tokens (seconds).
-struct Stream {
-    first: f64,
-    gaps: Vec<f64>,
+pub(super) struct Stream {
+    pub(super) first: f64,
+    pub(super) gaps: Vec<f64>,
+    /// The reply's text.
+    pub(super) text: String,
 }
 
 impl Stream {
-    fn from_times(start: Instant, times: &[Instant]) -> Result<Self> {
+    pub(super) fn from_times(start: Instant, times: &[Instant], text: String) -> Result<Self> {
         ensure!(!times.is_empty(), "the reply had no tokens");
         Ok(Self {
+            text,
             first: (times[0] - start).as_secs_f64(),
             gaps: times
                 .windows(2)
@@ -86,30 +89,31 @@ impl Stream {
 }
 
 /// A reply straight through the pipe.
-fn pipe_chat(client: &mut Client, request: Value) -> Result<Stream> {
+pub(super) fn pipe_chat(client: &mut Client, request: Value) -> Result<Stream> {
     let start = Instant::now();
-    let mut times = Vec::new();
+    let (mut times, mut reply) = (Vec::new(), String::new());
     for event in client.request("chat", request)? {
         let event = event?;
         if let Some(e) = event.as_error() {
             bail!("chat failed: {}", e.message);
         }
-        if event.str("text").is_some_and(|t| !t.is_empty()) {
+        if let Some(text) = event.str("text").filter(|t| !t.is_empty()) {
             times.push(Instant::now());
+            reply.push_str(text);
         }
     }
-    Stream::from_times(start, &times)
+    Stream::from_times(start, &times, reply)
 }
 
 /// A keep-alive HTTP/1.1 connection, just enough of a client to time responses as their
 /// bytes arrive.
-struct Http {
+pub(super) struct Http {
     address: String,
     reader: BufReader<TcpStream>,
 }
 
 impl Http {
-    fn connect(address: &str) -> Result<Self> {
+    pub(super) fn connect(address: &str) -> Result<Self> {
         let stream =
             TcpStream::connect(address).with_context(|| format!("cannot connect to {address}"))?;
         stream.set_nodelay(true)?;
@@ -202,13 +206,13 @@ impl Http {
     }
 
     /// A streamed chat completion: the times its content-bearing events arrived.
-    fn chat(&mut self, model: &str, request: Value) -> Result<Stream> {
+    pub(super) fn chat(&mut self, model: &str, request: Value) -> Result<Stream> {
         let mut body = request;
         body["model"] = model.into();
         body["stream"] = true.into();
         let body = serde_json::to_vec(&body)?;
         let start = Instant::now();
-        let mut times = Vec::new();
+        let (mut times, mut reply) = (Vec::new(), String::new());
         let mut pending = Vec::new();
         let (status, all) =
             self.send("/v1/chat/completions", "application/json", &body, |data| {
@@ -222,10 +226,12 @@ impl Http {
                     let content = serde_json::from_str::<Value>(data).ok().and_then(|v| {
                         v.pointer("/choices/0/delta/content")
                             .and_then(Value::as_str)
-                            .map(|s| !s.is_empty())
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
                     });
-                    if content == Some(true) {
+                    if let Some(content) = content {
                         times.push(Instant::now());
+                        reply.push_str(&content);
                     }
                 }
             })?;
@@ -234,7 +240,7 @@ impl Http {
             "HTTP {status}: {}",
             String::from_utf8_lossy(&all)
         );
-        Stream::from_times(start, &times)
+        Stream::from_times(start, &times, reply)
     }
 }
 
@@ -288,7 +294,7 @@ fn config(dir: &Path, name: &str, field: &str) -> Result<String> {
 }
 
 /// A child process killed on drop.
-struct Peer(Child);
+pub(super) struct Peer(pub(super) Child);
 
 impl Drop for Peer {
     fn drop(&mut self) {
@@ -298,7 +304,7 @@ impl Drop for Peer {
 }
 
 /// Waits until something accepts connections on `address`.
-fn wait_listening(address: &str, what: &str, within: Duration) -> Result<()> {
+pub(super) fn wait_listening(address: &str, what: &str, within: Duration) -> Result<()> {
     let start = Instant::now();
     while TcpStream::connect(address).is_err() {
         ensure!(
@@ -311,7 +317,7 @@ fn wait_listening(address: &str, what: &str, within: Duration) -> Result<()> {
 }
 
 /// A free TCP port on loopback.
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

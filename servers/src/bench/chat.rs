@@ -26,6 +26,14 @@ pub struct ChatBench {
     /// Repetitions of each measurement (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub repetitions: usize,
+    /// Instead: N clients asking at once, one client alone, and a 10-turn conversation,
+    /// against llama-server --parallel N (continuous batching) on the same GGUF.
+    #[arg(long, value_name = "N")]
+    pub clients: Option<usize>,
+    /// llama.cpp's llama-server, for --clients (default: what scripts/build-llama-server.sh
+    /// built).
+    #[arg(long, env = "LLAMA_SERVER")]
+    pub llama_server: Option<PathBuf>,
 }
 
 /// A prompt of exactly `n` tokens of ordinary text.
@@ -219,6 +227,13 @@ fn default_llama_bench() -> PathBuf {
 /// Runs the benchmark and prints the tables.
 pub fn run(options: &ChatBench) -> Result<()> {
     let repetitions = options.repetitions.max(1);
+    if let Some(clients) = options.clients {
+        let llama = options
+            .llama_server
+            .clone()
+            .unwrap_or_else(super::clients::default_llama_server);
+        return super::clients::run(&options.model, clients, repetitions, &llama);
+    }
     let source = crate::kinds::chat::model_source(&options.model)?;
     let path = source.resolve()?;
     let bench = options

@@ -12,6 +12,7 @@ use serde_json::Value;
 pub mod bridges;
 pub mod chaos;
 pub mod chat;
+pub mod clients;
 pub mod pipes;
 pub mod search;
 pub mod stt;

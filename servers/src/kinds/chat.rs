@@ -408,13 +408,18 @@ fn parse_params(req: &Request) -> Result<GenerationParams, ToolError> {
     if let Some(seed) = count("seed")? {
         params.seed = seed;
     }
-    match field("cache_prompt") {
-        None | Some(Value::Null) => {}
-        Some(Value::Bool(on)) => params.cache_prompt = *on,
-        Some(v) => {
-            return Err(ToolError::invalid(format!(
-                "\"cache_prompt\" must be true or false, got {v}"
-            )))
+    for (key, flag) in [
+        ("cache_prompt", &mut params.cache_prompt),
+        ("ignore_eos", &mut params.ignore_eos),
+    ] {
+        match field(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::Bool(on)) => *flag = *on,
+            Some(v) => {
+                return Err(ToolError::invalid(format!(
+                    "\"{key}\" must be true or false, got {v}"
+                )))
+            }
         }
     }
     params.stop = match field("stop") {
@@ -498,6 +503,7 @@ fn chat_args() -> Value {
             "repeat_penalty": {"type": "number", "minimum": 0, "maximum": GenerationParams::MAX_REPEAT_PENALTY, "description": "Above 0; 1 is none."},
             "seed": {"type": "integer", "minimum": 0},
             "cache_prompt": {"type": "boolean", "description": "Reuse the keys and values of the last request where the prompt starts like it (default true); false runs it cold, for a reply that does not depend on earlier requests."},
+            "ignore_eos": {"type": "boolean", "description": "Go on past the model's end of turn until max_tokens (for benchmarks, as llama-server's)."},
             "stop": {"type": ["string", "array"], "items": {"type": "string", "maxLength": GenerationParams::MAX_STOP_BYTES}, "maxItems": GenerationParams::MAX_STOPS}
         }
     })

@@ -1,0 +1,338 @@
+//! `cpipe bench chat --clients N`: N clients asking one chat server at once, and a 10-turn
+//! conversation, against llama-server `--parallel N` (continuous batching) on the same GGUF,
+//! threads and context, in the same run; with both servers' resident memory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use pipe_core::{Client, ConnectOptions};
+use serde_json::{json, Value};
+
+use super::bridges::{free_port, pipe_chat, wait_listening, Http, Peer, Stream};
+use super::{median, resident_mb};
+
+/// Tokens each client asks for.
+const REPLY_TOKENS: usize = 128;
+/// Context tokens per slot, on both servers (llama-server splits `-c` evenly).
+const CONTEXT_PER_SLOT: usize = 1024;
+/// Turns of the conversation, and tokens per reply in it.
+const TURNS: usize = 10;
+const TURN_TOKENS: usize = 32;
+
+/// Client `i`'s question (each differs, so no reply is another's).
+fn question(i: usize) -> String {
+    format!("Question {i}: name three rivers of Europe and say one thing about each.")
+}
+
+fn request(messages: &[Value], max_tokens: usize) -> Value {
+    json!({
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": true,
+    })
+}
+
+fn system() -> Value {
+    json!({"role": "system", "content": "You are a helpful assistant."})
+}
+
+/// One way to stream a reply: a pipe client or an HTTP connection.
+trait Chat: Send {
+    fn chat(&mut self, request: Value) -> Result<Stream>;
+}
+
+impl Chat for Client {
+    fn chat(&mut self, request: Value) -> Result<Stream> {
+        pipe_chat(self, request)
+    }
+}
+
+impl Chat for Http {
+    fn chat(&mut self, request: Value) -> Result<Stream> {
+        Http::chat(self, "model", request)
+    }
+}
+
+/// What all clients at once saw.
+struct Round {
+    /// Tokens of all replies over the time from the common start to the last reply's end.
+    total_per_second: f64,
+    first_median: f64,
+    first_last: f64,
+    gap_median: f64,
+}
+
+/// Every connection asks its own question at the same moment.
+fn all_at_once<C: Chat + 'static>(connections: Vec<C>, round: usize) -> Result<(Round, Vec<C>)> {
+    let barrier = Arc::new(Barrier::new(connections.len()));
+    let threads: Vec<_> = connections
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut connection)| {
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let messages = [
+                    system(),
+                    json!({"role": "user", "content": question(round * 100 + i)}),
+                ];
+                barrier.wait();
+                let start = Instant::now();
+                let stream = connection.chat(request(&messages, REPLY_TOKENS));
+                (start, stream, connection)
+            })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    let mut connections = Vec::new();
+    let mut start = None;
+    for thread in threads {
+        let (started, stream, connection) = thread.join().expect("a client thread panicked");
+        start = Some(start.map_or(started, |s: Instant| s.min(started)));
+        streams.push((started, stream?));
+        connections.push(connection);
+    }
+    let start = start.context("no clients")?;
+    let offset = |started: Instant| (started - start).as_secs_f64();
+    let tokens: usize = streams.iter().map(|(_, s)| s.gaps.len() + 1).sum();
+    let end = streams
+        .iter()
+        .map(|(t, s)| offset(*t) + s.first + s.gaps.iter().sum::<f64>())
+        .fold(0.0, f64::max);
+    let firsts: Vec<f64> = streams.iter().map(|(t, s)| offset(*t) + s.first).collect();
+    let gaps: Vec<f64> = streams.iter().flat_map(|(_, s)| s.gaps.clone()).collect();
+    Ok((
+        Round {
+            total_per_second: tokens as f64 / end,
+            first_median: median(firsts.clone()),
+            first_last: firsts.iter().copied().fold(0.0, f64::max),
+            gap_median: median(gaps),
+        },
+        connections,
+    ))
+}
+
+/// Times to first token of each turn of one conversation.
+fn conversation(connection: &mut dyn Chat, topic: usize) -> Result<Vec<f64>> {
+    let mut messages = vec![system()];
+    let mut firsts = Vec::new();
+    for turn in 1..=TURNS {
+        messages.push(json!({"role": "user", "content":
+            format!("Conversation {topic}, turn {turn}: tell me one more fact about rivers.")}));
+        let stream = connection.chat(request(&messages, TURN_TOKENS))?;
+        firsts.push(stream.first);
+        messages.push(json!({"role": "assistant", "content": stream.text}));
+    }
+    Ok(firsts)
+}
+
+/// The cpipe chat server under test.
+fn start_cpipe(model: &str, slots: usize, dir: &Path) -> Result<(Peer, Vec<Client>)> {
+    let server = Peer(
+        Command::new(std::env::current_exe()?)
+            .args(["--serve", "chat", "--model", model])
+            .args(["--parallel", &slots.to_string()])
+            .args(["--ctx", &(slots * CONTEXT_PER_SLOT).to_string()])
+            .arg("--dir")
+            .arg(dir)
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let options = ConnectOptions {
+        dir: dir.to_path_buf(),
+        timeout: Some(Duration::from_secs(300)),
+    };
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    while clients.len() < slots {
+        match Client::connect_with("chat", &options) {
+            Ok(c) => clients.push(c),
+            Err(_) if started.elapsed() < Duration::from_secs(60) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => bail!("the chat server did not start: {e}"),
+        }
+    }
+    // Loads the model.
+    clients[0].call("chat_blocking", request(&[system()], 1))?;
+    Ok((server, clients))
+}
+
+/// llama-server with `slots` parallel sequences, and a connection per client.
+fn start_llama(
+    llama: &Path,
+    model: &Path,
+    threads: usize,
+    slots: usize,
+) -> Result<(Peer, Vec<Http>)> {
+    let port = free_port()?;
+    let server = Peer(
+        Command::new(llama)
+            .arg("-m")
+            .arg(model)
+            .args(["-t", &threads.to_string()])
+            .args(["-c", &(slots * CONTEXT_PER_SLOT).to_string()])
+            .args(["-np", &slots.to_string()])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", llama.display()))?,
+    );
+    let address = format!("127.0.0.1:{port}");
+    wait_listening(&address, "llama-server", Duration::from_secs(60))?;
+    let started = Instant::now();
+    loop {
+        // It listens before its model is loaded and answers 503 until then.
+        let mut client = Http::connect(&address)?;
+        if client.chat("model", request(&[system()], 1)).is_ok() {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "llama-server did not load the model"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let connections = (0..slots)
+        .map(|_| Http::connect(&address))
+        .collect::<Result<_>>()?;
+    Ok((server, connections))
+}
+
+/// Medians over rounds of each figure.
+fn medians(rounds: &[Round]) -> [f64; 4] {
+    let column = |f: fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+    [
+        column(|r| r.total_per_second),
+        column(|r| r.first_median * 1000.0),
+        column(|r| r.first_last * 1000.0),
+        column(|r| r.gap_median * 1000.0),
+    ]
+}
+
+/// Runs the many-clients and conversation benchmarks and prints their table.
+pub fn run(model: &str, clients: usize, repetitions: usize, llama: &Path) -> Result<()> {
+    ensure!(
+        (1..=64).contains(&clients),
+        "--clients must be from 1 to 64, got {clients}"
+    );
+    ensure!(
+        llama.exists(),
+        "llama-server not found at {}: build it with scripts/build-llama-server.sh (or pass --llama-server)",
+        llama.display()
+    );
+    let path = crate::kinds::chat::model_source(model)?.resolve()?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dir = std::env::temp_dir().join(format!("cpipe-bench-clients-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "Model {} on {threads} threads; {clients} clients × {REPLY_TOKENS} tokens, {} context tokens per slot on both; median of {repetitions}",
+        path.display(),
+        CONTEXT_PER_SLOT
+    );
+
+    let (cpipe_server, mut ours) = start_cpipe(model, clients, &dir)?;
+    let (llama_server, mut theirs) = start_llama(llama, &path, threads, clients)?;
+    // Rounds alternate between the servers, so both meet the machine's moods alike. Only
+    // one server works at a time: the other idles.
+    let (mut our_rounds, mut their_rounds) = (Vec::new(), Vec::new());
+    let (mut our_single, mut their_single) = (Vec::new(), Vec::new());
+    for round in 0..repetitions {
+        let (r, back) = all_at_once(ours, round)?;
+        ours = back;
+        our_rounds.push(r);
+        let (r, back) = all_at_once(theirs, round)?;
+        theirs = back;
+        their_rounds.push(r);
+        let one = vec![ours.pop().expect("a client")];
+        let (r, mut back) = all_at_once(one, round + 1000)?;
+        ours.append(&mut back);
+        our_single.push(r);
+        let one = vec![theirs.pop().expect("a connection")];
+        let (r, mut back) = all_at_once(one, round + 1000)?;
+        theirs.append(&mut back);
+        their_single.push(r);
+    }
+    let (mut our_turns, mut their_turns) = (Vec::new(), Vec::new());
+    for round in 0..repetitions {
+        our_turns.push(conversation(&mut ours[0], round)?);
+        their_turns.push(conversation(&mut theirs[0], round)?);
+    }
+    let our_memory = resident_mb(cpipe_server.0.id());
+    let their_memory = resident_mb(llama_server.0.id());
+    drop((cpipe_server, llama_server));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let ours = medians(&our_rounds);
+    let theirs = medians(&their_rounds);
+    println!(
+        "{:<34} {:>12} {:>13} {:>8}",
+        format!("{clients} clients at once"),
+        "cpipe",
+        "llama-server",
+        "ratio"
+    );
+    let row = |name: &str, a: f64, b: f64, unit: &str| {
+        println!("{name:<34} {a:>12.1} {b:>13.1} {:>7.2}x  {unit}", a / b);
+    };
+    row("total tokens/s", ours[0], theirs[0], "(higher is better)");
+    row(
+        "first token, median ms",
+        ours[1],
+        theirs[1],
+        "(lower is better)",
+    );
+    row(
+        "first token, last client ms",
+        ours[2],
+        theirs[2],
+        "(lower is better)",
+    );
+    row(
+        "gap between tokens, median ms",
+        ours[3],
+        theirs[3],
+        "(lower is better)",
+    );
+    let single = |rounds: &[Round]| medians(rounds)[0];
+    row(
+        "one client alone, tokens/s",
+        single(&our_single),
+        single(&their_single),
+        "(higher is better)",
+    );
+    let turn = |turns: &[Vec<f64>], i: usize| median(turns.iter().map(|t| t[i] * 1000.0).collect());
+    row(
+        "conversation: turn 1 first token ms",
+        turn(&our_turns, 0),
+        turn(&their_turns, 0),
+        "(lower is better)",
+    );
+    row(
+        &format!("conversation: turn {TURNS} first token ms"),
+        turn(&our_turns, TURNS - 1),
+        turn(&their_turns, TURNS - 1),
+        "(lower is better)",
+    );
+    println!(
+        "turn {TURNS} against turn 1: cpipe {:.2}x, llama-server {:.2}x",
+        turn(&our_turns, TURNS - 1) / turn(&our_turns, 0),
+        turn(&their_turns, TURNS - 1) / turn(&their_turns, 0)
+    );
+    row(
+        "resident memory MB",
+        our_memory,
+        their_memory,
+        "(lower is better)",
+    );
+    Ok(())
+}
+
+/// llama-server where `scripts/build-llama-server.sh` builds it.
+pub fn default_llama_server() -> PathBuf {
+    super::tools_dir().join("llama.cpp/build/bin/llama-server")
+}
