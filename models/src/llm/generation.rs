@@ -81,32 +81,47 @@ impl Generation {
     }
 }
 
-/// Timings that size a prompt's chunk between generation steps.
+/// The cost of a step as a function of its rows (`base + per_row × rows`), fitted by least
+/// squares over recent steps: it sizes a prompt's chunk between generation steps.
 #[derive(Default)]
 pub(super) struct Pace {
-    /// Seconds per generation step, recent average.
-    step: Option<f64>,
-    /// Seconds per prompt token, recent average.
-    prompt_token: Option<f64>,
+    /// Recent averages of rows, seconds, rows², rows × seconds.
+    averages: Option<[f64; 4]>,
 }
 
 impl Pace {
-    fn record(average: &mut Option<f64>, sample: f64) {
-        *average = Some(match *average {
-            Some(a) => 0.8 * a + 0.2 * sample,
+    /// How much the latest step counts in the averages.
+    const WEIGHT: f64 = 0.1;
+
+    fn record(&mut self, rows: usize, seconds: f64) {
+        let x = rows as f64;
+        let sample = [x, seconds, x * x, x * seconds];
+        self.averages = Some(match self.averages {
             None => sample,
+            Some(a) => std::array::from_fn(|i| a[i] + Self::WEIGHT * (sample[i] - a[i])),
         });
     }
 
-    /// Prompt tokens that take about as long as one generation step: a running reply's gap
-    /// between tokens at most doubles while a newcomer's prompt runs.
-    fn chunk(&self) -> usize {
-        match (self.step, self.prompt_token) {
-            (Some(step), Some(token)) if token > 0.0 => {
-                ((step / token) as usize).clamp(1, SLICE_PATH_MAX_TOKENS - 1)
-            }
-            _ => 4,
+    /// `(base, per_row)` seconds, once the steps seen had different sizes.
+    fn cost(&self) -> Option<(f64, f64)> {
+        let [x, y, xx, xy] = self.averages?;
+        let variance = xx - x * x;
+        if variance < 0.25 {
+            return None;
         }
+        let per_row = (xy - x * y) / variance;
+        let base = y - per_row * x;
+        (per_row > 0.0 && base >= 0.0).then_some((base, per_row))
+    }
+
+    /// Prompt tokens that take about as long as a step of `generating` rows: a running
+    /// reply's gap between tokens at most doubles while a newcomer's prompt runs.
+    fn chunk(&self, generating: usize) -> usize {
+        let tokens = match self.cost() {
+            Some((base, per_row)) => (base / per_row) as usize + generating,
+            None => generating.max(8),
+        };
+        tokens.clamp(1, SLICE_PATH_MAX_TOKENS - 1)
     }
 }
 
@@ -336,18 +351,25 @@ impl Llm {
             .filter(|&i| live(running[i]) && !running[i].is_generating())
             .collect();
         // What joins this step, as (generation, tokens to run): every generated token, and
-        // prompts. With replies running, one prompt's chunk, paced; with none, every prompt
-        // whole, the short ones in this pass and the long ones on the tensor path (a GEMM).
+        // prompts. With replies running, a chunk of paced size from the first prompts in line;
+        // with none, every prompt whole, the short ones in this pass and the long ones on the tensor path (a GEMM).
         let mut batch: Vec<(usize, usize)> = Vec::new();
         for &i in &generating {
             batch.push((i, 1));
         }
         let mut long_prompts = Vec::new();
+        // The chunk's tokens are shared by the waiting prompts in order.
+        let mut budget = self.pace.chunk(generating.len());
         for &i in &waiting {
             let left = running[i].prompt.len() - running[i].position;
             if !generating.is_empty() {
-                batch.push((i, left.min(self.pace.chunk())));
-                break;
+                if budget == 0 {
+                    break;
+                }
+                let take = left.min(budget);
+                batch.push((i, take));
+                budget -= take;
+                continue;
             }
             if left < SLICE_PATH_MAX_TOKENS {
                 batch.push((i, left));
@@ -357,7 +379,6 @@ impl Llm {
         }
         for i in long_prompts {
             let generation = &mut *running[i];
-            let started = Instant::now();
             let tokens = &generation.prompt[generation.position..];
             let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
             let cache = &mut self.slots[generation.slot].cache;
@@ -365,10 +386,6 @@ impl Llm {
                 .weights
                 .forward(cache, &input, generation.position)?
                 .squeeze(0)?;
-            Pace::record(
-                &mut self.pace.prompt_token,
-                started.elapsed().as_secs_f64() / tokens.len() as f64,
-            );
             generation.position = generation.prompt.len();
             self.slots[generation.slot].prompt_logits = Some((generation.position, logits.clone()));
             self.sample(generation, &logits, &mut |text| on_text(i, text))?;
@@ -402,19 +419,8 @@ impl Llm {
                 .collect();
             self.weights.forward_tokens(&mut sequences)?
         };
-        let elapsed = started.elapsed().as_secs_f64();
-        let prompt_rows: usize = batch
-            .iter()
-            .filter(|(i, _)| running[*i].next.is_none())
-            .map(|(_, count)| count)
-            .sum();
-        match (prompt_rows, self.pace.step) {
-            (0, _) => Pace::record(&mut self.pace.step, elapsed),
-            (rows, Some(step)) if !generating.is_empty() && elapsed > step => {
-                Pace::record(&mut self.pace.prompt_token, (elapsed - step) / rows as f64)
-            }
-            _ => {}
-        }
+        let rows: usize = batch.iter().map(|(_, count)| count).sum();
+        self.pace.record(rows, started.elapsed().as_secs_f64());
         let wanting = batch
             .iter()
             .filter(|&&(i, count)| {

@@ -51,6 +51,44 @@ impl Chat for Client {
     }
 }
 
+/// A client process of its own (`cpipe chat chat`): the protocol allows one connection per
+/// process and server, so clients at once are processes, as they are in real use. Timing
+/// starts before the process does, so its start-up counts against cpipe.
+struct ProcessClient {
+    dir: PathBuf,
+}
+
+impl Chat for ProcessClient {
+    fn chat(&mut self, request: Value) -> Result<Stream> {
+        use std::io::BufRead;
+        let start = Instant::now();
+        let mut child = Peer(
+            Command::new(std::env::current_exe()?)
+                .env("CPIPE_DIR", &self.dir)
+                .env_remove("CPIPE_LOG")
+                .args(["chat", "chat", "--timeout", "300", "-j"])
+                .arg(request.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()?,
+        );
+        let stdout = child.0.stdout.take().context("no stdout")?;
+        let (mut times, mut reply) = (Vec::new(), String::new());
+        for line in std::io::BufReader::new(stdout).lines() {
+            let event: Value = serde_json::from_str(&line?)?;
+            if event["event"] == "error" {
+                bail!("chat failed: {}", event["message"]);
+            }
+            if let Some(text) = event["text"].as_str().filter(|t| !t.is_empty()) {
+                times.push(Instant::now());
+                reply.push_str(text);
+            }
+        }
+        ensure!(child.0.wait()?.success(), "the client process failed");
+        Stream::from_times(start, &times, reply)
+    }
+}
+
 impl Chat for Http {
     fn chat(&mut self, request: Value) -> Result<Stream> {
         Http::chat(self, "model", request)
@@ -129,8 +167,8 @@ fn conversation(connection: &mut dyn Chat, topic: usize) -> Result<Vec<f64>> {
     Ok(firsts)
 }
 
-/// The cpipe chat server under test.
-fn start_cpipe(model: &str, slots: usize, dir: &Path) -> Result<(Peer, Vec<Client>)> {
+/// The cpipe chat server under test, and a client of this process.
+fn start_cpipe(model: &str, slots: usize, dir: &Path) -> Result<(Peer, Client)> {
     let server = Peer(
         Command::new(std::env::current_exe()?)
             .args(["--serve", "chat", "--model", model])
@@ -146,19 +184,18 @@ fn start_cpipe(model: &str, slots: usize, dir: &Path) -> Result<(Peer, Vec<Clien
         timeout: Some(Duration::from_secs(300)),
     };
     let started = Instant::now();
-    let mut clients = Vec::new();
-    while clients.len() < slots {
+    let mut client = loop {
         match Client::connect_with("chat", &options) {
-            Ok(c) => clients.push(c),
+            Ok(c) => break c,
             Err(_) if started.elapsed() < Duration::from_secs(60) => {
                 std::thread::sleep(Duration::from_millis(20))
             }
             Err(e) => bail!("the chat server did not start: {e}"),
         }
-    }
-    // Loads the model.
-    clients[0].call("chat_blocking", request(&[system()], 1))?;
-    Ok((server, clients))
+    };
+    // Waits for the model.
+    client.call("chat_blocking", request(&[system()], 1))?;
+    Ok((server, client))
 }
 
 /// llama-server with `slots` parallel sequences, and a connection per client.
@@ -235,7 +272,10 @@ pub fn run(model: &str, clients: usize, repetitions: usize, llama: &Path) -> Res
         CONTEXT_PER_SLOT
     );
 
-    let (cpipe_server, mut ours) = start_cpipe(model, clients, &dir)?;
+    let (cpipe_server, mut our_client) = start_cpipe(model, clients, &dir)?;
+    let mut ours: Vec<ProcessClient> = (0..clients)
+        .map(|_| ProcessClient { dir: dir.clone() })
+        .collect();
     let (llama_server, mut theirs) = start_llama(llama, &path, threads, clients)?;
     // Rounds alternate between the servers, so both meet the machine's moods alike. Only
     // one server works at a time: the other idles.
@@ -248,9 +288,8 @@ pub fn run(model: &str, clients: usize, repetitions: usize, llama: &Path) -> Res
         let (r, back) = all_at_once(theirs, round)?;
         theirs = back;
         their_rounds.push(r);
-        let one = vec![ours.pop().expect("a client")];
-        let (r, mut back) = all_at_once(one, round + 1000)?;
-        ours.append(&mut back);
+        let (r, back) = all_at_once(vec![our_client], round + 1000)?;
+        our_client = back.into_iter().next().expect("the client");
         our_single.push(r);
         let one = vec![theirs.pop().expect("a connection")];
         let (r, mut back) = all_at_once(one, round + 1000)?;
@@ -259,7 +298,7 @@ pub fn run(model: &str, clients: usize, repetitions: usize, llama: &Path) -> Res
     }
     let (mut our_turns, mut their_turns) = (Vec::new(), Vec::new());
     for round in 0..repetitions {
-        our_turns.push(conversation(&mut ours[0], round)?);
+        our_turns.push(conversation(&mut our_client, round)?);
         their_turns.push(conversation(&mut theirs[0], round)?);
     }
     let our_memory = resident_mb(cpipe_server.0.id());
