@@ -290,6 +290,19 @@ pub struct Usage {
     pub finish_reason: FinishReason,
 }
 
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// A `tokenizer.json` to use instead of the one rebuilt from the GGUF (needed for
+    /// SentencePiece vocabularies, which GGUF metadata cannot rebuild).
+    pub tokenizer_json: Option<std::path::PathBuf>,
+    /// Also keep the weights in f32 for prompt processing (a GEMM): up to twice the prompt
+    /// speed for formats whose blocks have no fast multi-row kernel here (Q8_0, Q5_x, which
+    /// many small models mix in), at 4 to 8 times the model's memory. Off, prompts run on the
+    /// quantized blocks, and the model takes about its file's size.
+    pub dense_prompts: bool,
+}
+
 /// A loaded chat model: weights, tokenizer and chat template, resident until dropped.
 pub struct Llm {
     weights: transformer::Transformer,
@@ -324,16 +337,16 @@ struct SharedPrefix {
 impl Llm {
     /// Loads a GGUF file onto `device`, with the tokenizer rebuilt from its metadata.
     pub fn load(path: &Path, device: &Device) -> Result<Self, LlmError> {
-        Self::load_with_tokenizer(path, None, device)
+        Self::load_with(path, device, &LoadOptions::default())
     }
 
-    /// Loads a GGUF file onto `device`, taking the tokenizer from a `tokenizer.json` when one is
-    /// given (needed for SentencePiece vocabularies, which GGUF metadata cannot rebuild).
-    pub fn load_with_tokenizer(
+    /// Loads a GGUF file onto `device` with `options`.
+    pub fn load_with(
         path: &Path,
-        tokenizer_json: Option<&Path>,
         device: &Device,
+        options: &LoadOptions,
     ) -> Result<Self, LlmError> {
+        let tokenizer_json = options.tokenizer_json.as_deref();
         let read_error = |message: String| LlmError::Read {
             path: path.display().to_string(),
             message,
@@ -398,6 +411,7 @@ impl Llm {
             device,
             &architecture,
             context_length,
+            options.dense_prompts,
         )
         .map_err(|e| read_error(format!("cannot load the weights ({e})")))?;
         tracing::info!(%name, %architecture, context_length, "model loaded");

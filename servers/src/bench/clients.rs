@@ -168,10 +168,11 @@ fn conversation(connection: &mut dyn Chat, topic: usize) -> Result<Vec<f64>> {
 }
 
 /// The cpipe chat server under test, and a client of this process.
-fn start_cpipe(model: &str, slots: usize, dir: &Path) -> Result<(Peer, Client)> {
+fn start_cpipe(model: &str, slots: usize, dir: &Path, dense: bool) -> Result<(Peer, Client)> {
     let server = Peer(
         Command::new(std::env::current_exe()?)
             .args(["--serve", "chat", "--model", model])
+            .args(dense.then_some("--dense-prompts"))
             .args(["--parallel", &slots.to_string()])
             .args(["--ctx", &(slots * CONTEXT_PER_SLOT).to_string()])
             .arg("--dir")
@@ -252,7 +253,13 @@ fn medians(rounds: &[Round]) -> [f64; 4] {
 }
 
 /// Runs the many-clients and conversation benchmarks and prints their table.
-pub fn run(model: &str, clients: usize, repetitions: usize, llama: &Path) -> Result<()> {
+pub fn run(
+    model: &str,
+    clients: usize,
+    repetitions: usize,
+    llama: &Path,
+    dense_prompts: bool,
+) -> Result<()> {
     ensure!(
         (1..=64).contains(&clients),
         "--clients must be from 1 to 64, got {clients}"
@@ -272,7 +279,7 @@ pub fn run(model: &str, clients: usize, repetitions: usize, llama: &Path) -> Res
         CONTEXT_PER_SLOT
     );
 
-    let (cpipe_server, mut our_client) = start_cpipe(model, clients, &dir)?;
+    let (cpipe_server, mut our_client) = start_cpipe(model, clients, &dir, dense_prompts)?;
     let mut ours: Vec<ProcessClient> = (0..clients)
         .map(|_| ProcessClient { dir: dir.clone() })
         .collect();

@@ -9,10 +9,12 @@
 //! - a quantized one for generation (one row per step). Q4_1, Q8_0, Q4_K and Q6_K run on this
 //!   crate's own kernels (`quant/`); Q5_x and Q8_1, which have no SIMD kernel in candle, are
 //!   repacked at load into Q8_0; the rest run on candle's;
-//! - for prompt processing (many rows: compute-bound), a dense f32 copy for a GEMM, kept while
-//!   the whole dense model fits in [`DENSE_BUDGET_BYTES`]; beyond it, candle's tiled kernels
-//!   for Q4_K, Q6_K and Q8_0 (sharing the blocks; candle adds its tiled repacking on the first
-//!   prompt), else this crate's kernels.
+//! - for prompt processing (many rows: compute-bound), short chunks (under
+//!   [`SLICE_PATH_MAX_TOKENS`]) take the same slice path as generated tokens, so a prompt's
+//!   results do not depend on how it was split; longer prompts run on candle's tiled kernels for
+//!   Q4_K and Q6_K (sharing the blocks; candle adds its tiled repacking on the first prompt),
+//!   else this crate's kernels; or, when asked (`dense_prompts`) and while the whole dense
+//!   model fits in [`DENSE_BUDGET_BYTES`], a GEMM on a dense f32 copy.
 
 mod embeddings;
 mod kv;
@@ -74,12 +76,15 @@ pub(super) struct Transformer {
 
 impl Transformer {
     /// Loads a `llama`, `qwen2` or `qwen3` GGUF; `max_positions` bounds the context.
+    /// `dense_prompts` also keeps an f32 copy of each matrix for prompts (within
+    /// [`DENSE_BUDGET_BYTES`]).
     pub(super) fn load<R: std::io::Read + std::io::Seek>(
         content: &gguf_file::Content,
         reader: &mut R,
         device: &Device,
         arch: &str,
         max_positions: usize,
+        dense_prompts: bool,
     ) -> Result<Self> {
         let key = |k: &str| format!("{arch}.{k}");
         let dim = meta(content, &key("embedding_length"))?;
@@ -101,8 +106,9 @@ impl Transformer {
             .filter(|t| t.shape.dims().len() == 2)
             .map(|t| t.shape.elem_count() * 4)
             .sum();
-        let dense = matches!(device, Device::Cpu) && dense_bytes <= DENSE_BUDGET_BYTES;
-        if !dense {
+        let dense =
+            dense_prompts && matches!(device, Device::Cpu) && dense_bytes <= DENSE_BUDGET_BYTES;
+        if dense_prompts && !dense {
             tracing::info!(
                 "prompts run on the quantized kernels (a dense copy would take {} MiB)",
                 dense_bytes >> 20
@@ -507,7 +513,7 @@ mod tests {
     fn the_slice_path_computes_what_the_tensor_path_does() -> Result<()> {
         let mut file = std::fs::File::open(smollm2())?;
         let content = gguf_file::Content::read(&mut file)?;
-        let mut model = Transformer::load(&content, &mut file, &Device::Cpu, "llama", 64)?;
+        let mut model = Transformer::load(&content, &mut file, &Device::Cpu, "llama", 64, true)?;
         assert!(model.slice_path);
         let slices = run(&model)?;
         model.slice_path = false;
@@ -658,7 +664,7 @@ mod tests {
             let bytes = tiny_gguf(arch, format)?;
             let content = || gguf_file::Content::read(&mut std::io::Cursor::new(&bytes));
             let mut reader = std::io::Cursor::new(&bytes);
-            let ours = Transformer::load(&content()?, &mut reader, &Device::Cpu, arch, 64)?;
+            let ours = Transformer::load(&content()?, &mut reader, &Device::Cpu, arch, 64, true)?;
             let mut cache = ours.new_cache();
             let mut reference: Forward = match arch {
                 "llama" => {

@@ -267,7 +267,7 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
         };
         if own_kernels {
             if let Some(matrix) = QuantMatrix::from_qtensor(q.clone())? {
-                let tiled = matches!(q.dtype(), GgmlDType::Q4K | GgmlDType::Q6K | GgmlDType::Q8_0);
+                let tiled = matches!(q.dtype(), GgmlDType::Q4K | GgmlDType::Q6K);
                 let prompts = match dense {
                     None if tiled => Some(QMatMul::from_arc(q)?),
                     _ => None,
