@@ -413,3 +413,25 @@ fn each_conversation_keeps_its_own_slot() {
         "{second_b:?}"
     );
 }
+
+/// A conversation with a system prompt of its own (not the shared start) finds its slot again
+/// among several: the same question again starts from the held logits.
+#[test]
+fn a_repeated_question_finds_its_slot_among_several() {
+    let mut llm = llm();
+    llm.share_prefix(None).unwrap();
+    llm.set_parallel(4, 8192).unwrap();
+    let params = GenerationParams {
+        max_tokens: 16,
+        ..GenerationParams::default()
+    };
+    let question = [
+        ChatMessage::system("You are a helpful assistant."),
+        ChatMessage::user("What is the capital of France?"),
+    ];
+    let (first, _) = run(&mut llm, &question, &params);
+    let (again, usage) = run(&mut llm, &question, &params);
+    llm.set_parallel(1, 8192).unwrap();
+    assert_eq!(usage.cached_prompt_tokens, usage.prompt_tokens, "{usage:?}");
+    assert_eq!(again, first);
+}

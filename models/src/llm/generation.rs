@@ -231,7 +231,11 @@ impl Llm {
         // A slot continues a conversation when the prompt shares most of what it holds beyond
         // the shared prefix (which any slot gets), as llama-server's slot similarity does: a
         // new conversation must not take the slot of another that merely starts alike.
-        let prefix = self.shared_prefix.as_ref().map_or(0, |p| p.tokens.len());
+        let prefix = self
+            .shared_prefix
+            .as_ref()
+            .filter(|p| prompt.starts_with(&p.tokens))
+            .map_or(0, |p| p.tokens.len());
         let slot = self
             .slots
             .iter()
