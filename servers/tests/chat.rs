@@ -414,3 +414,43 @@ fn memory_comes_back_after_a_long_prompt() {
         "resident {resting} kB at rest, {after} kB after a {prompt}-token prompt"
     );
 }
+
+/// Absurd `--parallel` and `--ctx` values are refused at start with what to give instead; a
+/// request that can never fit the context budget gets an error saying so, and `get_state`
+/// shows the slots.
+#[test]
+fn slots_and_the_context_budget_are_checked_and_shown() {
+    let dir = TestDir::new("chatslots");
+    for (flag, value, says) in [
+        ("--parallel", "0", "--parallel"),
+        ("--parallel", "100000", "--parallel"),
+        ("--ctx", "3", "--ctx must be at least 16"),
+    ] {
+        let out = dir.run(&["--serve", "chat", "--model", "smollm2", flag, value]);
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        assert!(
+            text(&out.stderr).contains(says),
+            "{flag} {value}: {}",
+            text(&out.stderr)
+        );
+    }
+    let _server = dir.serve_loaded(
+        "chat",
+        &["--model", "smollm2", "--parallel", "2", "--ctx", "200"],
+    );
+    let mut c = client(&dir);
+    let state = c.call("get_state", json!({})).unwrap();
+    assert_eq!(state[0].get("slots"), Some(&json!(2)), "{state:?}");
+    let mut args = question("Hi");
+    args["max_tokens"] = json!(500);
+    let error = c.call("chat", args).unwrap_err().to_string();
+    assert!(error.contains("--ctx"), "{error}");
+    let reply = c.call("chat_blocking", question("Hi")).unwrap();
+    assert!(reply[0].str("text").is_some(), "{reply:?}");
+    let state = c.call("get_state", json!({})).unwrap();
+    assert_eq!(state[0].get("slots"), Some(&json!(2)), "{state:?}");
+    assert_eq!(state[0].get("slots_busy"), Some(&json!(0)), "{state:?}");
+    let config = c.call("get_config", json!({})).unwrap();
+    assert_eq!(config[0].get("parallel"), Some(&json!(2)), "{config:?}");
+    assert_eq!(config[0].get("ctx"), Some(&json!(200)), "{config:?}");
+}

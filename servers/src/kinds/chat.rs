@@ -250,6 +250,10 @@ impl Engine for ChatEngine {
     type Output = Usage;
     const BUSY: StateName = ServerState::Inferring.name();
 
+    fn ready(&mut self) {
+        self.publish_status(0);
+    }
+
     /// One reply alone; the worker calls [`Engine::run_admitted`], which runs many.
     fn run(&mut self, job: Job, work: &Work<String>) -> Result<Usage, ToolError> {
         self.llm
