@@ -435,3 +435,23 @@ fn a_repeated_question_finds_its_slot_among_several() {
     assert_eq!(usage.cached_prompt_tokens, usage.prompt_tokens, "{usage:?}");
     assert_eq!(again, first);
 }
+
+/// A generation dropped without being ended (its caller panicked) keeps its slot until
+/// `free_abandoned_slots`, which the chat server calls before each run.
+#[test]
+fn slots_of_abandoned_generations_are_freed() {
+    let mut llm = llm();
+    llm.set_parallel(2, 8192).unwrap();
+    let prompt = llm.encode(&llm.render_chat(&user("Hi")).unwrap()).unwrap();
+    let params = GenerationParams::default();
+    let abandoned = llm.start(prompt.clone(), &params).unwrap();
+    drop(abandoned);
+    assert_eq!(llm.busy_slots(), 1);
+    llm.free_abandoned_slots();
+    assert_eq!(llm.busy_slots(), 0);
+    let usage = llm
+        .generate(&prompt, &params, |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert!(usage.completion_tokens > 0);
+    llm.set_parallel(1, 8192).unwrap();
+}

@@ -171,6 +171,18 @@ impl Llm {
         Ok(())
     }
 
+    /// Frees the slots of generations that were never ended (their caller panicked mid-step):
+    /// what those slots hold may be part of a step, so it is dropped. Call it when no
+    /// [`Generation`] is alive.
+    pub fn free_abandoned_slots(&mut self) {
+        for slot in self.slots.iter_mut().filter(|s| s.reserved > 0) {
+            tracing::warn!("a slot left by an interrupted generation is freed");
+            slot.reserved = 0;
+            slot.held.clear();
+            slot.prompt_logits = None;
+        }
+    }
+
     /// Drops what the free slots hold for the next turns of their conversations.
     pub(super) fn forget_conversations(&mut self) {
         for slot in self.slots.iter_mut().filter(|s| s.reserved == 0) {

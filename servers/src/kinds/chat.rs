@@ -269,6 +269,8 @@ impl Engine for ChatEngine {
     /// Continuous batching: takes requests from the line while there is room, steps every
     /// running reply together, and ends when none runs and none waits.
     fn run_admitted(&mut self, first: Admitted<Self>, line: &Line<'_, Self>) {
+        // A panic in an earlier run dropped its generations without ending them.
+        self.llm.free_abandoned_slots();
         let mut running: Vec<Running> = Vec::new();
         let mut waiting = self.prepare(first);
         loop {
