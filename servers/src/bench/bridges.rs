@@ -316,6 +316,52 @@ pub(super) fn wait_listening(address: &str, what: &str, within: Duration) -> Res
     Ok(())
 }
 
+/// llama-server where `scripts/build-llama-server.sh` builds it.
+pub(super) fn default_llama_server() -> PathBuf {
+    super::tools_dir().join("llama.cpp/build/bin/llama-server")
+}
+
+/// Starts llama-server on `model` with `threads`, a context of `ctx` tokens split over
+/// `slots` parallel sequences, on a free loopback port; returns once it answers `warm` (it
+/// listens before its model is loaded, and answers 503 until then), with its address.
+pub(super) fn start_llama_server(
+    llama: &Path,
+    model: &Path,
+    threads: usize,
+    ctx: usize,
+    slots: usize,
+    warm: Value,
+) -> Result<(Peer, String)> {
+    let port = free_port()?;
+    let server = Peer(
+        Command::new(llama)
+            .arg("-m")
+            .arg(model)
+            .args(["-t", &threads.to_string()])
+            .args(["-c", &ctx.to_string()])
+            .args(["-np", &slots.to_string()])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", llama.display()))?,
+    );
+    let address = format!("127.0.0.1:{port}");
+    wait_listening(&address, "llama-server", Duration::from_secs(60))?;
+    let started = Instant::now();
+    while Http::connect(&address)?
+        .chat("model", warm.clone())
+        .is_err()
+    {
+        ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "llama-server did not load the model"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok((server, address))
+}
+
 /// A free TCP port on loopback.
 pub(super) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -466,41 +512,12 @@ pub fn run(options: &BridgesBench) -> Result<()> {
     let llama = options
         .llama_server
         .clone()
-        .unwrap_or_else(|| super::tools_dir().join("llama.cpp/build/bin/llama-server"));
+        .unwrap_or_else(default_llama_server);
     if llama.exists() {
         let path = crate::kinds::chat::model_source(&options.model)?.resolve()?;
-        let port = free_port()?;
-        let peer = Peer(
-            Command::new(&llama)
-                .arg("-m")
-                .arg(&path)
-                .args([
-                    "-t",
-                    &threads.to_string(),
-                    "-c",
-                    "4096",
-                    "-np",
-                    "1",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port.to_string(),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .with_context(|| format!("cannot start {}", llama.display()))?,
-        );
-        let llama_address = format!("127.0.0.1:{port}");
-        wait_listening(&llama_address, "llama-server", Duration::from_secs(60))?;
-        let mut anchor = loop {
-            // It listens before its model is loaded and answers 503 until then.
-            let mut client = Http::connect(&llama_address)?;
-            if client.chat("model", chat_request(0)).is_ok() {
-                break client;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let (peer, llama_address) =
+            start_llama_server(&llama, &path, threads, 4096, 1, chat_request(0))?;
+        let mut anchor = Http::connect(&llama_address)?;
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for round in 1..=repetitions {
             ours.push(http.chat("chat", chat_request(round + 1000))?);

@@ -240,7 +240,7 @@ pub fn run(options: &ChatBench) -> Result<()> {
         let llama = options
             .llama_server
             .clone()
-            .unwrap_or_else(super::clients::default_llama_server);
+            .unwrap_or_else(super::bridges::default_llama_server);
         return super::clients::run(
             &options.model,
             clients,

@@ -5,14 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use pipe_core::{Client, ConnectOptions};
+use pipe_core::Client;
 use serde_json::{json, Value};
 
-use super::bridges::{free_port, pipe_chat, wait_listening, Http, Peer, Stream};
-use super::{median, resident_mb};
+use super::bridges::{pipe_chat, start_llama_server, Http, Peer, Stream};
+use super::{connect_ready, median, resident_mb, serve, BenchServer};
 
 /// Tokens each client asks for.
 const REPLY_TOKENS: usize = 128;
@@ -167,35 +167,29 @@ fn conversation(connection: &mut dyn Chat, topic: usize) -> Result<Vec<f64>> {
     Ok(firsts)
 }
 
-/// The cpipe chat server under test, and a client of this process.
-fn start_cpipe(model: &str, slots: usize, dir: &Path, dense: bool) -> Result<(Peer, Client)> {
-    let server = Peer(
-        Command::new(std::env::current_exe()?)
-            .args(["--serve", "chat", "--model", model])
-            .args(dense.then_some("--dense-prompts"))
-            .args(["--parallel", &slots.to_string()])
-            .args(["--ctx", &(slots * CONTEXT_PER_SLOT).to_string()])
-            .arg("--dir")
-            .arg(dir)
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let options = ConnectOptions {
-        dir: dir.to_path_buf(),
-        timeout: Some(Duration::from_secs(300)),
-    };
-    let started = Instant::now();
-    let mut client = loop {
-        match Client::connect_with("chat", &options) {
-            Ok(c) => break c,
-            Err(_) if started.elapsed() < Duration::from_secs(60) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => bail!("the chat server did not start: {e}"),
-        }
-    };
-    // Waits for the model.
-    client.call("chat_blocking", request(&[system()], 1))?;
+/// The cpipe chat server under test, and a client of this process once the model loaded.
+fn start_cpipe(
+    model: &str,
+    slots: usize,
+    dir: &Path,
+    dense: bool,
+) -> Result<(BenchServer, Client)> {
+    let ctx = (slots * CONTEXT_PER_SLOT).to_string();
+    let slots = slots.to_string();
+    let mut args = vec![
+        "chat",
+        "--model",
+        model,
+        "--parallel",
+        &slots,
+        "--ctx",
+        &ctx,
+    ];
+    if dense {
+        args.push("--dense-prompts");
+    }
+    let server = serve(dir, &args)?;
+    let client = connect_ready(dir, "chat")?;
     Ok((server, client))
 }
 
@@ -206,35 +200,9 @@ fn start_llama(
     threads: usize,
     slots: usize,
 ) -> Result<(Peer, Vec<Http>)> {
-    let port = free_port()?;
-    let server = Peer(
-        Command::new(llama)
-            .arg("-m")
-            .arg(model)
-            .args(["-t", &threads.to_string()])
-            .args(["-c", &(slots * CONTEXT_PER_SLOT).to_string()])
-            .args(["-np", &slots.to_string()])
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {}", llama.display()))?,
-    );
-    let address = format!("127.0.0.1:{port}");
-    wait_listening(&address, "llama-server", Duration::from_secs(60))?;
-    let started = Instant::now();
-    loop {
-        // It listens before its model is loaded and answers 503 until then.
-        let mut client = Http::connect(&address)?;
-        if client.chat("model", request(&[system()], 1)).is_ok() {
-            break;
-        }
-        ensure!(
-            started.elapsed() < Duration::from_secs(120),
-            "llama-server did not load the model"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let warm = request(&[system()], 1);
+    let (server, address) =
+        start_llama_server(llama, model, threads, slots * CONTEXT_PER_SLOT, slots, warm)?;
     let connections = (0..slots)
         .map(|_| Http::connect(&address))
         .collect::<Result<_>>()?;
@@ -308,7 +276,7 @@ pub fn run(
         our_turns.push(conversation(&mut our_client, round)?);
         their_turns.push(conversation(&mut theirs[0], round)?);
     }
-    let our_memory = resident_mb(cpipe_server.0.id());
+    let our_memory = resident_mb(cpipe_server.pid());
     let their_memory = resident_mb(llama_server.0.id());
     drop((cpipe_server, llama_server));
     let _ = std::fs::remove_dir_all(&dir);
@@ -376,9 +344,4 @@ pub fn run(
         "(lower is better)",
     );
     Ok(())
-}
-
-/// llama-server where `scripts/build-llama-server.sh` builds it.
-pub fn default_llama_server() -> PathBuf {
-    super::tools_dir().join("llama.cpp/build/bin/llama-server")
 }
