@@ -1,14 +1,19 @@
-//! Matrix-vector products on quantized weights kept as the GGUF stores them, for generation
-//! (one token per step) and short prompts.
+//! Matrix products on quantized weights kept as the GGUF stores them: generation (one token
+//! per sequence per step), batches of sequences, and prompts.
 //!
-//! Generation reads every weight once per token, so its speed is the speed of these loops.
-//! candle has no SIMD kernel for Q4_1 (SmolLM2's offline format), and its Q8_0 one (the
-//! output layer's) hands rows to rayon. Here, as llama.cpp does, the input vector is quantized
-//! to 8 bits per block of 32 (with its scale and scaled sum), each format's kernel multiplies
-//! blocks as integers, and rows are shared out over candle's own spinning thread pool.
+//! Generation reads every weight once per token, so its speed is the speed of these loops;
+//! prompts and batches multiply each weight by many inputs, so theirs is how well a weight
+//! block, once unpacked, serves them. As llama.cpp does, the inputs are quantized to 8 bits per
+//! block of 32 (with its scale and scaled sum), each format's kernel multiplies blocks as
+//! integers, and rows are shared out over candle's own spinning thread pool. The 32-weight
+//! formats share one tiled kernel (`block32`); the k-quants have one each.
 
+mod block32;
+mod q4_0;
 mod q4_1;
 mod q4_k;
+mod q5_0;
+mod q5_1;
 mod q6_k;
 mod q8_0;
 
@@ -18,20 +23,30 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{bail, Result};
 
+use block32::Block32;
+
 /// Weights (and input values) per block.
 const BLOCK: usize = 32;
 
-/// One row's blocks against `N` quantized inputs: a format's kernel.
-type Kernel<const N: usize> = fn(&[u8], [&QuantizedInput; N]) -> [f32; N];
+/// `R` rows' blocks against `N` quantized inputs: a format's kernel.
+type Kernel<const R: usize, const N: usize> = fn([&[u8]; R], [&QuantizedInput; N]) -> [[f32; N]; R];
 
-/// Inputs a kernel takes at once when there are that many (prompt tokens): each block of a
-/// row is unpacked once for all of them.
+/// Inputs a kernel takes at once when there are that many (prompt tokens, or sequences of a
+/// batch): each block of a row is unpacked once for all of them.
 const GROUP: usize = 4;
+
+/// Rows a kernel takes at once for a group of inputs: each input block is loaded once for all
+/// of them. Two keep a tile's accumulators (`2 × TILE_ROWS × GROUP`, plus their offsets)
+/// within AVX-512's 32 registers.
+const TILE_ROWS: usize = 2;
 
 /// The block formats with a kernel here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
+    Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
     Q4K,
     Q6K,
@@ -40,7 +55,10 @@ enum Format {
 impl Format {
     fn of(dtype: GgmlDType) -> Option<Self> {
         match dtype {
+            GgmlDType::Q4_0 => Some(Self::Q4_0),
             GgmlDType::Q4_1 => Some(Self::Q4_1),
+            GgmlDType::Q5_0 => Some(Self::Q5_0),
+            GgmlDType::Q5_1 => Some(Self::Q5_1),
             GgmlDType::Q8_0 => Some(Self::Q8_0),
             GgmlDType::Q4K => Some(Self::Q4K),
             GgmlDType::Q6K => Some(Self::Q6K),
@@ -59,12 +77,22 @@ impl Format {
         ),
         allow(dead_code)
     )]
-    fn scalar_kernel<const N: usize>(self) -> Kernel<N> {
+    fn scalar_kernel<const R: usize, const N: usize>(self) -> Kernel<R, N> {
+        fn each<const R: usize, const N: usize>(
+            rows: [&[u8]; R],
+            inputs: [&QuantizedInput; N],
+            dot: fn(&[u8], &QuantizedInput) -> f32,
+        ) -> [[f32; N]; R] {
+            rows.map(|row| inputs.map(|input| dot(row, input)))
+        }
         match self {
-            Self::Q4_1 => |blocks, inputs| inputs.map(|input| q4_1::dot_scalar(blocks, input)),
-            Self::Q8_0 => |blocks, inputs| inputs.map(|input| q8_0::dot_scalar(blocks, input)),
-            Self::Q4K => |blocks, inputs| inputs.map(|input| q4_k::dot_scalar(blocks, input)),
-            Self::Q6K => |blocks, inputs| inputs.map(|input| q6_k::dot_scalar(blocks, input)),
+            Self::Q4_0 => |rows, inputs| each(rows, inputs, block32::dot_scalar::<q4_0::Q4_0>),
+            Self::Q4_1 => |rows, inputs| each(rows, inputs, block32::dot_scalar::<q4_1::Q4_1>),
+            Self::Q5_0 => |rows, inputs| each(rows, inputs, block32::dot_scalar::<q5_0::Q5_0>),
+            Self::Q5_1 => |rows, inputs| each(rows, inputs, block32::dot_scalar::<q5_1::Q5_1>),
+            Self::Q8_0 => |rows, inputs| each(rows, inputs, block32::dot_scalar::<q8_0::Q8_0>),
+            Self::Q4K => |rows, inputs| each(rows, inputs, q4_k::dot_scalar),
+            Self::Q6K => |rows, inputs| each(rows, inputs, q6_k::dot_scalar),
         }
     }
 
@@ -75,17 +103,26 @@ impl Format {
         target_feature = "fma",
         target_feature = "f16c"
     ))]
-    fn kernel<const N: usize>(self) -> Kernel<N> {
-        match self {
-            // SAFETY: the build targets AVX2, FMA and F16C, so the CPU has them; the row and
+    fn kernel<const R: usize, const N: usize>(self) -> Kernel<R, N> {
+        /// The 32-weight formats' tiled kernel for `F`.
+        fn tiled<F: Block32, const R: usize, const N: usize>(
+            rows: [&[u8]; R],
+            inputs: [&QuantizedInput; N],
+        ) -> [[f32; N]; R] {
+            // SAFETY: the build targets AVX2, FMA and F16C, so the CPU has them; the rows and
             // the inputs have the same number of blocks (`QuantMatrix::matmul`).
-            Self::Q4_1 => |blocks, inputs| unsafe { q4_1::dot_avx2(blocks, inputs) },
-            // SAFETY: as for Q4_1.
-            Self::Q8_0 => |blocks, inputs| unsafe { q8_0::dot_avx2(blocks, inputs) },
-            // SAFETY: as for Q4_1.
-            Self::Q4K => |blocks, inputs| unsafe { q4_k::dot_avx2(blocks, inputs) },
-            // SAFETY: as for Q4_1.
-            Self::Q6K => |blocks, inputs| unsafe { q6_k::dot_avx2(blocks, inputs) },
+            unsafe { block32::dot_avx2::<F, R, N>(rows, inputs) }
+        }
+        match self {
+            Self::Q4_0 => tiled::<q4_0::Q4_0, R, N>,
+            Self::Q4_1 => tiled::<q4_1::Q4_1, R, N>,
+            Self::Q5_0 => tiled::<q5_0::Q5_0, R, N>,
+            Self::Q5_1 => tiled::<q5_1::Q5_1, R, N>,
+            Self::Q8_0 => tiled::<q8_0::Q8_0, R, N>,
+            // SAFETY: as for the tiled kernels.
+            Self::Q4K => |rows, inputs| rows.map(|row| unsafe { q4_k::dot_avx2(row, inputs) }),
+            // SAFETY: as for the tiled kernels.
+            Self::Q6K => |rows, inputs| rows.map(|row| unsafe { q6_k::dot_avx2(row, inputs) }),
         }
     }
 
@@ -95,7 +132,7 @@ impl Format {
         target_feature = "fma",
         target_feature = "f16c"
     )))]
-    fn kernel<const N: usize>(self) -> Kernel<N> {
+    fn kernel<const R: usize, const N: usize>(self) -> Kernel<R, N> {
         self.scalar_kernel()
     }
 }
@@ -171,7 +208,13 @@ impl QuantMatrix {
         let blocks = self.blocks();
         let mut out = vec![0.0f32; inputs.len() * self.rows];
         let row_bytes = self.row_bytes;
-        let (one, group) = (self.format.kernel::<1>(), self.format.kernel::<GROUP>());
+        let row = |i: usize| &blocks[i * row_bytes..(i + 1) * row_bytes];
+        let format = self.format;
+        let (tile_one, tile_group) = (
+            format.kernel::<TILE_ROWS, 1>(),
+            format.kernel::<TILE_ROWS, GROUP>(),
+        );
+        let (one, group) = (format.kernel::<1, 1>(), format.kernel::<1, GROUP>());
         let grouped = inputs.len() / GROUP * GROUP;
         // Each weight row's outputs are written by one worker only.
         let out_ptr = out.as_mut_ptr() as usize;
@@ -179,17 +222,41 @@ impl QuantMatrix {
             // SAFETY: `i * rows + row < out.len()`, and no other worker has this row.
             unsafe { *(out_ptr as *mut f32).add(i * self.rows + row) = value };
         };
-        candle_core::utils::barrier_pool().execute_chunked(self.rows, |range| {
-            for row in range {
-                let blocks = &blocks[row * row_bytes..(row + 1) * row_bytes];
-                for (g, inputs) in inputs[..grouped].chunks_exact(GROUP).enumerate() {
-                    let values = group(blocks, std::array::from_fn(|k| &inputs[k]));
-                    for (k, value) in values.into_iter().enumerate() {
-                        write(g * GROUP + k, row, value);
+        // A lone input (generation) streams its rows from memory one at a time: the hardware
+        // prefetches one stream better than two interleaved.
+        let tile_rows = if inputs.len() >= GROUP { TILE_ROWS } else { 1 };
+        let tiles = self.rows.div_ceil(tile_rows);
+        candle_core::utils::barrier_pool().execute_chunked(tiles, |range| {
+            for tile in range {
+                let first = tile * tile_rows;
+                if tile_rows == TILE_ROWS && first + TILE_ROWS <= self.rows {
+                    let rows: [&[u8]; TILE_ROWS] = std::array::from_fn(|r| row(first + r));
+                    for (g, group_inputs) in inputs[..grouped].chunks_exact(GROUP).enumerate() {
+                        let values = tile_group(rows, std::array::from_fn(|k| &group_inputs[k]));
+                        for (r, values) in values.into_iter().enumerate() {
+                            for (k, value) in values.into_iter().enumerate() {
+                                write(g * GROUP + k, first + r, value);
+                            }
+                        }
                     }
-                }
-                for (i, input) in inputs.iter().enumerate().skip(grouped) {
-                    write(i, row, one(blocks, [input])[0]);
+                    for (i, input) in inputs.iter().enumerate().skip(grouped) {
+                        for (r, [value]) in tile_one(rows, [input]).into_iter().enumerate() {
+                            write(i, first + r, value);
+                        }
+                    }
+                } else {
+                    for r in first..self.rows.min(first + tile_rows) {
+                        for (g, group_inputs) in inputs[..grouped].chunks_exact(GROUP).enumerate() {
+                            let [values] =
+                                group([row(r)], std::array::from_fn(|k| &group_inputs[k]));
+                            for (k, value) in values.into_iter().enumerate() {
+                                write(g * GROUP + k, r, value);
+                            }
+                        }
+                        for (i, input) in inputs.iter().enumerate().skip(grouped) {
+                            write(i, r, one([row(r)], [input])[0][0]);
+                        }
+                    }
                 }
             }
         });
@@ -232,8 +299,27 @@ fn sum_lanes(v: std::arch::x86_64::__m256) -> f32 {
 }
 
 /// Sums of four products of unsigned and signed bytes, in eight i32 lanes: one VNNI
-/// instruction where the CPU has it.
-#[cfg(all(target_arch = "x86_64", target_feature = "avxvnni"))]
+/// instruction where the CPU has it (AVX-512's on 256 bits, or AVX-VNNI).
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512vnni",
+    target_feature = "avx512vl"
+))]
+#[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+fn dot_u8_i8(
+    unsigned: std::arch::x86_64::__m256i,
+    signed: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), unsigned, signed)
+}
+
+/// The same with AVX-VNNI.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avxvnni",
+    not(all(target_feature = "avx512vnni", target_feature = "avx512vl"))
+))]
 #[target_feature(enable = "avx2,avxvnni")]
 fn dot_u8_i8(
     unsigned: std::arch::x86_64::__m256i,
@@ -248,7 +334,8 @@ fn dot_u8_i8(
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
-    not(target_feature = "avxvnni")
+    not(target_feature = "avxvnni"),
+    not(all(target_feature = "avx512vnni", target_feature = "avx512vl"))
 ))]
 #[target_feature(enable = "avx2")]
 fn dot_u8_i8(
@@ -265,8 +352,11 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     /// The formats with a kernel here.
-    const FORMATS: [GgmlDType; 4] = [
+    const FORMATS: [GgmlDType; 7] = [
+        GgmlDType::Q4_0,
         GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
         GgmlDType::Q8_0,
         GgmlDType::Q4K,
         GgmlDType::Q6K,
@@ -321,7 +411,7 @@ mod tests {
             let row_bytes = matrix.blocks().len() / rows;
             for (row, g) in got.iter().enumerate() {
                 let blocks = &matrix.blocks()[row * row_bytes..(row + 1) * row_bytes];
-                let [scalar] = matrix.format.scalar_kernel()(blocks, [&input]);
+                let [[scalar]] = matrix.format.scalar_kernel()([blocks], [&input]);
                 assert!(
                     (g - scalar).abs() <= 1e-4 * scale,
                     "{dtype:?}: {g} against {scalar}"
@@ -330,8 +420,9 @@ mod tests {
         }
     }
 
-    /// Six vectors take a group of four and two alone: each gets exactly the products it
-    /// gets alone, so how a prompt is split never changes its logits.
+    /// Six vectors take a group of four and two alone, and nine rows four tiles and one
+    /// alone: each vector gets exactly the products it gets alone, so how a prompt is split,
+    /// or what else runs in a batch, never changes its logits.
     #[test]
     fn several_vectors_give_each_its_own_products() {
         for dtype in FORMATS {
@@ -347,7 +438,7 @@ mod tests {
     #[test]
     fn other_formats_are_left_to_candle() {
         let w = Tensor::from_vec(values(256, 3), (1, 256), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q5K).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q3K).unwrap();
         assert!(QuantMatrix::from_qtensor(Arc::new(q)).unwrap().is_none());
     }
 }

@@ -27,10 +27,10 @@ pub(super) const DENSE_MIN_ROWS_BLOCKS: usize = 32;
 pub(super) enum Quantized {
     /// candle's kernels.
     Candle(QMatMul),
-    /// Blocks as stored, on this crate's CPU kernels; with no dense copy, prompts go to
-    /// candle's tiled kernels where it has them (Q4_K, Q6_K, Q8_0), which share the tensor
-    /// (and repack it into tiles on first use): they beat these one-row kernels from a few
-    /// rows on.
+    /// Blocks as stored, on this crate's CPU kernels; with no dense copy, k-quant prompts go
+    /// to candle's tiled kernels (Q4_K, Q6_K), which share the tensor (and repack it into
+    /// tiles on first use): they beat this crate's k-quant kernels from a few rows on. The
+    /// 32-weight formats have tiled kernels here.
     Blocks {
         matrix: QuantMatrix,
         prompts: Option<QMatMul>,
@@ -252,8 +252,8 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
         let own_kernels = matches!(self.device, Device::Cpu);
         // Formats with no SIMD kernel, in candle or here, are repacked into Q8_0.
         let repack = match q.dtype() {
-            GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1 => true,
-            GgmlDType::Q4_1 => !own_kernels,
+            GgmlDType::Q8_1 => true,
+            GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => !own_kernels,
             _ => false,
         };
         let q = if repack {

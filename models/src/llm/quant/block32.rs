@@ -1,0 +1,204 @@
+//! The kernel every 32-weight block format shares (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0). Each format
+//! only says how its block unpacks: a scale `d`, an offset `c` and 32 integers `q`, the weights
+//! being `d · q + c`. Against an input block (scale `d_x`, scaled sum `s_x`), a block
+//! contributes `d · d_x · Σ q q_x + c · s_x`.
+//!
+//! The SIMD kernel multiplies a tile of `R` rows by `N` inputs: each weight block is unpacked
+//! once for the `N` inputs and each input block loaded once for the `R` rows, which is what
+//! makes prompts and batches fast. Every (row, input) pair has its own accumulator, added to
+//! block by block in the same order whatever the tile, so a result never depends on what else
+//! ran with it.
+
+use super::{QuantizedInput, BLOCK};
+
+/// A 32-weight block format. Formats whose offset is a fixed multiple of `d` (Q4_0's `−8d`,
+/// Q5_0's `−16d`) unpack to signed integers with no offset instead: one product less per block.
+pub(super) trait Block32 {
+    /// Bytes per block.
+    const BYTES: usize;
+    /// Whether weights carry an offset `c`; when not, the kernel skips its sums.
+    const OFFSET: bool;
+    /// Whether `q` is signed (it is then unpacked as its magnitude and sign: the
+    /// unsigned-by-signed products the instructions take).
+    const SIGNED: bool;
+
+    /// `d`, `c` and the 32 integers of a block: the portable form.
+    fn weights(block: &[u8]) -> (f32, f32, [i32; BLOCK]);
+
+    /// The same in registers: the 32 integers as bytes, and `d` and `c` in lanes 0 and 1.
+    ///
+    /// # Safety
+    /// `block` points to `BYTES` readable bytes, and the CPU has AVX2, FMA and F16C.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    unsafe fn unpack(block: *const u8) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m128);
+}
+
+/// The portable kernel, and the reference for the SIMD one.
+pub(super) fn dot_scalar<F: Block32>(blocks: &[u8], input: &QuantizedInput) -> f32 {
+    let mut total = 0.0f32;
+    for (b, block) in blocks.chunks_exact(F::BYTES).enumerate() {
+        let (d, c, weights) = F::weights(block);
+        let values = &input.values[b * BLOCK..(b + 1) * BLOCK];
+        let products: i32 = weights
+            .iter()
+            .zip(values)
+            .map(|(&q, &x)| q * x as i32)
+            .sum();
+        let [scale, sum] = input.scale_sums[b];
+        total += d * scale * products as f32 + c * sum;
+    }
+    total
+}
+
+/// A tile: `R` rows of blocks (all the same length) against `N` inputs.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C, and each input has as many blocks as each row.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_avx2<F: Block32, const R: usize, const N: usize>(
+    rows: [&[u8]; R],
+    inputs: [&QuantizedInput; N],
+) -> [[f32; N]; R] {
+    use super::{dot_u8_i8, sum_lanes};
+    use std::arch::x86_64::*;
+    let blocks = rows[0].len() / F::BYTES;
+    // Two accumulators per pair, for even and odd blocks: with one, every block would wait on
+    // the last one's add, and a lone row (generation) could not keep enough loads in flight.
+    let mut scaled = [[[_mm256_setzero_ps(); 2]; N]; R];
+    let mut offsets = [[[_mm_setzero_ps(); 2]; N]; R];
+    for pair in 0..blocks.div_ceil(2) {
+        // A counted loop with a constant bound, unrolled, so the lane is a constant and the
+        // accumulators stay in registers.
+        for lane in 0..2 {
+            let b = 2 * pair + lane;
+            if b == blocks {
+                break;
+            }
+            // Per row: the integers (their magnitudes if signed), their signs, `d` and `c`.
+            let unpacked: [(__m256i, __m256i, __m128); R] = std::array::from_fn(|r| {
+                // SAFETY: every row holds `blocks` blocks of `BYTES` bytes; the CPU has the
+                // features.
+                let (weights, dc) = unsafe { F::unpack(rows[r].as_ptr().add(b * F::BYTES)) };
+                if F::SIGNED {
+                    (_mm256_sign_epi8(weights, weights), weights, dc)
+                } else {
+                    (weights, weights, dc)
+                }
+            });
+            for (k, input) in inputs.iter().enumerate() {
+                // SAFETY: the input has 32 values and one scale pair per block of the row.
+                let (values, input_scale, input_sum) = unsafe {
+                    let pair = input.scale_sums.as_ptr().add(b) as *const f32;
+                    (
+                        _mm256_loadu_si256(input.values.as_ptr().add(b * BLOCK) as *const __m256i),
+                        _mm256_broadcast_ss(&*pair),
+                        _mm_load_ss(pair.add(1)),
+                    )
+                };
+                for (r, &(weights, signs, dc)) in unpacked.iter().enumerate() {
+                    let values = if F::SIGNED {
+                        // The weight's sign moves onto the input: |w| × ±x.
+                        _mm256_sign_epi8(values, signs)
+                    } else {
+                        values
+                    };
+                    // SAFETY: `dot_u8_i8` is compiled only for target features this build has.
+                    let products = unsafe { dot_u8_i8(weights, values) };
+                    let factor = _mm256_mul_ps(_mm256_broadcastss_ps(dc), input_scale);
+                    let sums = &mut scaled[r][k][lane];
+                    *sums = _mm256_fmadd_ps(factor, _mm256_cvtepi32_ps(products), *sums);
+                    if F::OFFSET {
+                        let sums = &mut offsets[r][k][lane];
+                        *sums = _mm_fmadd_ss(_mm_movehdup_ps(dc), input_sum, *sums);
+                    }
+                }
+            }
+        }
+    }
+    std::array::from_fn(|r| {
+        std::array::from_fn(|k| {
+            let [even, odd] = scaled[r][k];
+            let [even_offsets, odd_offsets] = offsets[r][k];
+            sum_lanes(_mm256_add_ps(even, odd))
+                + _mm_cvtss_f32(_mm_add_ss(even_offsets, odd_offsets))
+        })
+    })
+}
+
+/// Four-bit values packed two to a byte, the first 16 weights in the low nibbles and the
+/// last 16 in the high ones, as 32 bytes.
+///
+/// # Safety
+/// `packed` points to 16 readable bytes.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn nibbles(packed: *const u8) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's promise.
+    let packed = unsafe { _mm_loadu_si128(packed as *const __m128i) };
+    let low_nibbles = _mm_set1_epi8(0x0F);
+    let low = _mm_and_si128(packed, low_nibbles);
+    let high = _mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles);
+    _mm256_set_m128i(high, low)
+}
+
+/// Which of 32 five-bit weights have their fifth bit set (bit `j` of `bits` for weight `j`): all
+/// ones in byte `j` where it is, zero where not.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx2")]
+pub(super) fn fifth_bits(bits: u32) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // Byte `j` takes the byte of `bits` that holds bit `j`...
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        ),
+    );
+    // ...and all its other bits are set: it is all ones exactly when bit `j` is.
+    let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1))
+}
+
+/// A block's `d` (and `m`) from its first two (four) bytes, in lanes 0 (and 1).
+///
+/// # Safety
+/// `block` points to four readable bytes.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn halves(block: *const u8) -> std::arch::x86_64::__m128 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's promise.
+    _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe {
+        (block as *const i32).read_unaligned()
+    }))
+}
