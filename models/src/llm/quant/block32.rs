@@ -65,18 +65,29 @@ pub(super) fn dot_scalar<F: Block32>(blocks: &[u8], input: &QuantizedInput) -> f
     target_feature = "fma",
     target_feature = "f16c"
 ))]
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vl",
+        target_feature = "avx512vnni",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ),
+    allow(dead_code)
+)]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_avx2<F: Block32, const R: usize, const N: usize>(
     rows: [&[u8]; R],
     inputs: [&QuantizedInput; N],
 ) -> [[f32; N]; R] {
-    use super::{dot_u8_i8, sum_lanes};
     use std::arch::x86_64::*;
     let blocks = rows[0].len() / F::BYTES;
     // Two accumulators per pair, for even and odd blocks: with one, every block would wait on
     // the last one's add, and a lone row (generation) could not keep enough loads in flight.
-    let mut scaled = [[[_mm256_setzero_ps(); 2]; N]; R];
-    let mut offsets = [[[_mm_setzero_ps(); 2]; N]; R];
+    let mut scaled = [[[_mm256_setzero_ps(); N]; R]; 2];
+    let mut offsets = [[[_mm_setzero_ps(); N]; R]; 2];
     for pair in 0..blocks.div_ceil(2) {
         // A counted loop with a constant bound, unrolled, so the lane is a constant and the
         // accumulators stay in registers.
@@ -85,55 +96,202 @@ pub(super) unsafe fn dot_avx2<F: Block32, const R: usize, const N: usize>(
             if b == blocks {
                 break;
             }
-            // Per row: the integers (their magnitudes if signed), their signs, `d` and `c`.
-            let unpacked: [(__m256i, __m256i, __m128); R] = std::array::from_fn(|r| {
-                // SAFETY: every row holds `blocks` blocks of `BYTES` bytes; the CPU has the
-                // features.
-                let (weights, dc) = unsafe { F::unpack(rows[r].as_ptr().add(b * F::BYTES)) };
-                if F::SIGNED {
-                    (_mm256_sign_epi8(weights, weights), weights, dc)
-                } else {
-                    (weights, weights, dc)
-                }
-            });
-            for (k, input) in inputs.iter().enumerate() {
-                // SAFETY: the input has 32 values and one scale pair per block of the row.
-                let (values, input_scale, input_sum) = unsafe {
-                    let pair = input.scale_sums.as_ptr().add(b) as *const f32;
-                    (
-                        _mm256_loadu_si256(input.values.as_ptr().add(b * BLOCK) as *const __m256i),
-                        _mm256_broadcast_ss(&*pair),
-                        _mm_load_ss(pair.add(1)),
-                    )
+            // SAFETY: the caller's promise.
+            unsafe { add_block::<F, R, N>(rows, inputs, b, &mut scaled[lane], &mut offsets[lane]) };
+        }
+    }
+    // SAFETY: the CPU has AVX2 and FMA.
+    unsafe { totals(scaled, offsets) }
+}
+
+/// Block `b` of each row against each input, added to the accumulators (one lane's).
+///
+/// # Safety
+/// As for `dot_avx2`, and `b` is a block of the rows.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn add_block<F: Block32, const R: usize, const N: usize>(
+    rows: [&[u8]; R],
+    inputs: [&QuantizedInput; N],
+    b: usize,
+    scaled: &mut [[std::arch::x86_64::__m256; N]; R],
+    offsets: &mut [[std::arch::x86_64::__m128; N]; R],
+) {
+    use super::dot_u8_i8;
+    use std::arch::x86_64::*;
+    // Per row: the integers (their magnitudes if signed), their signs, `d` and `c`.
+    let unpacked: [(__m256i, __m256i, __m128); R] = std::array::from_fn(|r| {
+        // SAFETY: `b` is a block of every row; the CPU has the features.
+        let (weights, dc) = unsafe { F::unpack(rows[r].as_ptr().add(b * F::BYTES)) };
+        if F::SIGNED {
+            (_mm256_sign_epi8(weights, weights), weights, dc)
+        } else {
+            (weights, weights, dc)
+        }
+    });
+    for (k, input) in inputs.iter().enumerate() {
+        // SAFETY: the input has 32 values and one scale pair per block of the row.
+        let (values, input_scale, input_sum) = unsafe {
+            let pair = input.scale_sums.as_ptr().add(b) as *const f32;
+            (
+                _mm256_loadu_si256(input.values.as_ptr().add(b * BLOCK) as *const __m256i),
+                _mm256_broadcast_ss(&*pair),
+                _mm_load_ss(pair.add(1)),
+            )
+        };
+        for (r, &(weights, signs, dc)) in unpacked.iter().enumerate() {
+            let values = if F::SIGNED {
+                // The weight's sign moves onto the input: |w| × ±x.
+                _mm256_sign_epi8(values, signs)
+            } else {
+                values
+            };
+            // SAFETY: `dot_u8_i8` is compiled only for target features this build has.
+            let products = unsafe { dot_u8_i8(weights, values) };
+            let factor = _mm256_mul_ps(_mm256_broadcastss_ps(dc), input_scale);
+            scaled[r][k] = _mm256_fmadd_ps(factor, _mm256_cvtepi32_ps(products), scaled[r][k]);
+            if F::OFFSET {
+                offsets[r][k] = _mm_fmadd_ss(_mm_movehdup_ps(dc), input_sum, offsets[r][k]);
+            }
+        }
+    }
+}
+
+/// Each pair's result from its even and odd accumulators.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn totals<const R: usize, const N: usize>(
+    scaled: [[[std::arch::x86_64::__m256; N]; R]; 2],
+    offsets: [[[std::arch::x86_64::__m128; N]; R]; 2],
+) -> [[f32; N]; R] {
+    use super::sum_lanes;
+    use std::arch::x86_64::*;
+    std::array::from_fn(|r| {
+        std::array::from_fn(|k| {
+            sum_lanes(_mm256_add_ps(scaled[0][r][k], scaled[1][r][k]))
+                + _mm_cvtss_f32(_mm_add_ss(offsets[0][r][k], offsets[1][r][k]))
+        })
+    })
+}
+
+/// The same tile on AVX-512: a pair of blocks per 512-bit register, the even block in the low
+/// half and the odd one in the high half. Those halves are the AVX2 kernel's two accumulators,
+/// added to with the same operations, so the two kernels' results are equal bit for bit; this
+/// one issues half the instructions per block.
+///
+/// # Safety
+/// The CPU has AVX-512 (F, BW, VL, VNNI), FMA and F16C, and each input has as many blocks as
+/// each row.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512vl",
+    target_feature = "avx512vnni",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn dot_avx512<F: Block32, const R: usize, const N: usize>(
+    rows: [&[u8]; R],
+    inputs: [&QuantizedInput; N],
+) -> [[f32; N]; R] {
+    use std::arch::x86_64::*;
+    let blocks = rows[0].len() / F::BYTES;
+    let mut scaled = [[_mm512_setzero_ps(); N]; R];
+    let mut offsets = [[[_mm_setzero_ps(); N]; R]; 2];
+    // Lanes 0–7 take float 0 of a register, lanes 8–15 float 1 (or 2, for scale pairs).
+    let first_two = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    let first_and_third = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    for pair in 0..blocks / 2 {
+        let b = 2 * pair;
+        // Per row: the two blocks' integers (magnitudes if signed), where they are negative,
+        // `d` of each over its half, and `c` of each.
+        let unpacked: [(__m512i, __mmask64, __m512, __m128, __m128); R] =
+            std::array::from_fn(|r| {
+                // SAFETY: blocks `b` and `b + 1` are in every row; the CPU has the features.
+                let ((even, even_dc), (odd, odd_dc)) = unsafe {
+                    let block = rows[r].as_ptr().add(b * F::BYTES);
+                    (F::unpack(block), F::unpack(block.add(F::BYTES)))
                 };
-                for (r, &(weights, signs, dc)) in unpacked.iter().enumerate() {
-                    let values = if F::SIGNED {
-                        // The weight's sign moves onto the input: |w| × ±x.
-                        _mm256_sign_epi8(values, signs)
-                    } else {
-                        values
-                    };
-                    // SAFETY: `dot_u8_i8` is compiled only for target features this build has.
-                    let products = unsafe { dot_u8_i8(weights, values) };
-                    let factor = _mm256_mul_ps(_mm256_broadcastss_ps(dc), input_scale);
-                    let sums = &mut scaled[r][k][lane];
-                    *sums = _mm256_fmadd_ps(factor, _mm256_cvtepi32_ps(products), *sums);
-                    if F::OFFSET {
-                        let sums = &mut offsets[r][k][lane];
-                        *sums = _mm_fmadd_ss(_mm_movehdup_ps(dc), input_sum, *sums);
-                    }
+                let weights = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(even), odd);
+                let d = _mm512_permutexvar_ps(
+                    first_two,
+                    _mm512_castps128_ps512(_mm_unpacklo_ps(even_dc, odd_dc)),
+                );
+                let (weights, negative) = if F::SIGNED {
+                    (_mm512_abs_epi8(weights), _mm512_movepi8_mask(weights))
+                } else {
+                    (weights, 0)
+                };
+                (
+                    weights,
+                    negative,
+                    d,
+                    _mm_movehdup_ps(even_dc),
+                    _mm_movehdup_ps(odd_dc),
+                )
+            });
+        for (k, input) in inputs.iter().enumerate() {
+            // SAFETY: the input has 32 values and one scale pair per block of the row.
+            let (values, scale_sums) = unsafe {
+                (
+                    _mm512_loadu_si512(input.values.as_ptr().add(b * BLOCK) as *const __m512i),
+                    _mm_loadu_ps(input.scale_sums.as_ptr().add(b) as *const f32),
+                )
+            };
+            let input_scales =
+                _mm512_permutexvar_ps(first_and_third, _mm512_castps128_ps512(scale_sums));
+            for (r, &(weights, negative, d, even_c, odd_c)) in unpacked.iter().enumerate() {
+                // |w| × ±x, as in the AVX2 kernel (a zero weight's product is zero either way).
+                let values = if F::SIGNED {
+                    _mm512_mask_sub_epi8(values, negative, _mm512_setzero_si512(), values)
+                } else {
+                    values
+                };
+                let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), weights, values);
+                let factor = _mm512_mul_ps(d, input_scales);
+                scaled[r][k] = _mm512_fmadd_ps(factor, _mm512_cvtepi32_ps(products), scaled[r][k]);
+                if F::OFFSET {
+                    let [even, odd] = &mut offsets;
+                    even[r][k] = _mm_fmadd_ss(even_c, _mm_movehdup_ps(scale_sums), even[r][k]);
+                    let odd_sum = _mm_shuffle_ps::<0b11_11_11_11>(scale_sums, scale_sums);
+                    odd[r][k] = _mm_fmadd_ss(odd_c, odd_sum, odd[r][k]);
                 }
             }
         }
     }
-    std::array::from_fn(|r| {
-        std::array::from_fn(|k| {
-            let [even, odd] = scaled[r][k];
-            let [even_offsets, odd_offsets] = offsets[r][k];
-            sum_lanes(_mm256_add_ps(even, odd))
-                + _mm_cvtss_f32(_mm_add_ss(even_offsets, odd_offsets))
-        })
-    })
+    // The halves, as the AVX2 kernel's even and odd accumulators.
+    let mut halves = [[[_mm256_setzero_ps(); N]; R]; 2];
+    for r in 0..R {
+        for k in 0..N {
+            halves[0][r][k] = _mm512_castps512_ps256(scaled[r][k]);
+            halves[1][r][k] =
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(scaled[r][k])));
+        }
+    }
+    if blocks % 2 == 1 {
+        let [even, _] = &mut halves;
+        let [even_offsets, _] = &mut offsets;
+        // SAFETY: the caller's promise; the last block is one of the rows'.
+        unsafe { add_block::<F, R, N>(rows, inputs, blocks - 1, even, even_offsets) };
+    }
+    // SAFETY: the CPU has AVX2 and FMA.
+    unsafe { totals(halves, offsets) }
 }
 
 /// Four-bit values packed two to a byte, the first 16 weights in the low nibbles and the

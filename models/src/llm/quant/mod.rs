@@ -109,9 +109,25 @@ impl Format {
             rows: [&[u8]; R],
             inputs: [&QuantizedInput; N],
         ) -> [[f32; N]; R] {
+            #[cfg(all(
+                target_feature = "avx512f",
+                target_feature = "avx512bw",
+                target_feature = "avx512vl",
+                target_feature = "avx512vnni"
+            ))]
+            // SAFETY: the build targets AVX-512 (F, BW, VL, VNNI), FMA and F16C, so the CPU
+            // has them; the rows and the inputs have the same number of blocks
+            // (`QuantMatrix::matmul`).
+            return unsafe { block32::dot_avx512::<F, R, N>(rows, inputs) };
+            #[cfg(not(all(
+                target_feature = "avx512f",
+                target_feature = "avx512bw",
+                target_feature = "avx512vl",
+                target_feature = "avx512vnni"
+            )))]
             // SAFETY: the build targets AVX2, FMA and F16C, so the CPU has them; the rows and
             // the inputs have the same number of blocks (`QuantMatrix::matmul`).
-            unsafe { block32::dot_avx2::<F, R, N>(rows, inputs) }
+            return unsafe { block32::dot_avx2::<F, R, N>(rows, inputs) };
         }
         match self {
             Self::Q4_0 => tiled::<q4_0::Q4_0, R, N>,
@@ -432,6 +448,58 @@ mod tests {
             let together = matrix.matmul(&vectors.concat());
             let alone: Vec<f32> = vectors.iter().flat_map(|v| matrix.matmul(v)).collect();
             assert_eq!(together, alone, "{dtype:?}");
+        }
+    }
+
+    /// On AVX-512 builds, the AVX-512 tile and the AVX2 one give the same bits, for odd and
+    /// even numbers of blocks, alone and in tiles.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vl",
+        target_feature = "avx512vnni",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    #[test]
+    fn the_avx512_tile_equals_the_avx2_one() {
+        fn both<F: block32::Block32>(rows: [&[u8]; 2], inputs: [&QuantizedInput; 4]) {
+            // SAFETY: the build targets these features; rows and inputs have the same blocks.
+            let (wide, narrow) = unsafe {
+                (
+                    block32::dot_avx512::<F, 2, 4>(rows, inputs),
+                    block32::dot_avx2::<F, 2, 4>(rows, inputs),
+                )
+            };
+            assert_eq!(wide, narrow);
+            // SAFETY: as above.
+            let (wide, narrow) = unsafe {
+                (
+                    block32::dot_avx512::<F, 1, 1>([rows[1]], [inputs[2]]),
+                    block32::dot_avx2::<F, 1, 1>([rows[1]], [inputs[2]]),
+                )
+            };
+            assert_eq!(wide, narrow);
+        }
+        for cols in [7 * BLOCK, 8 * BLOCK] {
+            for dtype in &FORMATS[..5] {
+                let (_, matrix) = matrix(2, cols, *dtype, 9);
+                let inputs: Vec<QuantizedInput> = (20..24)
+                    .map(|seed| quantize_input(&values(cols, seed)))
+                    .collect();
+                let rows = [0, 1]
+                    .map(|r| &matrix.blocks()[r * matrix.row_bytes..(r + 1) * matrix.row_bytes]);
+                let inputs = std::array::from_fn(|k| &inputs[k]);
+                match matrix.format {
+                    Format::Q4_0 => both::<q4_0::Q4_0>(rows, inputs),
+                    Format::Q4_1 => both::<q4_1::Q4_1>(rows, inputs),
+                    Format::Q5_0 => both::<q5_0::Q5_0>(rows, inputs),
+                    Format::Q5_1 => both::<q5_1::Q5_1>(rows, inputs),
+                    Format::Q8_0 => both::<q8_0::Q8_0>(rows, inputs),
+                    other => unreachable!("{other:?} is not a 32-weight format"),
+                }
+            }
         }
     }
 
