@@ -219,33 +219,38 @@ pub(super) unsafe fn dot_avx512<F: Block32, const R: usize, const N: usize>(
     let first_and_third = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
     for pair in 0..blocks / 2 {
         let b = 2 * pair;
-        // Per row: the two blocks' integers (magnitudes if signed), where they are negative,
-        // `d` of each over its half, and `c` of each.
-        let unpacked: [(__m512i, __mmask64, __m512, __m128, __m128); R] =
-            std::array::from_fn(|r| {
-                // SAFETY: blocks `b` and `b + 1` are in every row; the CPU has the features.
-                let ((even, even_dc), (odd, odd_dc)) = unsafe {
-                    let block = rows[r].as_ptr().add(b * F::BYTES);
-                    (F::unpack(block), F::unpack(block.add(F::BYTES)))
-                };
-                let weights = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(even), odd);
-                let d = _mm512_permutexvar_ps(
-                    first_two,
-                    _mm512_castps128_ps512(_mm_unpacklo_ps(even_dc, odd_dc)),
-                );
-                let (weights, negative) = if F::SIGNED {
-                    (_mm512_abs_epi8(weights), _mm512_movepi8_mask(weights))
-                } else {
-                    (weights, 0)
-                };
-                (
-                    weights,
-                    negative,
-                    d,
-                    _mm_movehdup_ps(even_dc),
-                    _mm_movehdup_ps(odd_dc),
+        // Per row: the two blocks' integers, what their sums start from, `d` of each over its
+        // half, and `c` of each.
+        let unpacked: [(__m512i, __m512i, __m512, __m128, __m128); R] = std::array::from_fn(|r| {
+            // SAFETY: blocks `b` and `b + 1` are in every row; the CPU has the features.
+            let ((even, even_dc), (odd, odd_dc)) = unsafe {
+                let block = rows[r].as_ptr().add(b * F::BYTES);
+                (F::unpack(block), F::unpack(block.add(F::BYTES)))
+            };
+            let weights = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(even), odd);
+            let d = _mm512_permutexvar_ps(
+                first_two,
+                _mm512_castps128_ps512(_mm_unpacklo_ps(even_dc, odd_dc)),
+            );
+            // Signed weights multiply the inputs shifted to unsigned (x + 128), and their
+            // sums start at −128 · Σ w to take the shift back: the same integers as
+            // |w| × ±x, with one instruction per product instead of two.
+            let start = if F::SIGNED {
+                _mm512_sub_epi32(
+                    _mm512_setzero_si512(),
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), weights),
                 )
-            });
+            } else {
+                _mm512_setzero_si512()
+            };
+            (
+                weights,
+                start,
+                d,
+                _mm_movehdup_ps(even_dc),
+                _mm_movehdup_ps(odd_dc),
+            )
+        });
         for (k, input) in inputs.iter().enumerate() {
             // SAFETY: the input has 32 values and one scale pair per block of the row.
             let (values, scale_sums) = unsafe {
@@ -256,14 +261,13 @@ pub(super) unsafe fn dot_avx512<F: Block32, const R: usize, const N: usize>(
             };
             let input_scales =
                 _mm512_permutexvar_ps(first_and_third, _mm512_castps128_ps512(scale_sums));
-            for (r, &(weights, negative, d, even_c, odd_c)) in unpacked.iter().enumerate() {
-                // |w| × ±x, as in the AVX2 kernel (a zero weight's product is zero either way).
-                let values = if F::SIGNED {
-                    _mm512_mask_sub_epi8(values, negative, _mm512_setzero_si512(), values)
+            let shifted = _mm512_xor_si512(values, _mm512_set1_epi8(-128));
+            for (r, &(weights, start, d, even_c, odd_c)) in unpacked.iter().enumerate() {
+                let products = if F::SIGNED {
+                    _mm512_dpbusd_epi32(start, shifted, weights)
                 } else {
-                    values
+                    _mm512_dpbusd_epi32(start, weights, values)
                 };
-                let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), weights, values);
                 let factor = _mm512_mul_ps(d, input_scales);
                 scaled[r][k] = _mm512_fmadd_ps(factor, _mm512_cvtepi32_ps(products), scaled[r][k]);
                 if F::OFFSET {
