@@ -135,8 +135,36 @@ impl Format {
             Self::Q5_0 => tiled::<q5_0::Q5_0, R, N>,
             Self::Q5_1 => tiled::<q5_1::Q5_1, R, N>,
             Self::Q8_0 => tiled::<q8_0::Q8_0, R, N>,
+            #[cfg(all(
+                target_feature = "avx512f",
+                target_feature = "avx512bw",
+                target_feature = "avx512vl",
+                target_feature = "avx512vnni"
+            ))]
+            // SAFETY: as for the tiled kernels.
+            Self::Q4K => |rows, inputs| rows.map(|row| unsafe { q4_k::dot_avx512(row, inputs) }),
+            #[cfg(not(all(
+                target_feature = "avx512f",
+                target_feature = "avx512bw",
+                target_feature = "avx512vl",
+                target_feature = "avx512vnni"
+            )))]
             // SAFETY: as for the tiled kernels.
             Self::Q4K => |rows, inputs| rows.map(|row| unsafe { q4_k::dot_avx2(row, inputs) }),
+            #[cfg(all(
+                target_feature = "avx512f",
+                target_feature = "avx512bw",
+                target_feature = "avx512vl",
+                target_feature = "avx512vnni"
+            ))]
+            // SAFETY: as for the tiled kernels.
+            Self::Q6K => |rows, inputs| rows.map(|row| unsafe { q6_k::dot_avx512(row, inputs) }),
+            #[cfg(not(all(
+                target_feature = "avx512f",
+                target_feature = "avx512bw",
+                target_feature = "avx512vl",
+                target_feature = "avx512vnni"
+            )))]
             // SAFETY: as for the tiled kernels.
             Self::Q6K => |rows, inputs| rows.map(|row| unsafe { q6_k::dot_avx2(row, inputs) }),
         }
@@ -500,6 +528,39 @@ mod tests {
                     other => unreachable!("{other:?} is not a 32-weight format"),
                 }
             }
+        }
+    }
+
+    /// The same for the k-quant kernels with an AVX-512 form.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vl",
+        target_feature = "avx512vnni",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    #[test]
+    fn the_avx512_k_quant_kernels_equal_the_avx2_ones() {
+        let cols = 3 * 256;
+        let inputs: Vec<QuantizedInput> = (30..34)
+            .map(|seed| quantize_input(&values(cols, seed)))
+            .collect();
+        let inputs: [&QuantizedInput; 4] = std::array::from_fn(|k| &inputs[k]);
+        let (_, q4k) = matrix(1, cols, GgmlDType::Q4K, 11);
+        let (_, q6k) = matrix(1, cols, GgmlDType::Q6K, 12);
+        // SAFETY: the build targets these features; the rows and the inputs have the same
+        // blocks.
+        unsafe {
+            assert_eq!(
+                q4_k::dot_avx512(q4k.blocks(), inputs),
+                q4_k::dot_avx2(q4k.blocks(), inputs)
+            );
+            assert_eq!(
+                q6_k::dot_avx512(q6k.blocks(), inputs),
+                q6_k::dot_avx2(q6k.blocks(), inputs)
+            );
         }
     }
 

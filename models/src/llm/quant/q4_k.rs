@@ -78,6 +78,18 @@ fn unpack_scales_mins(packed: &[u8]) -> [u8; 16] {
 
 /// `N` inputs against one row at once: each super-block's scales and values are unpacked once
 /// for all of them, and each input's sums are added in the same order as alone.
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vl",
+        target_feature = "avx512vnni",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ),
+    allow(dead_code)
+)]
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -160,5 +172,112 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
     }
     std::array::from_fn(|k| {
         sum_lanes(_mm256_add_ps(scaled[k][0], scaled[k][1])) - sum_lanes(offsets[k])
+    })
+}
+
+/// The same on AVX-512: a pair of sub-blocks (the low and high nibbles of one 32-byte run)
+/// per 512-bit register, the low one in the low half. The halves are the AVX2 kernel's two
+/// accumulators, added to with the same operations, so the two kernels give the same bits.
+///
+/// # Safety
+/// The CPU has AVX-512 (F, BW, VL, VNNI), FMA and F16C, and each input has a scale pair and
+/// 32 values per block of 32 of the row.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512vl",
+    target_feature = "avx512vnni",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn dot_avx512<const N: usize>(
+    blocks: &[u8],
+    inputs: [&QuantizedInput; N],
+) -> [f32; N] {
+    use super::sum_lanes;
+    use std::arch::x86_64::*;
+    let low_nibbles = _mm512_set1_epi8(0x0F);
+    // The low half keeps the bytes as they are, the high half takes their high nibbles.
+    let nibble_shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+    let mut scaled = [_mm512_setzero_ps(); N];
+    let mut offsets = [_mm256_setzero_ps(); N];
+    for (s, block) in blocks.chunks_exact(BLOCK_BYTES).enumerate() {
+        let scales_mins = unpack_scales_mins(&block[4..16]);
+        // SAFETY: `d` and `dmin` are the block's first four bytes; `scales_mins` is 16 bytes.
+        let (d_dmin, scales, mins) = unsafe {
+            let as_floats = |bytes: *const u8| {
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    bytes as *const __m128i,
+                )))
+            };
+            (
+                _mm_cvtph_ps(_mm_cvtsi32_si128(
+                    (block.as_ptr() as *const i32).read_unaligned(),
+                )),
+                as_floats(scales_mins.as_ptr()),
+                as_floats(scales_mins.as_ptr().add(8)),
+            )
+        };
+        let scales = _mm256_mul_ps(_mm256_broadcastss_ps(d_dmin), scales);
+        let mins = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(d_dmin)), mins);
+        // SAFETY: a super-block's values are 128 bytes from byte 16.
+        let weights: [__m512i; 4] = std::array::from_fn(|pair| {
+            let packed = unsafe {
+                _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    block.as_ptr().add(16 + pair * 32) as *const __m256i
+                ))
+            };
+            _mm512_and_si512(_mm512_srlv_epi64(packed, nibble_shifts), low_nibbles)
+        });
+        for (k, input) in inputs.iter().enumerate() {
+            let first = s * SUB_BLOCKS;
+            // SAFETY: the input has a scale pair per block of 32 of the row: eight from
+            // `first`, as sixteen floats (scale, scaled sum, scale, ...).
+            let pairs =
+                unsafe { _mm512_loadu_ps(input.scale_sums.as_ptr().add(first) as *const f32) };
+            let evens = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 14, 12, 10, 8, 6, 4, 2, 0);
+            let odds = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 15, 13, 11, 9, 7, 5, 3, 1);
+            let input_scales = _mm512_castps512_ps256(_mm512_permutexvar_ps(evens, pairs));
+            let input_sums = _mm512_castps512_ps256(_mm512_permutexvar_ps(odds, pairs));
+            offsets[k] = _mm256_fmadd_ps(mins, input_sums, offsets[k]);
+            let factors = _mm512_castps256_ps512(_mm256_mul_ps(scales, input_scales));
+            for (pair, &weights) in weights.iter().enumerate() {
+                let j = 2 * pair as i32;
+                // SAFETY: the input has 32 values per block of 32 of the row.
+                let values = unsafe {
+                    _mm512_loadu_si512(
+                        input.values.as_ptr().add((first + 2 * pair) * BLOCK) as *const __m512i
+                    )
+                };
+                let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), weights, values);
+                let pick = _mm512_set_epi32(
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j,
+                    j,
+                    j,
+                    j,
+                    j,
+                    j,
+                    j,
+                    j,
+                );
+                let factor = _mm512_permutexvar_ps(pick, factors);
+                scaled[k] = _mm512_fmadd_ps(factor, _mm512_cvtepi32_ps(products), scaled[k]);
+            }
+        }
+    }
+    std::array::from_fn(|k| {
+        let low = _mm512_castps512_ps256(scaled[k]);
+        let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(scaled[k])));
+        sum_lanes(_mm256_add_ps(low, high)) - sum_lanes(offsets[k])
     })
 }

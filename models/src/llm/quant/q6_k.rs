@@ -54,6 +54,18 @@ pub(super) fn dot_scalar(blocks: &[u8], input: &QuantizedInput) -> f32 {
 
 /// `N` inputs against one row at once: each super-block's six-bit values are put together
 /// once for all of them, and each input's sums are added in the same order as alone.
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vl",
+        target_feature = "avx512vnni",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ),
+    allow(dead_code)
+)]
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -129,4 +141,129 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
         }
     }
     std::array::from_fn(|k| sum_lanes(_mm256_add_ps(scaled[k][0], scaled[k][1])))
+}
+
+/// The same on AVX-512: a pair of blocks of 32 (`r` even and odd) per 512-bit register, the
+/// even one in the low half. The halves are the AVX2 kernel's two accumulators, added to with
+/// the same operations, so the two kernels give the same bits. Signed weights multiply the
+/// inputs shifted to unsigned (x + 128), their sums starting at −128 · Σ w: the same integers
+/// as |w| × ±x.
+///
+/// # Safety
+/// The CPU has AVX-512 (F, BW, VL, VNNI), FMA and F16C, and each input has a scale pair and
+/// 32 values per block of 32 of the row.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512vl",
+    target_feature = "avx512vnni",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn dot_avx512<const N: usize>(
+    blocks: &[u8],
+    inputs: [&QuantizedInput; N],
+) -> [f32; N] {
+    use super::sum_lanes;
+    use std::arch::x86_64::*;
+    let low_nibbles = _mm512_set1_epi8(0x0F);
+    let two_bits = _mm512_set1_epi8(3);
+    let offset = _mm512_set1_epi8(32);
+    let sign_bit = _mm512_set1_epi8(-128);
+    let mut scaled = [_mm512_setzero_ps(); N];
+    for (s, block) in blocks.chunks_exact(BLOCK_BYTES).enumerate() {
+        let d = f16::from_le_bytes([block[SCALE], block[SCALE + 1]]).to_f32();
+        for h in 0..2 {
+            // SAFETY: each half's 64 low-bit bytes start at 64h and its 32 high-bit bytes at
+            // 128 + 32h, inside the super-block's 210 bytes.
+            let (low, high) = unsafe {
+                (
+                    _mm512_loadu_si512(block.as_ptr().add(h * 64) as *const __m512i),
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                        block.as_ptr().add(HIGH_BITS + h * 32) as *const __m256i,
+                    )),
+                )
+            };
+            // Blocks r = 0, 1 take the low nibbles of bytes 0–31 and 32–63; r = 2, 3 their
+            // high nibbles. The high bits of block r are bits 2r–2r+1 of the high-bit bytes.
+            for (pair, low) in [
+                _mm512_and_si512(low, low_nibbles),
+                _mm512_and_si512(_mm512_srli_epi16(low, 4), low_nibbles),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let r = 2 * pair;
+                // Low half: bits 2r–2r+1; high half: bits 2r+2–2r+3.
+                let shifts = _mm512_set_epi64(
+                    2 * r as i64 + 2,
+                    2 * r as i64 + 2,
+                    2 * r as i64 + 2,
+                    2 * r as i64 + 2,
+                    2 * r as i64,
+                    2 * r as i64,
+                    2 * r as i64,
+                    2 * r as i64,
+                );
+                let high_bits = _mm512_and_si512(_mm512_srlv_epi64(high, shifts), two_bits);
+                let weights = _mm512_sub_epi8(
+                    _mm512_or_si512(low, _mm512_slli_epi16(high_bits, 4)),
+                    offset,
+                );
+                let start = _mm512_sub_epi32(
+                    _mm512_setzero_si512(),
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), sign_bit, weights),
+                );
+                let j = 4 * h + r;
+                let b = s * SUB_BLOCKS + j;
+                // Per 16 weights, its scale: four lanes each.
+                let scale = |i: usize| block[SCALES + i] as i8 as f32 * d;
+                let quarter_scales = _mm512_set_ps(
+                    scale(2 * j + 3),
+                    scale(2 * j + 3),
+                    scale(2 * j + 3),
+                    scale(2 * j + 3),
+                    scale(2 * j + 2),
+                    scale(2 * j + 2),
+                    scale(2 * j + 2),
+                    scale(2 * j + 2),
+                    scale(2 * j + 1),
+                    scale(2 * j + 1),
+                    scale(2 * j + 1),
+                    scale(2 * j + 1),
+                    scale(2 * j),
+                    scale(2 * j),
+                    scale(2 * j),
+                    scale(2 * j),
+                );
+                for (k, input) in inputs.iter().enumerate() {
+                    // SAFETY: each input has 32 values and one scale pair per block of 32 of
+                    // the row: blocks b and b + 1 here.
+                    let values = unsafe {
+                        _mm512_loadu_si512(input.values.as_ptr().add(b * BLOCK) as *const __m512i)
+                    };
+                    let [even_scale, _] = input.scale_sums[b];
+                    let [odd_scale, _] = input.scale_sums[b + 1];
+                    let input_scales = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                        _mm512_castps_pd(_mm512_set1_ps(even_scale)),
+                        _mm256_castps_pd(_mm256_set1_ps(odd_scale)),
+                    ));
+                    let products =
+                        _mm512_dpbusd_epi32(start, _mm512_xor_si512(values, sign_bit), weights);
+                    scaled[k] = _mm512_fmadd_ps(
+                        _mm512_mul_ps(quarter_scales, input_scales),
+                        _mm512_cvtepi32_ps(products),
+                        scaled[k],
+                    );
+                }
+            }
+        }
+    }
+    std::array::from_fn(|k| {
+        let low = _mm512_castps512_ps256(scaled[k]);
+        let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(scaled[k])));
+        sum_lanes(_mm256_add_ps(low, high))
+    })
 }
