@@ -222,8 +222,8 @@ pub(super) unsafe fn dot_avx512<const N: usize>(
         };
         let scales = _mm256_mul_ps(_mm256_broadcastss_ps(d_dmin), scales);
         let mins = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(d_dmin)), mins);
-        // SAFETY: a super-block's values are 128 bytes from byte 16.
         let weights: [__m512i; 4] = std::array::from_fn(|pair| {
+            // SAFETY: a super-block's values are 128 bytes from byte 16.
             let packed = unsafe {
                 _mm512_broadcast_i64x4(_mm256_loadu_si256(
                     block.as_ptr().add(16 + pair * 32) as *const __m256i
