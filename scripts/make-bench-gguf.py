@@ -3,7 +3,7 @@
 benchmarks of models no registry ships (speed does not depend on the weights' values).
 
 The tokenizer and chat template are copied from a real GGUF of a model with the same
-vocabulary (SmolLM2's for the Llama shape). Quantize the result with llama.cpp's
+vocabulary (SmolLM2's for the Llama shape, Qwen2.5-Coder-0.5B's for the Qwen shape). Quantize the result with llama.cpp's
 llama-quantize (scripts/make-bench-model.sh does both).
 
 Needs numpy, pyyaml and tqdm, and llama.cpp's gguf-py on PYTHONPATH (it is in the vendored
@@ -29,6 +29,24 @@ SHAPES = {
         rope_base=500000.0,
         context=8192,
         vocab=49152,
+        bias=False,
+        tied=True,
+    ),
+    # Qwen2.5-1.5B-Instruct's layers (the README's hub default), with Qwen2.5's 151,936-token
+    # vocabulary (the offline Qwen2.5-Coder-0.5B's tokenizer): biases on queries, keys and
+    # values, tied embeddings.
+    "qwen2.5-1.5b": dict(
+        arch="qwen2",
+        hidden=1536,
+        layers=28,
+        heads=12,
+        kv_heads=2,
+        ffn=8960,
+        rope_base=1000000.0,
+        context=32768,
+        vocab=151936,
+        bias=True,
+        tied=True,
     ),
 }
 
@@ -68,7 +86,7 @@ def main() -> int:
     writer.add_head_count_kv(shape["kv_heads"])
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(shape["rope_base"])
-    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_layer_norm_rms_eps(1e-6 if arch == "qwen2" else 1e-5)
     writer.add_vocab_size(shape["vocab"])
     writer.add_file_type(1)  # mostly f16
     for name, field in source.fields.items():
@@ -94,13 +112,19 @@ def main() -> int:
         writer.add_tensor(f"blk.{i}.attn_q.weight", weights(hidden, hidden))
         writer.add_tensor(f"blk.{i}.attn_k.weight", weights(kv, hidden))
         writer.add_tensor(f"blk.{i}.attn_v.weight", weights(kv, hidden))
+        if shape["bias"]:
+            writer.add_tensor(f"blk.{i}.attn_q.bias", np.zeros(hidden, dtype=np.float32))
+            writer.add_tensor(f"blk.{i}.attn_k.bias", np.zeros(kv, dtype=np.float32))
+            writer.add_tensor(f"blk.{i}.attn_v.bias", np.zeros(kv, dtype=np.float32))
         writer.add_tensor(f"blk.{i}.attn_output.weight", weights(hidden, hidden))
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", norm())
         writer.add_tensor(f"blk.{i}.ffn_gate.weight", weights(shape["ffn"], hidden))
         writer.add_tensor(f"blk.{i}.ffn_up.weight", weights(shape["ffn"], hidden))
         writer.add_tensor(f"blk.{i}.ffn_down.weight", weights(hidden, shape["ffn"]))
     writer.add_tensor("output_norm.weight", norm())
-    # No output.weight: the output layer is the token embeddings, as in Llama-3.2-1B.
+    # No output.weight: the output layer is the token embeddings, as in Llama-3.2-1B and
+    # Qwen2.5-1.5B.
+    assert shape["tied"]
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Makes a benchmark model no registry ships: random f16 weights in a real model's exact shape
-# (scripts/make-bench-gguf.py, tokenizer copied from the offline SmolLM2), quantized with
+# (scripts/make-bench-gguf.py, tokenizer copied from the offline SmolLM2, or for the Qwen shape
+# from the offline Qwen2.5-Coder-0.5B), quantized with
 # llama.cpp's llama-quantize built from the same vendored sources as llama-bench. Speed does not
 # depend on the weights' values; the answers are noise. Prints the GGUF's path.
 #
-#   scripts/make-bench-model.sh [SHAPE] [TYPE]     e.g. llama-1b Q4_K_M (the defaults), or Q8_0
+#   scripts/make-bench-model.sh [SHAPE] [TYPE]     e.g. llama-1b Q4_K_M (the defaults), or Q8_0;
+#                                                  qwen2.5-1.5b Q4_K_M
 #   cpipe bench chat --model "$(scripts/make-bench-model.sh llama-1b Q4_K_M)"
 set -euo pipefail
 shape="${1:-llama-1b}"
@@ -13,8 +15,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 models="${CPIPE_MODELS:-$HOME/.cache/cpipe/models}"
 out="$models/bench-$shape-$type.gguf"
 if [ -s "$out" ]; then echo "$out"; exit 0; fi
-tokenizer="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
-[ -s "$tokenizer" ] || { echo "make-bench-model: $tokenizer is missing: run scripts/fetch-models.sh" >&2; exit 1; }
+case "$shape" in
+  qwen*) tokenizer="$models/Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf"; fetch="qwen-coder" ;;
+  *) tokenizer="$models/SmolLM2-135M-Instruct.Q4_1.gguf"; fetch="" ;;
+esac
+[ -s "$tokenizer" ] || { echo "make-bench-model: $tokenizer is missing: run scripts/fetch-models.sh $fetch" >&2; exit 1; }
 bench="$("$here/build-llama-bench.sh")"
 build="$(dirname "$(dirname "$bench")")"
 cmake --build "$build" -j"$(nproc)" --target llama-quantize >&2
