@@ -29,12 +29,7 @@ pub(super) trait Block32 {
     ///
     /// # Safety
     /// `block` points to `BYTES` readable bytes, and the CPU has AVX2, FMA and F16C.
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(avx2_kernels)]
     unsafe fn unpack(block: *const u8) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m128);
 }
 
@@ -59,24 +54,8 @@ pub(super) fn dot_scalar<F: Block32>(blocks: &[u8], input: &QuantizedInput) -> f
 ///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C, and each input has as many blocks as each row.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-#[cfg_attr(
-    all(
-        target_arch = "x86_64",
-        target_feature = "avx512f",
-        target_feature = "avx512bw",
-        target_feature = "avx512vl",
-        target_feature = "avx512vnni",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ),
-    allow(dead_code)
-)]
+#[cfg(avx2_kernels)]
+#[cfg_attr(avx512_kernels, allow(dead_code))]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_avx2<F: Block32, const R: usize, const N: usize>(
     rows: [&[u8]; R],
@@ -108,12 +87,7 @@ pub(super) unsafe fn dot_avx2<F: Block32, const R: usize, const N: usize>(
 ///
 /// # Safety
 /// As for `dot_avx2`, and `b` is a block of the rows.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
+#[cfg(avx2_kernels)]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn add_block<F: Block32, const R: usize, const N: usize>(
@@ -167,12 +141,7 @@ unsafe fn add_block<F: Block32, const R: usize, const N: usize>(
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
+#[cfg(avx2_kernels)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn totals<const R: usize, const N: usize>(
     scaled: [[[std::arch::x86_64::__m256; N]; R]; 2],
@@ -196,15 +165,7 @@ unsafe fn totals<const R: usize, const N: usize>(
 /// # Safety
 /// The CPU has AVX-512 (F, BW, VL, VNNI), FMA and F16C, and each input has as many blocks as
 /// each row.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx512f",
-    target_feature = "avx512bw",
-    target_feature = "avx512vl",
-    target_feature = "avx512vnni",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
+#[cfg(avx512_kernels)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn dot_avx512<F: Block32, const R: usize, const N: usize>(
     rows: [&[u8]; R],
@@ -303,12 +264,7 @@ pub(super) unsafe fn dot_avx512<F: Block32, const R: usize, const N: usize>(
 ///
 /// # Safety
 /// `packed` points to 16 readable bytes.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
+#[cfg(avx2_kernels)]
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn nibbles(packed: *const u8) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
@@ -322,12 +278,7 @@ pub(super) unsafe fn nibbles(packed: *const u8) -> std::arch::x86_64::__m256i {
 
 /// Which of 32 five-bit weights have their fifth bit set (bit `j` of `bits` for weight `j`): all
 /// ones in byte `j` where it is, zero where not.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
+#[cfg(avx2_kernels)]
 #[target_feature(enable = "avx2")]
 pub(super) fn fifth_bits(bits: u32) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
@@ -350,12 +301,7 @@ pub(super) fn fifth_bits(bits: u32) -> std::arch::x86_64::__m256i {
 ///
 /// # Safety
 /// `block` points to four readable bytes.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
+#[cfg(avx2_kernels)]
 #[target_feature(enable = "avx2,f16c")]
 pub(super) unsafe fn halves(block: *const u8) -> std::arch::x86_64::__m128 {
     use std::arch::x86_64::*;

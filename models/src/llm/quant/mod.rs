@@ -68,15 +68,7 @@ impl Format {
 
     /// The portable kernel: the one where the build has no SIMD kernel, and the reference the
     /// SIMD ones are tested against.
-    #[cfg_attr(
-        all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma",
-            target_feature = "f16c"
-        ),
-        allow(dead_code)
-    )]
+    #[cfg_attr(avx2_kernels, allow(dead_code))]
     fn scalar_kernel<const R: usize, const N: usize>(self) -> Kernel<R, N> {
         fn each<const R: usize, const N: usize>(
             rows: [&[u8]; R],
@@ -97,34 +89,19 @@ impl Format {
     }
 
     /// The fastest kernel of this build (`target-cpu=native` picks the SIMD ones).
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(avx2_kernels)]
     fn kernel<const R: usize, const N: usize>(self) -> Kernel<R, N> {
         /// The 32-weight formats' tiled kernel for `F`.
         fn tiled<F: Block32, const R: usize, const N: usize>(
             rows: [&[u8]; R],
             inputs: [&QuantizedInput; N],
         ) -> [[f32; N]; R] {
-            #[cfg(all(
-                target_feature = "avx512f",
-                target_feature = "avx512bw",
-                target_feature = "avx512vl",
-                target_feature = "avx512vnni"
-            ))]
+            #[cfg(avx512_kernels)]
             // SAFETY: the build targets AVX-512 (F, BW, VL, VNNI), FMA and F16C, so the CPU
             // has them; the rows and the inputs have the same number of blocks
             // (`QuantMatrix::matmul`).
             return unsafe { block32::dot_avx512::<F, R, N>(rows, inputs) };
-            #[cfg(not(all(
-                target_feature = "avx512f",
-                target_feature = "avx512bw",
-                target_feature = "avx512vl",
-                target_feature = "avx512vnni"
-            )))]
+            #[cfg(not(avx512_kernels))]
             // SAFETY: the build targets AVX2, FMA and F16C, so the CPU has them; the rows and
             // the inputs have the same number of blocks (`QuantMatrix::matmul`).
             return unsafe { block32::dot_avx2::<F, R, N>(rows, inputs) };
@@ -135,47 +112,22 @@ impl Format {
             Self::Q5_0 => tiled::<q5_0::Q5_0, R, N>,
             Self::Q5_1 => tiled::<q5_1::Q5_1, R, N>,
             Self::Q8_0 => tiled::<q8_0::Q8_0, R, N>,
-            #[cfg(all(
-                target_feature = "avx512f",
-                target_feature = "avx512bw",
-                target_feature = "avx512vl",
-                target_feature = "avx512vnni"
-            ))]
+            #[cfg(avx512_kernels)]
             // SAFETY: as for the tiled kernels.
             Self::Q4K => |rows, inputs| rows.map(|row| unsafe { q4_k::dot_avx512(row, inputs) }),
-            #[cfg(not(all(
-                target_feature = "avx512f",
-                target_feature = "avx512bw",
-                target_feature = "avx512vl",
-                target_feature = "avx512vnni"
-            )))]
+            #[cfg(not(avx512_kernels))]
             // SAFETY: as for the tiled kernels.
             Self::Q4K => |rows, inputs| rows.map(|row| unsafe { q4_k::dot_avx2(row, inputs) }),
-            #[cfg(all(
-                target_feature = "avx512f",
-                target_feature = "avx512bw",
-                target_feature = "avx512vl",
-                target_feature = "avx512vnni"
-            ))]
+            #[cfg(avx512_kernels)]
             // SAFETY: as for the tiled kernels.
             Self::Q6K => |rows, inputs| rows.map(|row| unsafe { q6_k::dot_avx512(row, inputs) }),
-            #[cfg(not(all(
-                target_feature = "avx512f",
-                target_feature = "avx512bw",
-                target_feature = "avx512vl",
-                target_feature = "avx512vnni"
-            )))]
+            #[cfg(not(avx512_kernels))]
             // SAFETY: as for the tiled kernels.
             Self::Q6K => |rows, inputs| rows.map(|row| unsafe { q6_k::dot_avx2(row, inputs) }),
         }
     }
 
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    )))]
+    #[cfg(not(avx2_kernels))]
     fn kernel<const R: usize, const N: usize>(self) -> Kernel<R, N> {
         self.scalar_kernel()
     }
@@ -481,15 +433,7 @@ mod tests {
 
     /// On AVX-512 builds, the AVX-512 tile and the AVX2 one give the same bits, for odd and
     /// even numbers of blocks, alone and in tiles.
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx512f",
-        target_feature = "avx512bw",
-        target_feature = "avx512vl",
-        target_feature = "avx512vnni",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(avx512_kernels)]
     #[test]
     fn the_avx512_tile_equals_the_avx2_one() {
         fn both<F: block32::Block32>(rows: [&[u8]; 2], inputs: [&QuantizedInput; 4]) {
@@ -532,15 +476,7 @@ mod tests {
     }
 
     /// The same for the k-quant kernels with an AVX-512 form.
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx512f",
-        target_feature = "avx512bw",
-        target_feature = "avx512vl",
-        target_feature = "avx512vnni",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(avx512_kernels)]
     #[test]
     fn the_avx512_k_quant_kernels_equal_the_avx2_ones() {
         let cols = 3 * 256;

@@ -22,12 +22,7 @@ impl Block32 for Q5_0 {
         (d, 0.0, five_bit_values(fifth, &block[6..]).map(|q| q - 16))
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(avx2_kernels)]
     #[inline]
     unsafe fn unpack(block: *const u8) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m128) {
         use super::block32::{halves, nibbles};

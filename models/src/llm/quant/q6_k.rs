@@ -54,24 +54,8 @@ pub(super) fn dot_scalar(blocks: &[u8], input: &QuantizedInput) -> f32 {
 
 /// `N` inputs against one row at once: each super-block's six-bit values are put together
 /// once for all of them, and each input's sums are added in the same order as alone.
-#[cfg_attr(
-    all(
-        target_arch = "x86_64",
-        target_feature = "avx512f",
-        target_feature = "avx512bw",
-        target_feature = "avx512vl",
-        target_feature = "avx512vnni",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ),
-    allow(dead_code)
-)]
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
+#[cfg_attr(avx512_kernels, allow(dead_code))]
+#[cfg(avx2_kernels)]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_avx2<const N: usize>(
     blocks: &[u8],
@@ -152,15 +136,7 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
 /// # Safety
 /// The CPU has AVX-512 (F, BW, VL, VNNI), FMA and F16C, and each input has a scale pair and
 /// 32 values per block of 32 of the row.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx512f",
-    target_feature = "avx512bw",
-    target_feature = "avx512vl",
-    target_feature = "avx512vnni",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
+#[cfg(avx512_kernels)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn dot_avx512<const N: usize>(
     blocks: &[u8],

@@ -19,12 +19,7 @@ impl Block32 for Q8_0 {
         (d, 0.0, std::array::from_fn(|j| block[2 + j] as i8 as i32))
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(avx2_kernels)]
     #[inline]
     unsafe fn unpack(block: *const u8) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m128) {
         use std::arch::x86_64::*;
