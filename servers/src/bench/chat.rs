@@ -1,5 +1,6 @@
 //! `cpipe bench chat`: the LLM engine against llama.cpp on the same GGUF and thread count
-//! (prompt processing at 128 and 512 tokens, generation of 128 tokens), time to first token of
+//! (prompt processing at 128 and 512 tokens, generation of 128 tokens after no context and
+//! after 2,048 tokens of it, as llama-bench's `-d 2048`), time to first token of
 //! a short chat, and a warm server request against a fresh process that loads the model for
 //! one answer, with the warm server's resident memory.
 
@@ -58,9 +59,12 @@ struct FirstToken {
     cached: usize,
 }
 
-/// Our engine: (prompt tokens/s at 128, at 512, generation tokens/s), and the short chat's
-/// time to first token.
-fn ours(path: &Path, repetitions: usize, dense_prompts: bool) -> Result<([f64; 3], FirstToken)> {
+/// Context tokens before the deep generation measurement.
+const DEPTH: usize = 2048;
+
+/// Our engine: (prompt tokens/s at 128, at 512, generation tokens/s at depth 0 and at
+/// `DEPTH`), and the short chat's time to first token.
+fn ours(path: &Path, repetitions: usize, dense_prompts: bool) -> Result<([f64; 4], FirstToken)> {
     let options = LoadOptions {
         dense_prompts,
         ..LoadOptions::default()
@@ -91,13 +95,18 @@ fn ours(path: &Path, repetitions: usize, dense_prompts: bool) -> Result<([f64; 3
         cache_prompt: false,
         ..GenerationParams::default()
     };
-    let start = prompt_tokens(&llm, 1)?;
-    let mut rates = Vec::new();
-    for _ in 0..repetitions {
-        let usage = llm.generate(&start, &generate, |_| ControlFlow::Continue(()))?;
-        rates.push(usage.tokens_per_second);
-    }
-    let tg128 = median(rates);
+    // Generation only: `tokens_per_second` leaves the prompt's time out.
+    let mut generation = |context: usize| -> Result<f64> {
+        let start = prompt_tokens(&llm, context + 1)?;
+        let mut rates = Vec::new();
+        for _ in 0..repetitions {
+            let usage = llm.generate(&start, &generate, |_| ControlFlow::Continue(()))?;
+            rates.push(usage.tokens_per_second);
+        }
+        Ok(median(rates))
+    };
+    let tg128 = generation(0)?;
+    let tg128_deep = generation(DEPTH)?;
     // A server started with a system prompt runs its start ahead, as `--system` does.
     llm.share_prefix(Some("You are a helpful assistant."))?;
     let chat = [
@@ -122,38 +131,39 @@ fn ours(path: &Path, repetitions: usize, dense_prompts: bool) -> Result<([f64; 3
         prompt_tokens: usage.prompt_tokens,
         cached: usage.cached_prompt_tokens,
     };
-    Ok(([pp128, pp512, tg128], first))
+    Ok(([pp128, pp512, tg128, tg128_deep], first))
 }
 
-/// llama-bench on the same file with the same threads: (pp128, pp512, tg128) tokens/s.
-fn llama_cpp(bin: &Path, model: &Path, threads: usize, repetitions: usize) -> Result<[f64; 3]> {
-    let out = Command::new(bin)
-        .args(["-m".as_ref(), model.as_os_str()])
-        .args([
-            "-t",
-            &threads.to_string(),
-            "-p",
-            "128,512",
-            "-n",
-            "128",
-            "-r",
-            &repetitions.to_string(),
-            "-o",
-            "json",
-        ])
-        .stderr(Stdio::null())
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    ensure!(out.status.success(), "llama-bench failed");
-    let rows: Vec<Value> =
-        serde_json::from_slice(&out.stdout).context("reading llama-bench's JSON")?;
-    let rate = |p: u64, g: u64| -> Result<f64> {
+/// llama-bench on the same file with the same threads: (pp128, pp512, tg128, tg128 at
+/// `DEPTH`) tokens/s.
+fn llama_cpp(bin: &Path, model: &Path, threads: usize, repetitions: usize) -> Result<[f64; 4]> {
+    // Two runs: one `-d` would apply to every test of a run.
+    let run = |tests: &[&str]| -> Result<Vec<Value>> {
+        let out = Command::new(bin)
+            .args(["-m".as_ref(), model.as_os_str()])
+            .args(["-t", &threads.to_string()])
+            .args(tests)
+            .args(["-r", &repetitions.to_string(), "-o", "json"])
+            .stderr(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        ensure!(out.status.success(), "llama-bench failed");
+        serde_json::from_slice(&out.stdout).context("reading llama-bench's JSON")
+    };
+    let rate = |rows: &[Value], p: u64, g: u64| -> Result<f64> {
         rows.iter()
             .find(|r| r["n_prompt"] == p && r["n_gen"] == g)
             .and_then(|r| r["avg_ts"].as_f64())
             .with_context(|| format!("no pp{p}/tg{g} row from llama-bench"))
     };
-    Ok([rate(128, 0)?, rate(512, 0)?, rate(0, 128)?])
+    let shallow = run(&["-p", "128,512", "-n", "128"])?;
+    let deep = run(&["-p", "0", "-n", "128", "-d", &DEPTH.to_string()])?;
+    Ok([
+        rate(&shallow, 128, 0)?,
+        rate(&shallow, 512, 0)?,
+        rate(&shallow, 0, 128)?,
+        rate(&deep, 0, 128)?,
+    ])
 }
 
 /// One answer from a warm server and from a fresh process.
@@ -275,9 +285,10 @@ pub fn run(options: &ChatBench) -> Result<()> {
         first = Some(round_first);
         anchor_rounds.push(llama_cpp(&bench, &path, threads, 1)?);
     }
-    let column = |rounds: &[[f64; 3]], i: usize| median(rounds.iter().map(|r| r[i]).collect());
-    let [pp128, pp512, tg128] = [0, 1, 2].map(|i| column(&ours_rounds, i));
-    let [a_pp128, a_pp512, a_tg128] = [0, 1, 2].map(|i| column(&anchor_rounds, i));
+    let column = |rounds: &[[f64; 4]], i: usize| median(rounds.iter().map(|r| r[i]).collect());
+    let [pp128, pp512, tg128, tg128_deep] = [0, 1, 2, 3].map(|i| column(&ours_rounds, i));
+    let [a_pp128, a_pp512, a_tg128, a_tg128_deep] =
+        [0, 1, 2, 3].map(|i| column(&anchor_rounds, i));
     let first = FirstToken {
         ms: median(first_ms),
         ..first.expect("at least one round")
@@ -290,6 +301,7 @@ pub fn run(options: &ChatBench) -> Result<()> {
         ("prompt processing, 128", pp128, a_pp128),
         ("prompt processing, 512", pp512, a_pp512),
         ("generation, 128", tg128, a_tg128),
+        ("generation, 128 at 2048", tg128_deep, a_tg128_deep),
     ] {
         println!(
             "{name:<28} {ours:>12.1} {anchor:>12.1} {:>9.2}x",
