@@ -287,8 +287,7 @@ pub fn run(options: &ChatBench) -> Result<()> {
     }
     let column = |rounds: &[[f64; 4]], i: usize| median(rounds.iter().map(|r| r[i]).collect());
     let [pp128, pp512, tg128, tg128_deep] = [0, 1, 2, 3].map(|i| column(&ours_rounds, i));
-    let [a_pp128, a_pp512, a_tg128, a_tg128_deep] =
-        [0, 1, 2, 3].map(|i| column(&anchor_rounds, i));
+    let [a_pp128, a_pp512, a_tg128, a_tg128_deep] = [0, 1, 2, 3].map(|i| column(&anchor_rounds, i));
     let first = FirstToken {
         ms: median(first_ms),
         ..first.expect("at least one round")
