@@ -211,7 +211,6 @@ impl QuantMatrix {
             format.kernel::<TILE_ROWS, GROUP>(),
         );
         let (one, group) = (format.kernel::<1, 1>(), format.kernel::<1, GROUP>());
-        let grouped = inputs.len() / GROUP * GROUP;
         // Each weight row's outputs are written by one worker only.
         let out_ptr = out.as_mut_ptr() as usize;
         let write = |i: usize, row: usize, value: f32| {
@@ -226,37 +225,45 @@ impl QuantMatrix {
             for tile in range {
                 let first = tile * tile_rows;
                 if tile_rows == TILE_ROWS && first + TILE_ROWS <= self.rows {
-                    let rows: [&[u8]; TILE_ROWS] = std::array::from_fn(|r| row(first + r));
-                    for (g, group_inputs) in inputs[..grouped].chunks_exact(GROUP).enumerate() {
-                        let values = tile_group(rows, std::array::from_fn(|k| &group_inputs[k]));
-                        for (r, values) in values.into_iter().enumerate() {
-                            for (k, value) in values.into_iter().enumerate() {
-                                write(g * GROUP + k, first + r, value);
-                            }
-                        }
-                    }
-                    for (i, input) in inputs.iter().enumerate().skip(grouped) {
-                        for (r, [value]) in tile_one(rows, [input]).into_iter().enumerate() {
-                            write(i, first + r, value);
-                        }
-                    }
+                    let rows = std::array::from_fn(|r| row(first + r));
+                    rows_against_inputs(rows, &inputs, tile_group, tile_one, |i, r, value| {
+                        write(i, first + r, value)
+                    });
                 } else {
                     for r in first..self.rows.min(first + tile_rows) {
-                        for (g, group_inputs) in inputs[..grouped].chunks_exact(GROUP).enumerate() {
-                            let [values] =
-                                group([row(r)], std::array::from_fn(|k| &group_inputs[k]));
-                            for (k, value) in values.into_iter().enumerate() {
-                                write(g * GROUP + k, r, value);
-                            }
-                        }
-                        for (i, input) in inputs.iter().enumerate().skip(grouped) {
-                            write(i, r, one([row(r)], [input])[0][0]);
-                        }
+                        rows_against_inputs([row(r)], &inputs, group, one, |i, _, value| {
+                            write(i, r, value)
+                        });
                     }
                 }
             }
         });
         out
+    }
+}
+
+/// `R` rows against every input: groups of `GROUP` inputs, then the rest one by one;
+/// `write(input, row of the R, value)`.
+fn rows_against_inputs<const R: usize>(
+    rows: [&[u8]; R],
+    inputs: &[QuantizedInput],
+    group: Kernel<R, GROUP>,
+    one: Kernel<R, 1>,
+    mut write: impl FnMut(usize, usize, f32),
+) {
+    let grouped = inputs.len() / GROUP * GROUP;
+    for (g, group_inputs) in inputs[..grouped].chunks_exact(GROUP).enumerate() {
+        let values = group(rows, std::array::from_fn(|k| &group_inputs[k]));
+        for (r, values) in values.into_iter().enumerate() {
+            for (k, value) in values.into_iter().enumerate() {
+                write(g * GROUP + k, r, value);
+            }
+        }
+    }
+    for (i, input) in inputs.iter().enumerate().skip(grouped) {
+        for (r, [value]) in one(rows, [input]).into_iter().enumerate() {
+            write(i, r, value);
+        }
     }
 }
 
