@@ -174,8 +174,10 @@ fn its_stt_client_lists_devices_and_starts_with_a_clear_answer() {
         .spawn()
         .unwrap();
     writeln!(client.stdin.take().unwrap(),).unwrap();
+    // The client prints the `device` answer from its event thread, so that line can come
+    // after the answer to `start`: wait for both.
     let seen = output_until(client, Duration::from_secs(30), |s| {
-        s.contains("[error]") || s.contains("[state_changed] listening")
+        (s.contains("[error]") || s.contains("[state_changed] listening")) && s.contains("[device]")
     });
     assert!(seen.contains("Available input devices:"), "{seen}");
     assert!(seen.contains("[device] using index None"), "{seen}");
