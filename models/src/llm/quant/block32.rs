@@ -3,11 +3,11 @@
 //! being `d · q + c`. Against an input block (scale `d_x`, scaled sum `s_x`), a block
 //! contributes `d · d_x · Σ q q_x + c · s_x`.
 //!
-//! The SIMD kernel multiplies a tile of `R` rows by `N` inputs: each weight block is unpacked
+//! The SIMD kernels multiply a tile of `R` rows by `N` inputs: each weight block is unpacked
 //! once for the `N` inputs and each input block loaded once for the `R` rows, which is what
-//! makes prompts and batches fast. Every (row, input) pair has its own accumulator, added to
-//! block by block in the same order whatever the tile, so a result never depends on what else
-//! ran with it.
+//! makes prompts and batches fast. Every (row, input) pair has its own accumulators (even and
+//! odd blocks), added to block by block in the same order whatever the tile, so a result never
+//! depends on what else ran with it.
 
 use super::{QuantizedInput, BLOCK};
 
