@@ -6,6 +6,8 @@
 //! cost only the arithmetic. Each function here matches a candle operation, which the tests
 //! check it against.
 
+use half::{f16, slice::HalfFloatSliceExt};
+
 /// `out = x / sqrt(mean(x²) + eps) * weight`.
 pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let root = (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32 + eps).sqrt();
@@ -33,32 +35,102 @@ pub(super) fn rope_halves(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// One query head against the first `len` rows of its key/value head (rows of `q.len()`
-/// values): `out = softmax(q · keysᵀ · scale) · values`.
-pub(super) fn attend(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    len: usize,
+/// Cached positions per piece of one query's attention. Pieces run in parallel and merge
+/// exactly ([`merge_spans`]), so a single generated token spreads its attention over every
+/// thread however few key/value heads the model has (flash-decoding).
+pub(super) const ATTENTION_SPAN: usize = 256;
+
+/// Floats each query head's part of a span takes: largest score, sum of weights, weighted sum
+/// of values.
+pub(super) fn span_part_len(head_size: usize) -> usize {
+    head_size + 2
+}
+
+/// Keys (or values) converted to f32 at a time: a few kilobytes that stay in L1.
+const CONVERT_ROWS: usize = 16;
+
+/// A group of query heads that share a key/value head (`queries`: heads of `head_size` values,
+/// one after another) against one span of cached positions (`keys`, `values`: rows of
+/// `head_size` f16 values). Each key and value is read once for the whole group. Writes, per
+/// query, `[m, Σ e^(s−m), Σ e^(s−m) · value]` into `parts`, where `s = q · key · scale` and `m`
+/// is the span's largest `s`.
+pub(super) fn attend_span(
+    queries: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    head_size: usize,
     scale: f32,
-    out: &mut [f32],
+    parts: &mut [f32],
 ) {
-    let size = q.len();
-    let mut scores: Vec<f32> = keys[..len * size]
-        .chunks_exact(size)
-        .map(|k| dot(q, k) * scale)
-        .collect();
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let mut total = 0.0;
-    for s in &mut scores {
-        *s = (*s - max).exp();
-        total += *s;
+    let len = keys.len() / head_size;
+    let groups = queries.len() / head_size;
+    let mut rows = [0.0f32; CONVERT_ROWS * MAX_HEAD_SIZE];
+    let mut scores = vec![0.0f32; groups * len];
+    for (chunk, keys) in keys.chunks(CONVERT_ROWS * head_size).enumerate() {
+        let rows = &mut rows[..keys.len()];
+        keys.convert_to_f32_slice(rows);
+        for (i, key) in rows.chunks_exact(head_size).enumerate() {
+            for (g, q) in queries.chunks_exact(head_size).enumerate() {
+                scores[g * len + chunk * CONVERT_ROWS + i] = dot(q, key) * scale;
+            }
+        }
     }
-    out.fill(0.0);
-    for (v, s) in values[..len * size].chunks_exact(size).zip(&scores) {
-        let weight = s / total;
-        for (o, x) in out.iter_mut().zip(v) {
-            *o += weight * x;
+    let part_len = span_part_len(head_size);
+    for (scores, part) in scores
+        .chunks_exact_mut(len)
+        .zip(parts.chunks_exact_mut(part_len))
+    {
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let mut total = 0.0;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        part[0] = max;
+        part[1] = total;
+        part[2..].fill(0.0);
+    }
+    for (chunk, values) in values.chunks(CONVERT_ROWS * head_size).enumerate() {
+        let rows = &mut rows[..values.len()];
+        values.convert_to_f32_slice(rows);
+        for (i, value) in rows.chunks_exact(head_size).enumerate() {
+            for (g, part) in parts.chunks_exact_mut(part_len).enumerate() {
+                let weight = scores[g * len + chunk * CONVERT_ROWS + i];
+                for (o, x) in part[2..].iter_mut().zip(value) {
+                    *o += weight * x;
+                }
+            }
+        }
+    }
+}
+
+/// The largest head size [`attend_span`] takes (Gemma's; Llama and Qwen use 64 or 128).
+pub(super) const MAX_HEAD_SIZE: usize = 256;
+
+/// Softmax attention of each query head from its spans' parts ([`attend_span`], one span's
+/// parts after another in `parts`): `out = Σ e^(m−M) · weighted / Σ e^(m−M) · total`, `M` the
+/// largest `m`, which is what one pass over all positions gives.
+pub(super) fn merge_spans(parts: &[f32], head_size: usize, out: &mut [f32]) {
+    let part_len = span_part_len(head_size);
+    let groups = out.len() / head_size;
+    for (g, out) in out.chunks_exact_mut(head_size).enumerate() {
+        let spans = || {
+            parts
+                .chunks_exact(part_len * groups)
+                .map(|s| &s[g * part_len..][..part_len])
+        };
+        let max = spans().fold(f32::NEG_INFINITY, |m, p| m.max(p[0]));
+        let mut total = 0.0;
+        out.fill(0.0);
+        for part in spans() {
+            let weight = (part[0] - max).exp();
+            total += weight * part[1];
+            for (o, x) in out.iter_mut().zip(&part[2..]) {
+                *o += weight * x;
+            }
+        }
+        for o in out.iter_mut() {
+            *o /= total;
         }
     }
 }
@@ -138,13 +210,32 @@ mod tests {
         let expect = candle_nn::rotary_emb::rope(&as_head(&x)?, &tables(&cos)?, &tables(&sin)?)?;
         close(&rotated, &expect.flatten_all()?.to_vec1()?);
 
-        let len = 37;
+        // Three query heads sharing a key/value head, over three spans of uneven length.
+        let (len, groups) = (37, 3);
         let (keys, vals) = (values(len * d, 5), values(len * d, 6));
-        let mut out = vec![0.0; d];
-        attend(&x, &keys, &vals, len, 0.125, &mut out);
-        let q = Tensor::new(x.as_slice(), &dev)?.reshape((1, d))?;
-        let k = Tensor::new(keys.as_slice(), &dev)?.reshape((len, d))?;
-        let v = Tensor::new(vals.as_slice(), &dev)?.reshape((len, d))?;
+        let queries = values(groups * d, 7);
+        let half = |v: &[f32]| v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
+        let (keys16, vals16) = (half(&keys), half(&vals));
+        let part_len = groups * span_part_len(d);
+        let bounds = [0, 16, 17, len];
+        let mut parts = vec![0.0; 3 * part_len];
+        for (span, part) in bounds.windows(2).zip(parts.chunks_exact_mut(part_len)) {
+            let rows = span[0] * d..span[1] * d;
+            attend_span(
+                &queries,
+                &keys16[rows.clone()],
+                &vals16[rows],
+                d,
+                0.125,
+                part,
+            );
+        }
+        let mut out = vec![0.0; groups * d];
+        merge_spans(&parts, d, &mut out);
+        let rounded = |v: &[f16]| v.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+        let q = Tensor::new(queries.as_slice(), &dev)?.reshape((groups, d))?;
+        let k = Tensor::new(rounded(&keys16).as_slice(), &dev)?.reshape((len, d))?;
+        let v = Tensor::new(rounded(&vals16).as_slice(), &dev)?.reshape((len, d))?;
         let scores = candle_nn::ops::softmax(&(q.matmul(&k.t()?)? * 0.125)?, D::Minus1)?;
         close(&out, &scores.matmul(&v)?.flatten_all()?.to_vec1()?);
 

@@ -302,19 +302,22 @@ fn sum_lanes(v: std::arch::x86_64::__m256) -> f32 {
 }
 
 /// Sums of four products of unsigned and signed bytes, in eight i32 lanes: one VNNI
-/// instruction where the CPU has it (AVX-512's on 256 bits, or AVX-VNNI).
+/// instruction where the CPU has it (AVX-512's on 256 bits, or AVX-VNNI). Each form is built
+/// only where the build targets its features, and asks only for AVX2, so that the AVX2
+/// kernels call it safely whichever form the build has.
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx512vnni",
     target_feature = "avx512vl"
 ))]
-#[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+#[target_feature(enable = "avx2")]
 fn dot_u8_i8(
     unsigned: std::arch::x86_64::__m256i,
     signed: std::arch::x86_64::__m256i,
 ) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
-    _mm256_dpbusd_epi32(_mm256_setzero_si256(), unsigned, signed)
+    // SAFETY: this form is built only when the build targets AVX-512 VNNI and VL.
+    unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), unsigned, signed) }
 }
 
 /// The same with AVX-VNNI.
@@ -323,13 +326,14 @@ fn dot_u8_i8(
     target_feature = "avxvnni",
     not(all(target_feature = "avx512vnni", target_feature = "avx512vl"))
 ))]
-#[target_feature(enable = "avx2,avxvnni")]
+#[target_feature(enable = "avx2")]
 fn dot_u8_i8(
     unsigned: std::arch::x86_64::__m256i,
     signed: std::arch::x86_64::__m256i,
 ) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
-    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), unsigned, signed)
+    // SAFETY: this form is built only when the build targets AVX-VNNI.
+    unsafe { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), unsigned, signed) }
 }
 
 /// The same on plain AVX2, through i16 pairs: callers keep each pair's sum within i16 (four-bit

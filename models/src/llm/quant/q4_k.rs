@@ -145,8 +145,7 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
                             input.values.as_ptr().add((first + j) * BLOCK) as *const __m256i
                         )
                     };
-                    // SAFETY: `dot_u8_i8` is compiled only for target features this build has.
-                    let products = unsafe { dot_u8_i8(weights, values) };
+                    let products = dot_u8_i8(weights, values);
                     let factor = _mm256_permutevar8x32_ps(factors, _mm256_set1_epi32(j as i32));
                     scaled[k][half] =
                         _mm256_fmadd_ps(factor, _mm256_cvtepi32_ps(products), scaled[k][half]);

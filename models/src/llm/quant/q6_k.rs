@@ -111,9 +111,7 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
                         _mm256_loadu_si256(input.values.as_ptr().add(b * BLOCK) as *const __m256i)
                     };
                     let [scale, _] = input.scale_sums[b];
-                    // SAFETY: `dot_u8_i8` is compiled only for target features this build has.
-                    let products =
-                        unsafe { dot_u8_i8(magnitudes, _mm256_sign_epi8(values, weights)) };
+                    let products = dot_u8_i8(magnitudes, _mm256_sign_epi8(values, weights));
                     let lane = r & 1;
                     scaled[k][lane] = _mm256_fmadd_ps(
                         _mm256_mul_ps(half_scales, _mm256_set1_ps(scale)),

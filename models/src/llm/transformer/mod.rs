@@ -92,6 +92,18 @@ impl Transformer {
         let n_head = meta(content, &key("attention.head_count"))?;
         let n_kv_head = meta(content, &key("attention.head_count_kv")).unwrap_or(n_head);
         let head_dim = meta(content, &key("attention.key_length")).unwrap_or(dim / n_head);
+        if head_dim > cpu_ops::MAX_HEAD_SIZE
+            || !head_dim.is_multiple_of(2)
+            || n_kv_head == 0
+            || !n_head.is_multiple_of(n_kv_head)
+        {
+            candle_core::bail!(
+                "unsupported attention shape: {n_head} query heads, {n_kv_head} key/value \
+                 heads of {head_dim} values (heads of at most {} values, an even size, and \
+                 query heads a multiple of key/value heads are supported)",
+                cpu_ops::MAX_HEAD_SIZE
+            );
+        }
         let eps = meta_f32(content, &key("attention.layer_norm_rms_epsilon"), 1e-6);
         let base = meta_f32(content, &key("rope.freq_base"), 10_000.0);
         let rope = if arch == "llama" {
@@ -303,6 +315,7 @@ impl Transformer {
             let k = self.rotate(&k, position)?;
             cache.continue_at(position)?;
             let (k, v) = cache.append(&k, &v)?;
+            let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
             // Query heads share key/value heads in groups (head h uses h / groups): each
             // key/value head takes its group's queries as one matrix, with no copies of itself.
             let q = q.reshape((batch, n_kv_head, groups * seq, head_dim))?;
@@ -366,6 +379,28 @@ impl Transformer {
         };
         let width = n_head * head_dim;
         let mut attention = vec![0.0; n_rows * width];
+        // Attention's pieces of work: each row's key/value heads (with their group of query
+        // heads), each over spans of cached positions; a row sees its sequence up to its own
+        // position. `head_spans[i]..head_spans[i + 1]` are the spans of the i-th (row, head).
+        let group_width = groups * head_dim;
+        let mut spans = Vec::new();
+        let mut head_spans = vec![0];
+        for (row, &(_, position)) in rows.iter().enumerate() {
+            for kv_head in 0..n_kv_head {
+                for start in (0..=position).step_by(cpu_ops::ATTENTION_SPAN) {
+                    let len = (position + 1 - start).min(cpu_ops::ATTENTION_SPAN);
+                    spans.push(AttentionSpan {
+                        row,
+                        kv_head,
+                        start,
+                        len,
+                    });
+                }
+                head_spans.push(spans.len());
+            }
+        }
+        let span_parts = groups * cpu_ops::span_part_len(head_dim);
+        let mut parts = vec![0.0; spans.len() * span_parts];
         for (index, layer) in self.layers.iter().enumerate() {
             layer.attn_norm.apply(&x, &mut h)?;
             let (mut qkv, sizes) = layer.qkv.rows_product(&h, n_rows)?;
@@ -390,35 +425,39 @@ impl Transformer {
                 .map(|n| n.cache.layers[index].values())
                 .collect::<Result<Vec<_>>>()?;
             let qkv: &[f32] = &qkv;
-            let rows = &rows;
-            let out = attention.as_mut_ptr() as usize;
-            candle_core::utils::barrier_pool().execute_chunked(n_rows * n_head, |items| {
+            let parts_out = parts.as_mut_ptr() as usize;
+            candle_core::utils::barrier_pool().execute_chunked(spans.len(), |items| {
                 for item in items {
-                    let (row, head) = (item / n_head, item % n_head);
-                    let (s, position) = rows[row];
-                    let (keys, values, capacity) = &caches[s];
-                    let base = head / groups * capacity * head_dim;
-                    let q = &qkv[row * qkv_width + head * head_dim..][..head_dim];
-                    // SAFETY: each (row, head) output slice is written by one worker only,
-                    // and lies inside `attention` (`item < n_rows * n_head`).
-                    let out = unsafe {
+                    let span = &spans[item];
+                    let (keys, values, capacity) = &caches[rows[span.row].0];
+                    let cached = (span.kv_head * capacity + span.start) * head_dim
+                        ..(span.kv_head * capacity + span.start + span.len) * head_dim;
+                    let queries =
+                        &qkv[span.row * qkv_width + span.kv_head * group_width..][..group_width];
+                    // SAFETY: each span's parts are written by one worker only, and lie
+                    // inside `parts` (`item < spans.len()`).
+                    let parts = unsafe {
                         std::slice::from_raw_parts_mut(
-                            (out as *mut f32).add(item * head_dim),
-                            head_dim,
+                            (parts_out as *mut f32).add(item * span_parts),
+                            span_parts,
                         )
                     };
-                    // A row sees its sequence up to its own position.
-                    cpu_ops::attend(
-                        q,
-                        &keys.get()[base..],
-                        &values.get()[base..],
-                        position + 1,
+                    cpu_ops::attend_span(
+                        queries,
+                        &keys.get()[cached.clone()],
+                        &values.get()[cached],
+                        head_dim,
                         scale,
-                        out,
+                        parts,
                     );
                 }
             });
             drop(caches);
+            for (head, out) in attention.chunks_exact_mut(group_width).enumerate() {
+                let first = head_spans[head];
+                let last = head_spans[head + 1];
+                cpu_ops::merge_spans(&parts[first * span_parts..last * span_parts], head_dim, out);
+            }
             let o = layer.o.rows_product(&attention, n_rows)?;
             cpu_ops::add(&mut x, &o);
             layer.ffn_norm.apply(&x, &mut h)?;
@@ -456,6 +495,15 @@ impl Transformer {
 /// Rows past which a sequence's tokens (a prompt run alone) take the tensor path: there a
 /// dense GEMM beats the quantized kernels.
 pub(super) const SLICE_PATH_MAX_TOKENS: usize = weights::DENSE_MIN_ROWS_BLOCKS;
+
+/// One piece of attention's work in a batched step: a row's key/value head over `len` cached
+/// positions from `start`.
+struct AttentionSpan {
+    row: usize,
+    kv_head: usize,
+    start: usize,
+    len: usize,
+}
 
 /// One sequence's tokens in a batched step ([`Transformer::forward_tokens`]).
 pub(in crate::llm) struct SequenceTokens<'a> {
@@ -521,7 +569,8 @@ mod tests {
 
         // Sums in a different order differ in the last bits, and the 8-bit quantization of
         // each product's input can turn that into a step of 1/127: so the paths agree on the
-        // choice and within a few percent (up to 5.2 % seen), not bit for bit. A wrong
+        // choice (but for near ties) and within a few percent (up to 5.2 % seen), not bit for
+        // bit. A wrong
         // rotation, head or cache position would change the logits wholesale.
         let top = |l: &[f32]| {
             l.iter()
@@ -530,8 +579,13 @@ mod tests {
                 .map(|(i, _)| i)
         };
         for (a, b) in slices.iter().zip(&tensors) {
-            assert_eq!(top(a), top(b));
             let largest = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            // Each path's choice is the other's best, or within 1 % of it (a near tie).
+            let (top_a, top_b) = (top(a).expect("logits"), top(b).expect("logits"));
+            assert!(
+                b[top_b] - b[top_a] < 0.01 * largest && a[top_a] - a[top_b] < 0.01 * largest,
+                "the paths choose {top_a} and {top_b}"
+            );
             let worst = a
                 .iter()
                 .zip(b)
@@ -635,10 +689,13 @@ mod tests {
     /// A model's forward pass: tokens at a position to the last token's logits.
     type Forward = Box<dyn FnMut(&Tensor, usize) -> Result<Tensor>>;
 
+    /// f32 weights: the difference is our keys and values rounded to f16 (candle's stay
+    /// f32), 2⁻¹¹ relative, which the tiny model's peaked attention magnifies (about 1e-3 of
+    /// the largest logit seen).
     #[test]
     fn each_architecture_matches_candle_transformers() -> Result<()> {
         for arch in ["llama", "qwen2", "qwen3"] {
-            matches_candle_transformers(arch, GgmlDType::F32, 1e-3)?;
+            matches_candle_transformers(arch, GgmlDType::F32, 4e-3)?;
         }
         Ok(())
     }

@@ -181,13 +181,14 @@ impl RmsNorm {
     }
 }
 
-/// The values of a contiguous f32 tensor on the CPU, borrowed from its storage.
-pub(super) struct CpuValues<'a> {
+/// The values of a contiguous tensor on the CPU (f32 unless said), borrowed from its storage.
+pub(super) struct CpuValues<'a, T = f32> {
     pub(super) storage: StorageRef<'a>,
     pub(super) range: std::ops::Range<usize>,
+    dtype: std::marker::PhantomData<T>,
 }
 
-impl<'a> CpuValues<'a> {
+impl<'a, T: candle_core::WithDType> CpuValues<'a, T> {
     pub(super) fn of(tensor: &'a Tensor) -> Result<Self> {
         let (storage, layout) = tensor.storage_and_layout();
         let Some((start, end)) = layout.contiguous_offsets() else {
@@ -195,21 +196,20 @@ impl<'a> CpuValues<'a> {
         };
         match &*storage {
             Storage::Cpu(cpu) => {
-                cpu.as_slice::<f32>()?;
+                cpu.as_slice::<T>()?;
             }
             _ => candle_core::bail!("expected a tensor on the CPU"),
         }
         Ok(Self {
             storage,
             range: start..end,
+            dtype: std::marker::PhantomData,
         })
     }
 
-    pub(super) fn get(&self) -> &[f32] {
+    pub(super) fn get(&self) -> &[T] {
         match &*self.storage {
-            Storage::Cpu(cpu) => {
-                &cpu.as_slice::<f32>().expect("checked in `of`")[self.range.clone()]
-            }
+            Storage::Cpu(cpu) => &cpu.as_slice::<T>().expect("checked in `of`")[self.range.clone()],
             _ => unreachable!("checked in `of`"),
         }
     }
