@@ -57,6 +57,7 @@ pub(super) fn dot_scalar<F: Block32>(blocks: &[u8], input: &QuantizedInput) -> f
 #[cfg(avx2_kernels)]
 #[cfg_attr(avx512_kernels, allow(dead_code))]
 #[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
 pub(super) unsafe fn dot_avx2<F: Block32, const R: usize, const N: usize>(
     rows: [&[u8]; R],
     inputs: [&QuantizedInput; N],
@@ -166,6 +167,7 @@ unsafe fn totals<const R: usize, const N: usize>(
 /// each row.
 #[cfg(avx512_kernels)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
 pub(super) unsafe fn dot_avx512<F: Block32, const R: usize, const N: usize>(
     rows: [&[u8]; R],
     inputs: [&QuantizedInput; N],

@@ -81,6 +81,7 @@ fn unpack_scales_mins(packed: &[u8]) -> [u8; 16] {
 #[cfg_attr(avx512_kernels, allow(dead_code))]
 #[cfg(avx2_kernels)]
 #[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
 pub(super) unsafe fn dot_avx2<const N: usize>(
     blocks: &[u8],
     inputs: [&QuantizedInput; N],
@@ -167,6 +168,7 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
 /// 32 values per block of 32 of the row.
 #[cfg(avx512_kernels)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
 pub(super) unsafe fn dot_avx512<const N: usize>(
     blocks: &[u8],
     inputs: [&QuantizedInput; N],
