@@ -7,6 +7,8 @@ scripts/fetch-models.sh smollm2
 scripts/fetch-models.sh piper
 scripts/fetch-models.sh whisper
 scripts/fetch-models.sh minilm
+# A clean clone builds once: incremental caches would only take disk.
+export CARGO_INCREMENTAL=0
 export CPIPE_PYTHON="$PWD/.venv/bin/python" CPIPE_PYTHON_NP07="$PWD/.venv-np07/bin/python"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
