@@ -570,8 +570,7 @@ mod tests {
         // Sums in a different order differ in the last bits, and the 8-bit quantization of
         // each product's input can turn that into a step of 1/127: so the paths agree on the
         // choice (but for near ties) and within a few percent (up to 5.2 % seen), not bit for
-        // bit. A wrong
-        // rotation, head or cache position would change the logits wholesale.
+        // bit. A wrong rotation, head or cache position would change the logits wholesale.
         let top = |l: &[f32]| {
             l.iter()
                 .enumerate()
