@@ -69,11 +69,11 @@ impl Format {
         }
     }
 
-    /// Input values per scale: Q4_K's AVX2 kernel keeps a super-block's products integers,
-    /// which takes one input scale per super-block.
+    /// Input values per scale: the k-quants' AVX2 kernels keep a super-block's products
+    /// integers, which takes one input scale per super-block.
     fn input_span(self) -> usize {
         match self {
-            Self::Q4K => 256,
+            Self::Q4K | Self::Q6K => 256,
             _ => BLOCK,
         }
     }
@@ -412,7 +412,10 @@ fn quantize_input(x: &[f32], span: usize) -> QuantizedInput {
         values: vec![0; x.len()],
         scale_sums: Vec::with_capacity(n_blocks),
     };
-    for (span, values) in x.chunks_exact(span).zip(input.values.chunks_exact_mut(span)) {
+    for (span, values) in x
+        .chunks_exact(span)
+        .zip(input.values.chunks_exact_mut(span))
+    {
         let max = span.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let scale = max / 127.0;
         let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -623,11 +626,11 @@ mod tests {
         }
     }
 
-    /// The same for Q6_K; Q4_K's two kernels scale their sums at different points (the AVX2
-    /// one per super-block, in integers before that), so they agree to rounding.
+    /// The same for the k-quants, to rounding: their AVX2 kernels scale sums per super-block
+    /// (in integers before that), the AVX-512 ones per block of 32.
     #[cfg(avx512_kernels)]
     #[test]
-    fn the_avx512_k_quant_kernels_equal_the_avx2_ones() {
+    fn the_avx512_k_quant_kernels_agree_with_the_avx2_ones() {
         let cols = 3 * 256;
         let inputs: Vec<QuantizedInput> = (30..34)
             .map(|seed| quantize_input(&values(cols, seed), 256))
@@ -642,13 +645,18 @@ mod tests {
                 q4_k::dot_avx512(q4k.blocks(), inputs),
                 q4_k::dot_avx2(q4k.blocks(), inputs),
             );
+            let largest = narrow.iter().fold(1.0f32, |m, n| m.max(n.abs()));
             for (w, n) in wide.iter().zip(narrow) {
-                assert!((w - n).abs() <= 1e-5 * n.abs().max(1.0), "{w} against {n}");
+                assert!((w - n).abs() <= 1e-4 * largest, "{w} against {n}");
             }
-            assert_eq!(
+            let (wide, narrow) = (
                 q6_k::dot_avx512(q6k.blocks(), inputs),
-                q6_k::dot_avx2(q6k.blocks(), inputs)
+                q6_k::dot_avx2(q6k.blocks(), inputs),
             );
+            let largest = narrow.iter().fold(1.0f32, |m, n| m.max(n.abs()));
+            for (w, n) in wide.iter().zip(narrow) {
+                assert!((w - n).abs() <= 1e-4 * largest, "{w} against {n}");
+            }
         }
     }
 

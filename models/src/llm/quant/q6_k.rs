@@ -54,6 +54,15 @@ pub(super) fn dot_scalar(blocks: &[u8], input: &QuantizedInput) -> f32 {
 
 /// `N` inputs against one row at once: each super-block's six-bit values are put together
 /// once for all of them, and each input's sums are added in the same order as alone.
+///
+/// As llama.cpp's AVX2 kernel does, a super-block's products stay integers: the pair sums of
+/// `q · x` less those of `32 · x` (16 bits each) are multiplied by their 8-bit scales and added
+/// up in 32 bits, and only the super-block's total is scaled in floats. That needs one input
+/// scale per super-block ([`input_span`](super::Format::input_span)).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C, and each input has 32 values and a scale pair per block of
+/// 32 of the row, the scales equal within a super-block.
 #[cfg_attr(avx512_kernels, allow(dead_code))]
 #[cfg(avx2_kernels)]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -62,14 +71,29 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
     blocks: &[u8],
     inputs: [&QuantizedInput; N],
 ) -> [f32; N] {
-    use super::{dot_u8_i8, sum_lanes};
+    use super::sum_lanes;
     use std::arch::x86_64::*;
     let low_nibbles = _mm256_set1_epi8(0x0F);
     let two_bits = _mm256_set1_epi8(3);
     let offset = _mm256_set1_epi8(32);
-    let mut scaled = [[_mm256_setzero_ps(); 2]; N];
+    let mut scaled = [_mm256_setzero_ps(); N];
     for (s, block) in blocks.chunks_exact(BLOCK_BYTES).enumerate() {
         let d = f16::from_le_bytes([block[SCALE], block[SCALE + 1]]).to_f32();
+        // The sixteen scales as 32-bit lanes holding the scale in both 16-bit halves: scales
+        // 0–7, then 8–15.
+        let scales: [__m256i; 2] = std::array::from_fn(|i| {
+            // SAFETY: the scales are 16 bytes from byte 192.
+            let wide = unsafe {
+                _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                    block.as_ptr().add(SCALES + 8 * i) as *const __m128i
+                ))
+            };
+            _mm256_or_si256(
+                _mm256_and_si256(wide, _mm256_set1_epi32(0xFFFF)),
+                _mm256_slli_epi32(wide, 16),
+            )
+        });
+        let mut sums = [_mm256_setzero_si256(); N];
         for h in 0..2 {
             // SAFETY: each half's 64 low-bit bytes start at 64h and its 32 high-bit bytes at
             // 128 + 32h, inside the super-block's 210 bytes.
@@ -88,47 +112,53 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
             ];
             for (r, low) in lows.into_iter().enumerate() {
                 let j = 4 * h + r;
-                let b = s * SUB_BLOCKS + j;
                 let high_bits = _mm256_and_si256(
                     _mm256_srl_epi16(high, _mm_cvtsi32_si128(2 * r as i32)),
                     two_bits,
                 );
-                // q − 32 as signed bytes, then |w| and x with w's sign (as in Q8_0).
-                let weights = _mm256_sub_epi8(
-                    _mm256_or_si256(low, _mm256_slli_epi16(high_bits, 4)),
-                    offset,
+                // q as unsigned bytes (0..64).
+                let weights = _mm256_or_si256(low, _mm256_slli_epi16(high_bits, 4));
+                // 16-bit lanes 0–7 (the first 16 weights) take scale 2j, lanes 8–15 scale
+                // 2j + 1.
+                let at = (2 * j % 8) as i32;
+                let scale = _mm256_permutevar8x32_epi32(
+                    scales[j / 4],
+                    _mm256_add_epi32(
+                        _mm256_set1_epi32(at),
+                        _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
+                    ),
                 );
-                let magnitudes = _mm256_sign_epi8(weights, weights);
-                // Lanes 0–3 sum the first 16 weights, lanes 4–7 the last 16: each half its
-                // scale.
-                let first = block[SCALES + 2 * j] as i8 as f32 * d;
-                let second = block[SCALES + 2 * j + 1] as i8 as f32 * d;
-                let half_scales =
-                    _mm256_setr_ps(first, first, first, first, second, second, second, second);
                 for (k, input) in inputs.iter().enumerate() {
-                    // SAFETY: each input has 32 values and one scale pair per block of 32 of
-                    // the row.
+                    // SAFETY: each input has 32 values per block of 32 of the row.
                     let values = unsafe {
-                        _mm256_loadu_si256(input.values.as_ptr().add(b * BLOCK) as *const __m256i)
+                        _mm256_loadu_si256(input.values.as_ptr().add((s * SUB_BLOCKS + j) * BLOCK)
+                            as *const __m256i)
                     };
-                    let [scale, _] = input.scale_sums[b];
-                    let products = dot_u8_i8(magnitudes, _mm256_sign_epi8(values, weights));
-                    let lane = r & 1;
-                    scaled[k][lane] = _mm256_fmadd_ps(
-                        _mm256_mul_ps(half_scales, _mm256_set1_ps(scale)),
-                        _mm256_cvtepi32_ps(products),
-                        scaled[k][lane],
+                    // Pair sums of q · x (|2 · 63 · 128| fits 16 bits) less those of 32 · x.
+                    let pairs = _mm256_sub_epi16(
+                        _mm256_maddubs_epi16(weights, values),
+                        _mm256_maddubs_epi16(offset, values),
                     );
+                    sums[k] = _mm256_add_epi32(sums[k], _mm256_madd_epi16(pairs, scale));
                 }
             }
         }
+        for (k, input) in inputs.iter().enumerate() {
+            let factor = d * input.scale_sums[s * SUB_BLOCKS][0];
+            scaled[k] = _mm256_fmadd_ps(
+                _mm256_set1_ps(factor),
+                _mm256_cvtepi32_ps(sums[k]),
+                scaled[k],
+            );
+        }
     }
-    std::array::from_fn(|k| sum_lanes(_mm256_add_ps(scaled[k][0], scaled[k][1])))
+    std::array::from_fn(|k| sum_lanes(scaled[k]))
 }
 
 /// The same on AVX-512: a pair of blocks of 32 (`r` even and odd) per 512-bit register, the
-/// even one in the low half. The halves are the AVX2 kernel's two accumulators, added to with
-/// the same operations, so the two kernels give the same bits. Signed weights multiply the
+/// even one in the low half, each block's products scaled in floats (VNNI sums four products
+/// straight into 32 bits, past where a 16-bit scale could multiply them); it agrees with the
+/// AVX2 kernel to rounding. Signed weights multiply the
 /// inputs shifted to unsigned (x + 128), their sums starting at −128 · Σ w: the same integers
 /// as |w| × ±x.
 ///
