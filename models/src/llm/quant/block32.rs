@@ -17,9 +17,11 @@ pub(super) trait Block32 {
     /// Bytes per block.
     const BYTES: usize;
     /// Whether weights carry an offset `c`; when not, the kernel skips its sums.
+    #[cfg_attr(not(avx2_kernels), allow(dead_code))]
     const OFFSET: bool;
     /// Whether `q` is signed (it is then unpacked as its magnitude and sign: the
     /// unsigned-by-signed products the instructions take).
+    #[cfg_attr(not(avx2_kernels), allow(dead_code))]
     const SIGNED: bool;
 
     /// `d`, `c` and the 32 integers of a block: the portable form.

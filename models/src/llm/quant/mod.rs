@@ -23,6 +23,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{bail, Result};
 
+#[cfg(avx2_kernels)]
 use block32::Block32;
 
 /// Weights (and input values) per block.
