@@ -157,6 +157,7 @@ fn cancel_and_client_death_stop_generation() {
     let mut args = question("Write a very long story about a dragon.");
     args["max_tokens"] = json!(4000);
     args["temperature"] = json!(0.8);
+    args["ignore_eos"] = json!(true);
     let id = c.send("chat", args).unwrap();
     let mut tokens = 0;
     let mut events = c.events_of(id);
@@ -185,6 +186,9 @@ fn cancel_and_client_death_stop_generation() {
         "max_tokens=4000",
         "-j",
         "temperature=0.8",
+        // A sampled reply may end early; this one must outlast the test.
+        "-j",
+        "ignore_eos=true",
     ]);
     assert_eq!(state(&dir), "inferring");
     child.kill().unwrap();
@@ -209,6 +213,9 @@ fn a_queued_request_that_is_cancelled_gets_cancelled_at_once() {
         "max_tokens=4000",
         "-j",
         "temperature=0.8",
+        // A sampled reply may end early; this one must outlast the test.
+        "-j",
+        "ignore_eos=true",
     ]);
     assert!(eventually(Duration::from_secs(10), || state(&dir) == "inferring"));
     let mut c = client(&dir);
