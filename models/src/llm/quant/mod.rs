@@ -12,6 +12,7 @@ mod block32;
 mod q4_0;
 mod q4_1;
 mod q4_k;
+mod q4_k_x8;
 mod q5_0;
 mod q5_1;
 mod q6_k;
@@ -245,25 +246,36 @@ fn q6_k_rows<const R: usize, const N: usize>(
     return rows.map(|row| unsafe { q6_k::dot_avx2(row, inputs) });
 }
 
-/// A `rows × cols` quantized matrix, row-major, each row whole blocks. It reads the blocks
-/// where the tensor holds them, so candle's kernels may share the one copy.
+/// A `rows × cols` quantized matrix, each row whole blocks.
 pub(super) struct QuantMatrix {
     format: Format,
     rows: usize,
     cols: usize,
     row_bytes: usize,
-    tensor: Arc<QTensor>,
+    blocks: Blocks,
+}
+
+/// Where a matrix's blocks are.
+enum Blocks {
+    /// As the GGUF stores them, row after row, in the tensor (which candle's kernels may
+    /// share).
+    Rows(Arc<QTensor>),
+    /// Q4_K re-laid eight rows to a tile ([`q4_k_x8`]); the stored copy is dropped.
+    Q4KTiles(Vec<u8>),
 }
 
 /// An input vector quantized to 8 bits per block: values, then per block its scale and its
-/// scale × sum side by side (Q4_1 multiplies both by a block's `d` and `m` at once).
+/// scale × sum side by side (Q4_1 multiplies both by a block's `d` and `m` at once), and its
+/// sum as an integer (Q4_K's tiles keep their minimums' term integer).
 struct QuantizedInput {
     values: Vec<i8>,
     scale_sums: Vec<[f32; 2]>,
+    sums: Vec<i16>,
 }
 
 impl QuantMatrix {
-    /// Takes a CPU tensor in a format with a kernel here; `None` for any other format.
+    /// Takes a CPU tensor in a format with a kernel here; `None` for any other format. Q4_K
+    /// matrices of whole tiles are re-laid into tiles, and no longer hold the tensor.
     pub(super) fn from_qtensor(tensor: Arc<QTensor>) -> Result<Option<Self>> {
         let Some(format) = Format::of(tensor.dtype()) else {
             return Ok(None);
@@ -281,21 +293,44 @@ impl QuantMatrix {
         if bytes != rows * row_bytes {
             bail!("a {format:?} tensor of {rows}×{cols} holds {bytes} bytes");
         }
+        let blocks = if format == Format::Q4K && rows % q4_k_x8::ROWS == 0 {
+            Blocks::Q4KTiles(q4_k_x8::interleave(Self::stored(&tensor), rows, row_bytes))
+        } else {
+            Blocks::Rows(tensor)
+        };
         Ok(Some(Self {
             format,
             rows,
             cols,
             row_bytes,
-            tensor,
+            blocks,
         }))
     }
 
-    /// The blocks, where the tensor holds them.
-    fn blocks(&self) -> &[u8] {
-        match self.tensor.data() {
+    /// The blocks of a tensor checked to hold them in CPU memory.
+    fn stored(tensor: &QTensor) -> &[u8] {
+        match tensor.data() {
             Ok(Cow::Borrowed(blocks)) => blocks,
             _ => unreachable!("checked to be borrowed CPU memory when made"),
         }
+    }
+
+    /// The blocks, in their layout.
+    fn blocks(&self) -> &[u8] {
+        match &self.blocks {
+            Blocks::Rows(tensor) => Self::stored(tensor),
+            Blocks::Q4KTiles(tiles) => tiles,
+        }
+    }
+
+    /// Whether prompts and batches have a kernel here that takes each weight block once for
+    /// several inputs: the 32-weight formats and Q4_K's tiles. Stored Q4_K and Q6_K rows have
+    /// a kernel a row at a time, slower for prompts than candle's repacked tiles.
+    pub(super) fn tiled(&self) -> bool {
+        !matches!(
+            (&self.blocks, self.format),
+            (Blocks::Rows(_), Format::Q4K | Format::Q6K)
+        )
     }
 
     /// Output values per input vector.
@@ -317,6 +352,9 @@ impl QuantMatrix {
             .chunks_exact(self.cols)
             .map(|x| quantize_input(x, span))
             .collect();
+        if let Blocks::Q4KTiles(tiles) = &self.blocks {
+            return self.tiles_matmul(tiles, &inputs);
+        }
         let blocks = self.blocks();
         let mut out = vec![0.0f32; inputs.len() * self.rows];
         let row_bytes = self.row_bytes;
@@ -378,6 +416,46 @@ impl QuantMatrix {
         });
         out
     }
+
+    /// [`matmul`](Self::matmul) on Q4_K tiles: a worker takes a group of eight rows against
+    /// every input, four inputs at a time, then the rest one by one (each input's sums are
+    /// added in the same order either way).
+    fn tiles_matmul(&self, tiles: &[u8], inputs: &[QuantizedInput]) -> Vec<f32> {
+        const ROWS: usize = q4_k_x8::ROWS;
+        let groups = self.rows / ROWS;
+        let group_bytes = tiles.len() / groups;
+        let mut out = vec![0.0f32; inputs.len() * self.rows];
+        let out_ptr = out.as_mut_ptr() as usize;
+        let grouped = inputs.len() / GROUP * GROUP;
+        candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
+            for group in range {
+                let tiles = &tiles[group * group_bytes..(group + 1) * group_bytes];
+                let write = |i: usize, values: [f32; ROWS]| {
+                    // SAFETY: input `i`'s outputs for this group's rows lie inside `out`
+                    // (`i < inputs.len()`, `(group + 1) * ROWS <= rows`), and no other worker
+                    // has this group.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            values.as_ptr(),
+                            (out_ptr as *mut f32).add(i * self.rows + group * ROWS),
+                            ROWS,
+                        )
+                    }
+                };
+                for (g, four) in inputs[..grouped].chunks_exact(GROUP).enumerate() {
+                    let values = q4_k_x8::dot::<GROUP>(tiles, std::array::from_fn(|k| &four[k]));
+                    for (k, values) in values.into_iter().enumerate() {
+                        write(g * GROUP + k, values);
+                    }
+                }
+                for (i, input) in inputs.iter().enumerate().skip(grouped) {
+                    let [values] = q4_k_x8::dot::<1>(tiles, [input]);
+                    write(i, values);
+                }
+            }
+        });
+        out
+    }
 }
 
 /// `R` rows against every input: groups of `GROUP` inputs, then the rest one by one;
@@ -412,6 +490,7 @@ fn quantize_input(x: &[f32], span: usize) -> QuantizedInput {
     let mut input = QuantizedInput {
         values: vec![0; x.len()],
         scale_sums: Vec::with_capacity(n_blocks),
+        sums: Vec::with_capacity(n_blocks),
     };
     for (span, values) in x
         .chunks_exact(span)
@@ -427,6 +506,8 @@ fn quantize_input(x: &[f32], span: usize) -> QuantizedInput {
                 sum += *q as i32;
             }
             input.scale_sums.push([scale, scale * sum as f32]);
+            // At most 32 · 127 in magnitude.
+            input.sums.push(sum as i16);
         }
     }
     input
@@ -657,6 +738,58 @@ mod tests {
             let largest = narrow.iter().fold(1.0f32, |m, n| m.max(n.abs()));
             for (w, n) in wide.iter().zip(narrow) {
                 assert!((w - n).abs() <= 1e-4 * largest, "{w} against {n}");
+            }
+        }
+    }
+
+    /// Q4_K matrices of whole groups of eight rows are re-laid into tiles; their products
+    /// match the dequantized ones, the row kernel's, and the portable tile kernel's, and six
+    /// vectors together get each its own products.
+    #[test]
+    fn q4_k_tiles_match_the_stored_rows() {
+        let (rows, cols) = (24, 3 * 256);
+        let (q, tiles) = matrix(rows, cols, GgmlDType::Q4K, 13);
+        assert!(matches!(tiles.blocks, Blocks::Q4KTiles(_)));
+        assert!(tiles.tiled());
+        let stored = QuantMatrix {
+            blocks: Blocks::Rows(q.clone()),
+            ..tiles
+        };
+        let tiles = QuantMatrix::from_qtensor(q.clone()).unwrap().unwrap();
+        let dense = q.dequantize(&Device::Cpu).unwrap();
+        let vectors: Vec<Vec<f32>> = (40..46).map(|seed| values(cols, seed)).collect();
+        let together = tiles.matmul(&vectors.concat());
+        for (i, x) in vectors.iter().enumerate() {
+            let alone = tiles.matmul(x);
+            assert_eq!(alone, together[i * rows..(i + 1) * rows], "vector {i}");
+            let expected: Vec<f32> = Tensor::from_vec(x.clone(), (cols, 1), &Device::Cpu)
+                .and_then(|x| dense.matmul(&x))
+                .and_then(|y| y.flatten_all())
+                .and_then(|y| y.to_vec1())
+                .unwrap();
+            let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let input = quantize_input(x, 256);
+            let by_rows = stored.matmul(x);
+            for (row, got) in alone.iter().enumerate() {
+                // Only the input's 8-bit quantization separates it from the f32 product.
+                let e = expected[row];
+                assert!(
+                    (got - e).abs() < 0.01 * scale,
+                    "row {row}: {got} against {e}"
+                );
+                // The row kernel and the portable tile kernel sum the same integers.
+                let r = by_rows[row];
+                assert!(
+                    (got - r).abs() <= 1e-4 * scale,
+                    "row {row}: {got} against {r}"
+                );
+                let group = tiles.blocks().len() / (rows / q4_k_x8::ROWS);
+                let group_tiles = &tiles.blocks()[row / 8 * group..(row / 8 + 1) * group];
+                let scalar = q4_k_x8::dot_scalar(group_tiles, &input)[row % 8];
+                assert!(
+                    (got - scalar).abs() <= 1e-4 * scale,
+                    "row {row}: {got} against {scalar}"
+                );
             }
         }
     }

@@ -10,13 +10,13 @@ use half::f16;
 use super::{QuantizedInput, BLOCK};
 
 /// Bytes per super-block.
-const BLOCK_BYTES: usize = 144;
+pub(super) const BLOCK_BYTES: usize = 144;
 
 /// Weights per super-block.
-const VALUES: usize = 256;
+pub(super) const VALUES: usize = 256;
 
 /// Input blocks of 32 per super-block.
-const SUB_BLOCKS: usize = VALUES / BLOCK;
+pub(super) const SUB_BLOCKS: usize = VALUES / BLOCK;
 
 /// A super-block's `d · sc_j` and `dmin · m_j` for its eight sub-blocks.
 fn factors(block: &[u8]) -> ([f32; SUB_BLOCKS], [f32; SUB_BLOCKS]) {
@@ -57,7 +57,7 @@ pub(super) fn dot_scalar(blocks: &[u8], input: &QuantizedInput) -> f32 {
 /// 8–11's nibbles with their top two bits in the spare bits of bytes 0–7; word-wide masks and
 /// shifts unpack four at a time.
 #[inline(always)]
-fn unpack_scales_mins(packed: &[u8]) -> [u8; 16] {
+pub(super) fn unpack_scales_mins(packed: &[u8]) -> [u8; 16] {
     const SIX_BITS: u32 = 0x3f3f_3f3f;
     const FOUR_BITS: u32 = 0x0f0f_0f0f;
     const TWO_BITS: u32 = 0x0303_0303;

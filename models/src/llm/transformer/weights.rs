@@ -27,10 +27,10 @@ pub(super) const DENSE_MIN_ROWS_BLOCKS: usize = 32;
 pub(super) enum Quantized {
     /// candle's kernels.
     Candle(QMatMul),
-    /// Blocks as stored, on this crate's CPU kernels; with no dense copy, k-quant prompts go
-    /// to candle's tiled kernels (Q4_K, Q6_K), which share the tensor (and repack it into
-    /// tiles on first use): they beat this crate's k-quant kernels from a few rows on. The
-    /// 32-weight formats have tiled kernels here.
+    /// Blocks on this crate's CPU kernels; with no dense copy, prompts on stored Q6_K rows
+    /// (and Q4_K rows not whole tiles of eight) go to candle's tiled kernels, which share the
+    /// tensor (and repack it on first use): they beat this crate's row-at-a-time kernels
+    /// from a few rows on. The 32-weight formats and Q4_K tiles have tiled kernels here.
     Blocks {
         matrix: QuantMatrix,
         prompts: Option<QMatMul>,
@@ -267,9 +267,8 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
         };
         if own_kernels {
             if let Some(matrix) = QuantMatrix::from_qtensor(q.clone())? {
-                let tiled = matches!(q.dtype(), GgmlDType::Q4K | GgmlDType::Q6K);
                 let prompts = match dense {
-                    None if tiled => Some(QMatMul::from_arc(q)?),
+                    None if !matrix.tiled() => Some(QMatMul::from_arc(q)?),
                     _ => None,
                 };
                 return Ok(Linear {
