@@ -16,13 +16,14 @@ mod q4_k_x8;
 mod q5_0;
 mod q5_1;
 mod q6_k;
+mod q6_k_x8;
 mod q8_0;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{bail, Result};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
+use candle_core::{bail, Device, Result};
 
 #[cfg(avx2_kernels)]
 use block32::Block32;
@@ -41,6 +42,15 @@ const GROUP: usize = 4;
 /// of them. Two keep a tile's accumulators (`2 × TILE_ROWS × GROUP`, plus their offsets)
 /// within AVX-512's 32 registers.
 const TILE_ROWS: usize = 2;
+
+/// Rows of a k-quant tile ([`q4_k_x8`], [`q6_k_x8`]).
+const ROW_GROUP: usize = 8;
+
+/// A k-quant laid out in tiles of [`ROW_GROUP`] rows, and its kernel.
+trait EightRowTiles {
+    /// One row group's tiles against `N` inputs: for each input, the group's products.
+    fn dot<const N: usize>(tiles: &[u8], inputs: [&QuantizedInput; N]) -> [[f32; ROW_GROUP]; N];
+}
 
 /// Rows a generation step hands a worker at once (its pool hands out several at a time).
 const RUN_ROWS: usize = 16;
@@ -262,21 +272,26 @@ enum Blocks {
     Rows(Arc<QTensor>),
     /// Q4_K re-laid eight rows to a tile ([`q4_k_x8`]); the stored copy is dropped.
     Q4KTiles(Vec<u8>),
+    /// Q6_K likewise ([`q6_k_x8`]).
+    Q6KTiles(Vec<u8>),
 }
 
 /// An input vector quantized to 8 bits per block: values, then per block its scale and its
 /// scale × sum side by side (Q4_1 multiplies both by a block's `d` and `m` at once), and its
-/// sum as an integer (Q4_K's tiles keep their minimums' term integer).
+/// sum as an integer, and its halves' (the k-quants' tiles keep their offsets' terms
+/// integer).
 struct QuantizedInput {
     values: Vec<i8>,
     scale_sums: Vec<[f32; 2]>,
     sums: Vec<i16>,
+    half_sums: Vec<i16>,
 }
 
 impl QuantMatrix {
-    /// Takes a CPU tensor in a format with a kernel here; `None` for any other format. Q4_K
-    /// matrices of whole tiles are re-laid into tiles, and no longer hold the tensor.
-    pub(super) fn from_qtensor(tensor: Arc<QTensor>) -> Result<Option<Self>> {
+    /// Takes a CPU tensor in a format with a kernel here; `None` for any other format. With
+    /// `relayout`, Q4_K and Q6_K matrices of whole tiles are re-laid into tiles, and no
+    /// longer hold the tensor.
+    pub(super) fn from_qtensor(tensor: Arc<QTensor>, relayout: bool) -> Result<Option<Self>> {
         let Some(format) = Format::of(tensor.dtype()) else {
             return Ok(None);
         };
@@ -293,10 +308,15 @@ impl QuantMatrix {
         if bytes != rows * row_bytes {
             bail!("a {format:?} tensor of {rows}×{cols} holds {bytes} bytes");
         }
-        let blocks = if format == Format::Q4K && rows % q4_k_x8::ROWS == 0 {
-            Blocks::Q4KTiles(q4_k_x8::interleave(Self::stored(&tensor), rows, row_bytes))
-        } else {
-            Blocks::Rows(tensor)
+        let stored = Self::stored(&tensor);
+        let blocks = match format {
+            Format::Q4K if relayout && rows % ROW_GROUP == 0 => {
+                Blocks::Q4KTiles(q4_k_x8::interleave(stored, rows, row_bytes))
+            }
+            Format::Q6K if relayout && rows % ROW_GROUP == 0 => {
+                Blocks::Q6KTiles(q6_k_x8::interleave(stored, rows, row_bytes))
+            }
+            _ => Blocks::Rows(tensor),
         };
         Ok(Some(Self {
             format,
@@ -319,12 +339,43 @@ impl QuantMatrix {
     fn blocks(&self) -> &[u8] {
         match &self.blocks {
             Blocks::Rows(tensor) => Self::stored(tensor),
-            Blocks::Q4KTiles(tiles) => tiles,
+            Blocks::Q4KTiles(tiles) | Blocks::Q6KTiles(tiles) => tiles,
         }
     }
 
+    /// Whether the blocks were re-laid (and the tensor dropped).
+    pub(super) fn relaid(&self) -> bool {
+        !matches!(self.blocks, Blocks::Rows(_))
+    }
+
+    /// Row `row`, dequantized: a token's embedding, where the output layer shares the
+    /// token-embedding table.
+    pub(super) fn row_values(&self, row: usize) -> Result<Vec<f32>> {
+        if row >= self.rows {
+            bail!("row {row} is outside a matrix of {} rows", self.rows);
+        }
+        let mut out = Vec::with_capacity(self.cols);
+        match &self.blocks {
+            Blocks::Rows(tensor) => return stored_row_values(tensor, row),
+            Blocks::Q4KTiles(tiles) => {
+                q4_k_x8::row_values(self.row_group(tiles, row), row % ROW_GROUP, &mut out)
+            }
+            Blocks::Q6KTiles(tiles) => {
+                q6_k_x8::row_values(self.row_group(tiles, row), row % ROW_GROUP, &mut out)
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tiles of the row group that holds `row`.
+    fn row_group<'a>(&self, tiles: &'a [u8], row: usize) -> &'a [u8] {
+        let group_bytes = tiles.len() / (self.rows / ROW_GROUP);
+        let group = row / ROW_GROUP;
+        &tiles[group * group_bytes..(group + 1) * group_bytes]
+    }
+
     /// Whether prompts and batches have a kernel here that takes each weight block once for
-    /// several inputs: the 32-weight formats and Q4_K's tiles. Stored Q4_K and Q6_K rows have
+    /// several inputs: the 32-weight formats and the k-quants' tiles. Stored Q4_K and Q6_K rows have
     /// a kernel a row at a time, slower for prompts than candle's repacked tiles.
     pub(super) fn tiled(&self) -> bool {
         !matches!(
@@ -352,8 +403,14 @@ impl QuantMatrix {
             .chunks_exact(self.cols)
             .map(|x| quantize_input(x, span))
             .collect();
-        if let Blocks::Q4KTiles(tiles) = &self.blocks {
-            return self.tiles_matmul(tiles, &inputs);
+        match &self.blocks {
+            Blocks::Q4KTiles(tiles) => {
+                return self.tiles_matmul::<q4_k_x8::Q4KTiles>(tiles, &inputs)
+            }
+            Blocks::Q6KTiles(tiles) => {
+                return self.tiles_matmul::<q6_k_x8::Q6KTiles>(tiles, &inputs)
+            }
+            Blocks::Rows(_) => {}
         }
         let blocks = self.blocks();
         let mut out = vec![0.0f32; inputs.len() * self.rows];
@@ -417,11 +474,11 @@ impl QuantMatrix {
         out
     }
 
-    /// [`matmul`](Self::matmul) on Q4_K tiles: a worker takes a group of eight rows against
-    /// every input, four inputs at a time, then the rest one by one (each input's sums are
-    /// added in the same order either way).
-    fn tiles_matmul(&self, tiles: &[u8], inputs: &[QuantizedInput]) -> Vec<f32> {
-        const ROWS: usize = q4_k_x8::ROWS;
+    /// [`matmul`](Self::matmul) on k-quant tiles: a worker takes a group of eight rows
+    /// against every input, four inputs at a time, then the rest one by one (each input's
+    /// sums are added in the same order either way).
+    fn tiles_matmul<T: EightRowTiles>(&self, tiles: &[u8], inputs: &[QuantizedInput]) -> Vec<f32> {
+        const ROWS: usize = ROW_GROUP;
         let groups = self.rows / ROWS;
         let group_bytes = tiles.len() / groups;
         let mut out = vec![0.0f32; inputs.len() * self.rows];
@@ -443,19 +500,35 @@ impl QuantMatrix {
                     }
                 };
                 for (g, four) in inputs[..grouped].chunks_exact(GROUP).enumerate() {
-                    let values = q4_k_x8::dot::<GROUP>(tiles, std::array::from_fn(|k| &four[k]));
+                    let values = T::dot::<GROUP>(tiles, std::array::from_fn(|k| &four[k]));
                     for (k, values) in values.into_iter().enumerate() {
                         write(g * GROUP + k, values);
                     }
                 }
                 for (i, input) in inputs.iter().enumerate().skip(grouped) {
-                    let [values] = q4_k_x8::dot::<1>(tiles, [input]);
+                    let [values] = T::dot::<1>(tiles, [input]);
                     write(i, values);
                 }
             }
         });
         out
     }
+}
+
+/// Row `row` of a 2-D quantized tensor in any format, dequantized.
+pub(super) fn stored_row_values(tensor: &QTensor, row: usize) -> Result<Vec<f32>> {
+    let (rows, cols) = tensor.shape().dims2()?;
+    if row >= rows {
+        bail!("row {row} is outside a matrix of {rows} rows");
+    }
+    let dtype = tensor.dtype();
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let data = tensor.data()?;
+    let bytes = &data[row * row_bytes..(row + 1) * row_bytes];
+    qtensor_from_ggml(dtype, bytes, vec![1, cols], &Device::Cpu)?
+        .dequantize(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1()
 }
 
 /// `R` rows against every input: groups of `GROUP` inputs, then the rest one by one;
@@ -491,6 +564,7 @@ fn quantize_input(x: &[f32], span: usize) -> QuantizedInput {
         values: vec![0; x.len()],
         scale_sums: Vec::with_capacity(n_blocks),
         sums: Vec::with_capacity(n_blocks),
+        half_sums: Vec::with_capacity(2 * n_blocks),
     };
     for (span, values) in x
         .chunks_exact(span)
@@ -500,11 +574,14 @@ fn quantize_input(x: &[f32], span: usize) -> QuantizedInput {
         let scale = max / 127.0;
         let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
         for (block, values) in span.chunks_exact(BLOCK).zip(values.chunks_exact_mut(BLOCK)) {
-            let mut sum = 0i32;
-            for (q, v) in values.iter_mut().zip(block) {
+            let mut halves = [0i32; 2];
+            for (i, (q, v)) in values.iter_mut().zip(block).enumerate() {
                 *q = (v * inverse).round() as i8;
-                sum += *q as i32;
+                halves[i / (BLOCK / 2)] += *q as i32;
             }
+            let sum = halves[0] + halves[1];
+            // At most 16 · 127 in magnitude.
+            input.half_sums.extend(halves.map(|half| half as i16));
             input.scale_sums.push([scale, scale * sum as f32]);
             // At most 32 · 127 in magnitude.
             input.sums.push(sum as i16);
@@ -612,7 +689,7 @@ mod tests {
     ) -> (Arc<QTensor>, QuantMatrix) {
         let w = Tensor::from_vec(values(rows * cols, seed), (rows, cols), &Device::Cpu).unwrap();
         let q = Arc::new(QTensor::quantize(&w, dtype).unwrap());
-        let matrix = QuantMatrix::from_qtensor(q.clone()).unwrap().unwrap();
+        let matrix = QuantMatrix::from_qtensor(q.clone(), true).unwrap().unwrap();
         (q, matrix)
     }
 
@@ -742,55 +819,85 @@ mod tests {
         }
     }
 
-    /// Q4_K matrices of whole groups of eight rows are re-laid into tiles; their products
-    /// match the dequantized ones, the row kernel's, and the portable tile kernel's, and six
-    /// vectors together get each its own products.
+    /// Q4_K and Q6_K matrices of whole groups of eight rows are re-laid into tiles; their
+    /// products match the dequantized ones, the row kernel's, and the portable tile
+    /// kernel's, and six vectors together get each its own products.
     #[test]
-    fn q4_k_tiles_match_the_stored_rows() {
-        let (rows, cols) = (24, 3 * 256);
-        let (q, tiles) = matrix(rows, cols, GgmlDType::Q4K, 13);
-        assert!(matches!(tiles.blocks, Blocks::Q4KTiles(_)));
-        assert!(tiles.tiled());
-        let stored = QuantMatrix {
-            blocks: Blocks::Rows(q.clone()),
-            ..tiles
-        };
-        let tiles = QuantMatrix::from_qtensor(q.clone()).unwrap().unwrap();
-        let dense = q.dequantize(&Device::Cpu).unwrap();
-        let vectors: Vec<Vec<f32>> = (40..46).map(|seed| values(cols, seed)).collect();
-        let together = tiles.matmul(&vectors.concat());
-        for (i, x) in vectors.iter().enumerate() {
-            let alone = tiles.matmul(x);
-            assert_eq!(alone, together[i * rows..(i + 1) * rows], "vector {i}");
-            let expected: Vec<f32> = Tensor::from_vec(x.clone(), (cols, 1), &Device::Cpu)
-                .and_then(|x| dense.matmul(&x))
-                .and_then(|y| y.flatten_all())
-                .and_then(|y| y.to_vec1())
-                .unwrap();
-            let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let input = quantize_input(x, 256);
-            let by_rows = stored.matmul(x);
-            for (row, got) in alone.iter().enumerate() {
-                // Only the input's 8-bit quantization separates it from the f32 product.
-                let e = expected[row];
-                assert!(
-                    (got - e).abs() < 0.01 * scale,
-                    "row {row}: {got} against {e}"
-                );
-                // The row kernel and the portable tile kernel sum the same integers.
-                let r = by_rows[row];
-                assert!(
-                    (got - r).abs() <= 1e-4 * scale,
-                    "row {row}: {got} against {r}"
-                );
-                let group = tiles.blocks().len() / (rows / q4_k_x8::ROWS);
-                let group_tiles = &tiles.blocks()[row / 8 * group..(row / 8 + 1) * group];
-                let scalar = q4_k_x8::dot_scalar(group_tiles, &input)[row % 8];
-                assert!(
-                    (got - scalar).abs() <= 1e-4 * scale,
-                    "row {row}: {got} against {scalar}"
+    fn k_quant_tiles_match_the_stored_rows() {
+        type Scalar = fn(&[u8], &QuantizedInput) -> [f32; ROW_GROUP];
+        let formats: [(GgmlDType, Scalar); 2] = [
+            (GgmlDType::Q4K, q4_k_x8::dot_scalar),
+            (GgmlDType::Q6K, q6_k_x8::dot_scalar),
+        ];
+        for (dtype, scalar_tiles) in formats {
+            let (rows, cols) = (24, 3 * 256);
+            let (q, tiles) = matrix(rows, cols, dtype, 13);
+            assert!(matches!(
+                tiles.blocks,
+                Blocks::Q4KTiles(_) | Blocks::Q6KTiles(_)
+            ));
+            assert!(tiles.tiled());
+            let stored = QuantMatrix {
+                blocks: Blocks::Rows(q.clone()),
+                ..tiles
+            };
+            assert!(!stored.tiled());
+            let tiles = QuantMatrix::from_qtensor(q.clone(), true).unwrap().unwrap();
+            let dense = q.dequantize(&Device::Cpu).unwrap();
+            let vectors: Vec<Vec<f32>> = (40..46).map(|seed| values(cols, seed)).collect();
+            let together = tiles.matmul(&vectors.concat());
+            for (i, x) in vectors.iter().enumerate() {
+                let alone = tiles.matmul(x);
+                assert_eq!(alone, together[i * rows..(i + 1) * rows], "{dtype:?} {i}");
+                let expected: Vec<f32> = Tensor::from_vec(x.clone(), (cols, 1), &Device::Cpu)
+                    .and_then(|x| dense.matmul(&x))
+                    .and_then(|y| y.flatten_all())
+                    .and_then(|y| y.to_vec1())
+                    .unwrap();
+                let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let input = quantize_input(x, 256);
+                let by_rows = stored.matmul(x);
+                let group = tiles.blocks().len() / (rows / ROW_GROUP);
+                for (row, got) in alone.iter().enumerate() {
+                    // Only the input's 8-bit quantization separates it from the f32 product.
+                    let e = expected[row];
+                    assert!(
+                        (got - e).abs() < 0.01 * scale,
+                        "{dtype:?}: {got} against {e}"
+                    );
+                    // The row kernel and the portable tile kernel sum the same integers.
+                    let r = by_rows[row];
+                    assert!(
+                        (got - r).abs() <= 1e-4 * scale,
+                        "{dtype:?}: {got} against {r}"
+                    );
+                    let g = row / ROW_GROUP;
+                    let scalar = scalar_tiles(&tiles.blocks()[g * group..(g + 1) * group], &input)
+                        [row % ROW_GROUP];
+                    assert!(
+                        (got - scalar).abs() <= 1e-4 * scale,
+                        "{dtype:?}: {got} against {scalar}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A token looked up in a tied output layer's tiles gets the values candle dequantizes
+    /// from the stored row.
+    #[test]
+    fn rows_looked_up_in_tiles_are_the_stored_rows() {
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            let (q, tiles) = matrix(16, 512, dtype, 17);
+            assert!(tiles.relaid());
+            for row in [0, 5, 8, 15] {
+                assert_eq!(
+                    tiles.row_values(row).unwrap(),
+                    stored_row_values(&q, row).unwrap(),
+                    "{dtype:?} row {row}"
                 );
             }
+            assert!(tiles.row_values(16).is_err());
         }
     }
 
@@ -798,6 +905,8 @@ mod tests {
     fn other_formats_are_left_to_candle() {
         let w = Tensor::from_vec(values(256, 3), (1, 256), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q3K).unwrap();
-        assert!(QuantMatrix::from_qtensor(Arc::new(q)).unwrap().is_none());
+        assert!(QuantMatrix::from_qtensor(Arc::new(q), true)
+            .unwrap()
+            .is_none());
     }
 }

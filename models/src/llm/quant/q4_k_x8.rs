@@ -16,10 +16,7 @@
 use half::f16;
 
 use super::q4_k::{unpack_scales_mins, BLOCK_BYTES, SUB_BLOCKS, VALUES};
-use super::QuantizedInput;
-
-/// Rows per tile.
-pub(super) const ROWS: usize = 8;
+use super::{EightRowTiles, QuantizedInput, ROW_GROUP as ROWS};
 
 /// Where a tile's scales, minimums and values start, and its size.
 const MINIMUM_SCALES: usize = 16;
@@ -70,15 +67,35 @@ pub(super) fn interleave(blocks: &[u8], rows: usize, row_bytes: usize) -> Vec<u8
     tiles
 }
 
-/// One row group's tiles against `N` inputs: for each input, the eight rows' products.
-#[inline]
-pub(super) fn dot<const N: usize>(tiles: &[u8], inputs: [&QuantizedInput; N]) -> [[f32; ROWS]; N] {
-    #[cfg(avx2_kernels)]
-    // SAFETY: the build targets AVX2, FMA and F16C, so the CPU has them; the matrix checked
-    // that its inputs have as many values as its rows (`QuantMatrix::matmul`).
-    return unsafe { dot_avx2(tiles, inputs) };
-    #[cfg(not(avx2_kernels))]
-    return inputs.map(|input| dot_scalar(tiles, input));
+/// Q4_K's tiles.
+pub(super) struct Q4KTiles;
+
+impl EightRowTiles for Q4KTiles {
+    #[inline]
+    fn dot<const N: usize>(tiles: &[u8], inputs: [&QuantizedInput; N]) -> [[f32; ROWS]; N] {
+        #[cfg(avx2_kernels)]
+        // SAFETY: the build targets AVX2, FMA and F16C, so the CPU has them; the matrix
+        // checked that its inputs have as many values as its rows (`QuantMatrix::matmul`).
+        return unsafe { dot_avx2(tiles, inputs) };
+        #[cfg(not(avx2_kernels))]
+        return inputs.map(|input| dot_scalar(tiles, input));
+    }
+}
+
+/// Row `r` of a row group's tiles, dequantized, onto `out`.
+pub(super) fn row_values(tiles: &[u8], r: usize, out: &mut Vec<f32>) {
+    for tile in tiles.chunks_exact(TILE_BYTES) {
+        let half = |at: usize| f16::from_le_bytes([tile[at + 2 * r], tile[at + 2 * r + 1]]);
+        let (d, dmin) = (half(0).to_f32(), half(MINIMUM_SCALES).to_f32());
+        out.extend((0..VALUES).map(|v| {
+            let j = v / 32;
+            let scale = d * tile[SCALES + j * ROWS + r] as f32;
+            let minimum = dmin * tile[MINIMUMS + j / 2 * 2 * ROWS + 2 * r + j % 2] as f32;
+            let (run, i) = (v / 8, v % 8);
+            let q = tile[QUANTS + run * 4 * ROWS + 4 * r + i % 4] >> (4 * (i / 4)) & 0x0F;
+            scale * q as f32 - minimum
+        }));
+    }
 }
 
 /// The portable kernel, and the reference for the SIMD one: the same integer sums, scaled

@@ -9,18 +9,18 @@ use half::f16;
 use super::{QuantizedInput, BLOCK};
 
 /// Bytes per super-block.
-const BLOCK_BYTES: usize = 210;
+pub(super) const BLOCK_BYTES: usize = 210;
 
 /// Weights per super-block.
-const VALUES: usize = 256;
+pub(super) const VALUES: usize = 256;
 
 /// Input blocks of 32 per super-block.
 const SUB_BLOCKS: usize = VALUES / BLOCK;
 
 /// Where a super-block's parts start.
 const HIGH_BITS: usize = 128;
-const SCALES: usize = 192;
-const SCALE: usize = 208;
+pub(super) const SCALES: usize = 192;
+pub(super) const SCALE: usize = 208;
 
 /// Weight `32r + l` of half `h` of a super-block, as a signed value in −32..32.
 fn weight(block: &[u8], h: usize, r: usize, l: usize) -> i32 {
@@ -28,6 +28,11 @@ fn weight(block: &[u8], h: usize, r: usize, l: usize) -> i32 {
     let low = if r < 2 { low & 0x0F } else { low >> 4 };
     let high = (block[HIGH_BITS + h * 32 + l] >> (2 * r)) & 3;
     (low | (high << 4)) as i32 - 32
+}
+
+/// Weight `v` (0..256) of a super-block as stored: unsigned, in 0..64.
+pub(super) fn stored_value(block: &[u8], v: usize) -> u8 {
+    (weight(block, v / 128, v % 128 / 32, v % 32) + 32) as u8
 }
 
 /// The portable kernel.

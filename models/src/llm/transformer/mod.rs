@@ -133,11 +133,23 @@ impl Transformer {
             dense,
         };
         let embedding_q = Arc::new(load.qtensor("token_embd.weight")?);
-        let embeddings = TokenEmbeddings::new(embedding_q.clone(), device)?;
-        let output = if load.has("output.weight") {
-            load.linear("output.weight", None)?
+        let (embeddings, output) = if load.has("output.weight") {
+            (
+                TokenEmbeddings::new(embedding_q, device)?,
+                load.linear("output.weight", None)?,
+            )
         } else {
-            load.linear_from(embedding_q, None)?
+            // Tied: the table is the output layer's matrix. Where that is re-laid, tokens are
+            // looked up in it, and the stored copy goes.
+            let output = load.linear_from(embedding_q.clone(), None)?;
+            let embeddings = match output.relaid_matrix() {
+                Some(matrix) => TokenEmbeddings::Output {
+                    matrix,
+                    dim: embedding_q.shape().dims2()?.1,
+                },
+                None => TokenEmbeddings::new(embedding_q, device)?,
+            };
+            (embeddings, output)
         };
         let norm = load.norm("output_norm.weight", eps)?;
         let mut layers = Vec::with_capacity(n_layer);

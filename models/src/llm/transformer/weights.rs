@@ -32,7 +32,7 @@ pub(super) enum Quantized {
     /// tensor (and repack it on first use): they beat this crate's row-at-a-time kernels
     /// from a few rows on. The 32-weight formats and Q4_K tiles have tiled kernels here.
     Blocks {
-        matrix: QuantMatrix,
+        matrix: Arc<QuantMatrix>,
         prompts: Option<QMatMul>,
     },
 }
@@ -73,6 +73,16 @@ impl Linear {
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
+        }
+    }
+
+    /// The matrix, if its blocks were re-laid for this crate's kernels: a tied
+    /// token-embedding table then looks its rows up there, instead of keeping the stored
+    /// copy too.
+    pub(super) fn relaid_matrix(&self) -> Option<Arc<QuantMatrix>> {
+        match &self.quantized {
+            Quantized::Blocks { matrix, .. } if matrix.relaid() => Some(matrix.clone()),
+            _ => None,
         }
     }
 
@@ -266,13 +276,16 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
             q
         };
         if own_kernels {
-            if let Some(matrix) = QuantMatrix::from_qtensor(q.clone())? {
+            if let Some(matrix) = QuantMatrix::from_qtensor(q.clone(), true)? {
                 let prompts = match dense {
                     None if !matrix.tiled() => Some(QMatMul::from_arc(q)?),
                     _ => None,
                 };
                 return Ok(Linear {
-                    quantized: Quantized::Blocks { matrix, prompts },
+                    quantized: Quantized::Blocks {
+                        matrix: Arc::new(matrix),
+                        prompts,
+                    },
                     dense,
                     bias,
                 });
