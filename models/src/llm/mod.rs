@@ -296,11 +296,6 @@ pub struct LoadOptions {
     /// A `tokenizer.json` to use instead of the one rebuilt from the GGUF (needed for
     /// SentencePiece vocabularies, which GGUF metadata cannot rebuild).
     pub tokenizer_json: Option<std::path::PathBuf>,
-    /// Also keep the weights in f32 for prompt processing (a GEMM): up to twice the prompt
-    /// speed for formats whose blocks have no fast multi-row kernel here (Q8_0, Q5_x, which
-    /// many small models mix in), at 4 to 8 times the model's memory. Off, prompts run on the
-    /// quantized blocks, and the model takes about its file's size.
-    pub dense_prompts: bool,
 }
 
 /// A loaded chat model: weights, tokenizer and chat template, resident until dropped.
@@ -411,7 +406,6 @@ impl Llm {
             device,
             &architecture,
             context_length,
-            options.dense_prompts,
         )
         .map_err(|e| read_error(format!("cannot load the weights ({e})")))?;
         tracing::info!(%name, %architecture, context_length, "model loaded");

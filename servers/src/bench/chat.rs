@@ -35,9 +35,6 @@ pub struct ChatBench {
     /// built).
     #[arg(long, env = "LLAMA_SERVER")]
     pub llama_server: Option<PathBuf>,
-    /// Measure cpipe with `--dense-prompts` (f32 weights for prompts).
-    #[arg(long)]
-    pub dense_prompts: bool,
 }
 
 /// A prompt of exactly `n` tokens of ordinary text.
@@ -64,12 +61,12 @@ const DEPTH: usize = 2048;
 
 /// Our engine: (prompt tokens/s at 128, at 512, generation tokens/s at depth 0 and at
 /// `DEPTH`), and the short chat's time to first token.
-fn ours(path: &Path, repetitions: usize, dense_prompts: bool) -> Result<([f64; 4], FirstToken)> {
-    let options = LoadOptions {
-        dense_prompts,
-        ..LoadOptions::default()
-    };
-    let mut llm = Llm::load_with(path, &models::device::best_device(), &options)?;
+fn ours(path: &Path, repetitions: usize) -> Result<([f64; 4], FirstToken)> {
+    let mut llm = Llm::load_with(
+        path,
+        &models::device::best_device(),
+        &LoadOptions::default(),
+    )?;
     // Every run cold, as llama-bench's are: nothing of the run before is reused.
     let one = GenerationParams {
         max_tokens: 1,
@@ -176,7 +173,7 @@ struct Answers {
     resident_mb: f64,
 }
 
-fn warm_versus_fresh(model: &str, repetitions: usize, dense_prompts: bool) -> Result<Answers> {
+fn warm_versus_fresh(model: &str, repetitions: usize) -> Result<Answers> {
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("cpipe-bench-chat-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -188,7 +185,6 @@ fn warm_versus_fresh(model: &str, repetitions: usize, dense_prompts: bool) -> Re
         let start = Instant::now();
         let mut server = Command::new(&exe)
             .args(["--serve", "chat", "--model", model])
-            .args(dense_prompts.then_some("--dense-prompts"))
             .arg("--dir")
             .arg(&dir)
             .stderr(Stdio::null())
@@ -251,13 +247,7 @@ pub fn run(options: &ChatBench) -> Result<()> {
             .llama_server
             .clone()
             .unwrap_or_else(super::bridges::default_llama_server);
-        return super::clients::run(
-            &options.model,
-            clients,
-            repetitions,
-            &llama,
-            options.dense_prompts,
-        );
+        return super::clients::run(&options.model, clients, repetitions, &llama);
     }
     let source = crate::kinds::chat::model_source(&options.model)?;
     let path = source.resolve()?;
@@ -279,7 +269,7 @@ pub fn run(options: &ChatBench) -> Result<()> {
     let (mut ours_rounds, mut anchor_rounds, mut first_ms) = (Vec::new(), Vec::new(), Vec::new());
     let mut first = None;
     for _ in 0..repetitions {
-        let (rates, round_first) = ours(&path, 1, options.dense_prompts)?;
+        let (rates, round_first) = ours(&path, 1)?;
         ours_rounds.push(rates);
         first_ms.push(round_first.ms);
         first = Some(round_first);
@@ -311,7 +301,7 @@ pub fn run(options: &ChatBench) -> Result<()> {
         "time to first token, short chat (engine): {:.1} ms ({} prompt tokens, {} of them run ahead at start-up)",
         first.ms, first.prompt_tokens, first.cached
     );
-    let answers = warm_versus_fresh(&options.model, repetitions, options.dense_prompts)?;
+    let answers = warm_versus_fresh(&options.model, repetitions)?;
     println!(
         "one answer: warm server {:.0} ms, fresh process {:.0} ms ({:.1}x)",
         answers.warm * 1000.0,

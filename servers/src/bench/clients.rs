@@ -168,15 +168,10 @@ fn conversation(connection: &mut dyn Chat, topic: usize) -> Result<Vec<f64>> {
 }
 
 /// The cpipe chat server under test, and a client of this process once the model loaded.
-fn start_cpipe(
-    model: &str,
-    slots: usize,
-    dir: &Path,
-    dense: bool,
-) -> Result<(BenchServer, Client)> {
+fn start_cpipe(model: &str, slots: usize, dir: &Path) -> Result<(BenchServer, Client)> {
     let ctx = (slots * CONTEXT_PER_SLOT).to_string();
     let slots = slots.to_string();
-    let mut args = vec![
+    let args = [
         "chat",
         "--model",
         model,
@@ -185,9 +180,6 @@ fn start_cpipe(
         "--ctx",
         &ctx,
     ];
-    if dense {
-        args.push("--dense-prompts");
-    }
     let server = serve(dir, &args)?;
     let client = connect_ready(dir, "chat")?;
     Ok((server, client))
@@ -221,13 +213,7 @@ fn medians(rounds: &[Round]) -> [f64; 4] {
 }
 
 /// Runs the many-clients and conversation benchmarks and prints their table.
-pub fn run(
-    model: &str,
-    clients: usize,
-    repetitions: usize,
-    llama: &Path,
-    dense_prompts: bool,
-) -> Result<()> {
+pub fn run(model: &str, clients: usize, repetitions: usize, llama: &Path) -> Result<()> {
     ensure!(
         (1..=64).contains(&clients),
         "--clients must be from 1 to 64, got {clients}"
@@ -247,7 +233,7 @@ pub fn run(
         CONTEXT_PER_SLOT
     );
 
-    let (cpipe_server, mut our_client) = start_cpipe(model, clients, &dir, dense_prompts)?;
+    let (cpipe_server, mut our_client) = start_cpipe(model, clients, &dir)?;
     let mut ours: Vec<ProcessClient> = (0..clients)
         .map(|_| ProcessClient { dir: dir.clone() })
         .collect();

@@ -65,12 +65,6 @@ pub struct ChatArgs {
     /// window].
     #[arg(long, value_name = "TOKENS")]
     pub ctx: Option<usize>,
-
-    /// Also keep the weights in f32 for prompts: up to twice the prompt speed on models that
-    /// mix in Q8_0 or Q5_x blocks (Qwen2.5's small ones do), at 4 to 8 times the memory. Off,
-    /// the model takes about its file's size in memory, as in llama.cpp.
-    #[arg(long)]
-    pub dense_prompts: bool,
 }
 
 /// The model real users get by default: fetched once from the Hugging Face hub.
@@ -303,7 +297,6 @@ fn load(
     let path = source.resolve().map_err(|e| e.to_string())?;
     let options = LoadOptions {
         tokenizer_json: args.tokenizer.clone(),
-        dense_prompts: args.dense_prompts,
     };
     let mut llm = Llm::load_with(&path, &device, &options).map_err(|e| e.to_string())?;
     let slots = usize::from(args.parallel);

@@ -12,7 +12,7 @@ mod block32;
 mod q4_0;
 mod q4_1;
 mod q4_k;
-mod q4_k_x8;
+mod q4_k_q5_k_x8;
 mod q5_0;
 mod q5_1;
 mod q6_k;
@@ -43,7 +43,7 @@ const GROUP: usize = 4;
 /// within AVX-512's 32 registers.
 const TILE_ROWS: usize = 2;
 
-/// Rows of a k-quant tile ([`q4_k_x8`], [`q6_k_x8`]).
+/// Rows of a k-quant tile ([`q4_k_q5_k_x8`], [`q6_k_x8`]).
 const ROW_GROUP: usize = 8;
 
 /// A k-quant laid out in tiles of [`ROW_GROUP`] rows, and its kernel.
@@ -258,7 +258,6 @@ fn q6_k_rows<const R: usize, const N: usize>(
 
 /// A `rows × cols` quantized matrix, each row whole blocks.
 pub(super) struct QuantMatrix {
-    format: Format,
     rows: usize,
     cols: usize,
     row_bytes: usize,
@@ -269,9 +268,14 @@ pub(super) struct QuantMatrix {
 enum Blocks {
     /// As the GGUF stores them, row after row, in the tensor (which candle's kernels may
     /// share).
-    Rows(Arc<QTensor>),
-    /// Q4_K re-laid eight rows to a tile ([`q4_k_x8`]); the stored copy is dropped.
+    Rows {
+        format: Format,
+        tensor: Arc<QTensor>,
+    },
+    /// Q4_K re-laid eight rows to a tile ([`q4_k_q5_k_x8`]); the stored copy is dropped.
     Q4KTiles(Vec<u8>),
+    /// Q5_K likewise ([`q4_k_q5_k_x8`]).
+    Q5KTiles(Vec<u8>),
     /// Q6_K likewise ([`q6_k_x8`]).
     Q6KTiles(Vec<u8>),
 }
@@ -288,17 +292,22 @@ struct QuantizedInput {
 }
 
 impl QuantMatrix {
-    /// Takes a CPU tensor in a format with a kernel here; `None` for any other format. With
-    /// `relayout`, Q4_K and Q6_K matrices of whole tiles are re-laid into tiles, and no
-    /// longer hold the tensor.
-    pub(super) fn from_qtensor(tensor: Arc<QTensor>, relayout: bool) -> Result<Option<Self>> {
-        let Some(format) = Format::of(tensor.dtype()) else {
-            return Ok(None);
-        };
-        let (rows, cols) = tensor.shape().dims2()?;
+    /// Takes a CPU tensor in a format with a kernel here; `None` for any other format. Q4_K,
+    /// Q5_K and Q6_K matrices of whole groups of eight rows are re-laid into tiles, and no
+    /// longer hold the tensor (Q5_K has no kernel for stored rows).
+    pub(super) fn from_qtensor(tensor: Arc<QTensor>) -> Result<Option<Self>> {
         let dtype = tensor.dtype();
+        let format = Format::of(dtype);
+        if format.is_none() && dtype != GgmlDType::Q5K {
+            return Ok(None);
+        }
+        let (rows, cols) = tensor.shape().dims2()?;
+        let tiles = rows % ROW_GROUP == 0;
+        if format.is_none() && !tiles {
+            return Ok(None);
+        }
         if cols % dtype.block_size() != 0 {
-            bail!("a {format:?} row of {cols} values is not whole blocks");
+            bail!("a {dtype:?} row of {cols} values is not whole blocks");
         }
         let row_bytes = cols / dtype.block_size() * dtype.type_size();
         let bytes = match tensor.data()? {
@@ -306,20 +315,23 @@ impl QuantMatrix {
             Cow::Owned(_) => bail!("the kernels here read blocks in CPU memory only"),
         };
         if bytes != rows * row_bytes {
-            bail!("a {format:?} tensor of {rows}×{cols} holds {bytes} bytes");
+            bail!("a {dtype:?} tensor of {rows}×{cols} holds {bytes} bytes");
         }
         let stored = Self::stored(&tensor);
-        let blocks = match format {
-            Format::Q4K if relayout && rows % ROW_GROUP == 0 => {
-                Blocks::Q4KTiles(q4_k_x8::interleave(stored, rows, row_bytes))
+        let blocks = match (dtype, format) {
+            (GgmlDType::Q4K, _) if tiles => {
+                Blocks::Q4KTiles(q4_k_q5_k_x8::interleave(stored, rows, row_bytes, false))
             }
-            Format::Q6K if relayout && rows % ROW_GROUP == 0 => {
+            (GgmlDType::Q5K, _) if tiles => {
+                Blocks::Q5KTiles(q4_k_q5_k_x8::interleave(stored, rows, row_bytes, true))
+            }
+            (GgmlDType::Q6K, _) if tiles => {
                 Blocks::Q6KTiles(q6_k_x8::interleave(stored, rows, row_bytes))
             }
-            _ => Blocks::Rows(tensor),
+            (_, Some(format)) => Blocks::Rows { format, tensor },
+            (_, None) => unreachable!("formats with no kernel for rows returned above"),
         };
         Ok(Some(Self {
-            format,
             rows,
             cols,
             row_bytes,
@@ -336,16 +348,17 @@ impl QuantMatrix {
     }
 
     /// The blocks, in their layout.
+    #[cfg(test)]
     fn blocks(&self) -> &[u8] {
         match &self.blocks {
-            Blocks::Rows(tensor) => Self::stored(tensor),
-            Blocks::Q4KTiles(tiles) | Blocks::Q6KTiles(tiles) => tiles,
+            Blocks::Rows { tensor, .. } => Self::stored(tensor),
+            Blocks::Q4KTiles(tiles) | Blocks::Q5KTiles(tiles) | Blocks::Q6KTiles(tiles) => tiles,
         }
     }
 
     /// Whether the blocks were re-laid (and the tensor dropped).
     pub(super) fn relaid(&self) -> bool {
-        !matches!(self.blocks, Blocks::Rows(_))
+        !matches!(self.blocks, Blocks::Rows { .. })
     }
 
     /// Row `row`, dequantized: a token's embedding, where the output layer shares the
@@ -356,10 +369,19 @@ impl QuantMatrix {
         }
         let mut out = Vec::with_capacity(self.cols);
         match &self.blocks {
-            Blocks::Rows(tensor) => return stored_row_values(tensor, row),
-            Blocks::Q4KTiles(tiles) => {
-                q4_k_x8::row_values(self.row_group(tiles, row), row % ROW_GROUP, &mut out)
-            }
+            Blocks::Rows { tensor, .. } => return stored_row_values(tensor, row),
+            Blocks::Q4KTiles(tiles) => q4_k_q5_k_x8::row_values(
+                self.row_group(tiles, row),
+                row % ROW_GROUP,
+                false,
+                &mut out,
+            ),
+            Blocks::Q5KTiles(tiles) => q4_k_q5_k_x8::row_values(
+                self.row_group(tiles, row),
+                row % ROW_GROUP,
+                true,
+                &mut out,
+            ),
             Blocks::Q6KTiles(tiles) => {
                 q6_k_x8::row_values(self.row_group(tiles, row), row % ROW_GROUP, &mut out)
             }
@@ -379,9 +401,21 @@ impl QuantMatrix {
     /// a kernel a row at a time, slower for prompts than candle's repacked tiles.
     pub(super) fn tiled(&self) -> bool {
         !matches!(
-            (&self.blocks, self.format),
-            (Blocks::Rows(_), Format::Q4K | Format::Q6K)
+            self.blocks,
+            Blocks::Rows {
+                format: Format::Q4K | Format::Q6K,
+                ..
+            }
         )
+    }
+
+    /// Input values per scale (see [`Format::input_span`]); the k-quants' tiles take one
+    /// scale per super-block.
+    fn input_span(&self) -> usize {
+        match &self.blocks {
+            Blocks::Rows { format, .. } => format.input_span(),
+            _ => 256,
+        }
     }
 
     /// Output values per input vector.
@@ -398,25 +432,26 @@ impl QuantMatrix {
             0,
             "the input does not match the matrix"
         );
-        let span = self.format.input_span();
+        let span = self.input_span();
         let inputs: Vec<QuantizedInput> = x
             .chunks_exact(self.cols)
             .map(|x| quantize_input(x, span))
             .collect();
-        match &self.blocks {
+        let (format, blocks) = match &self.blocks {
             Blocks::Q4KTiles(tiles) => {
-                return self.tiles_matmul::<q4_k_x8::Q4KTiles>(tiles, &inputs)
+                return self.tiles_matmul::<q4_k_q5_k_x8::Q4KTiles>(tiles, &inputs)
+            }
+            Blocks::Q5KTiles(tiles) => {
+                return self.tiles_matmul::<q4_k_q5_k_x8::Q5KTiles>(tiles, &inputs)
             }
             Blocks::Q6KTiles(tiles) => {
                 return self.tiles_matmul::<q6_k_x8::Q6KTiles>(tiles, &inputs)
             }
-            Blocks::Rows(_) => {}
-        }
-        let blocks = self.blocks();
+            Blocks::Rows { format, tensor } => (*format, Self::stored(tensor)),
+        };
         let mut out = vec![0.0f32; inputs.len() * self.rows];
         let row_bytes = self.row_bytes;
         let row = |i: usize| &blocks[i * row_bytes..(i + 1) * row_bytes];
-        let format = self.format;
         let (tile_one, tile_group) = (
             format.kernel::<TILE_ROWS, 1>(),
             format.kernel::<TILE_ROWS, GROUP>(),
@@ -689,8 +724,16 @@ mod tests {
     ) -> (Arc<QTensor>, QuantMatrix) {
         let w = Tensor::from_vec(values(rows * cols, seed), (rows, cols), &Device::Cpu).unwrap();
         let q = Arc::new(QTensor::quantize(&w, dtype).unwrap());
-        let matrix = QuantMatrix::from_qtensor(q.clone(), true).unwrap().unwrap();
+        let matrix = QuantMatrix::from_qtensor(q.clone()).unwrap().unwrap();
         (q, matrix)
+    }
+
+    /// The format of a matrix kept in stored rows.
+    fn row_format(matrix: &QuantMatrix) -> Format {
+        match &matrix.blocks {
+            Blocks::Rows { format, .. } => *format,
+            _ => panic!("the matrix was re-laid"),
+        }
     }
 
     #[test]
@@ -713,11 +756,11 @@ mod tests {
                 assert!((g - e).abs() < 0.01 * scale, "{dtype:?}: {g} against {e}");
             }
             // The SIMD kernel and the portable one agree to rounding.
-            let input = quantize_input(&x, matrix.format.input_span());
+            let input = quantize_input(&x, matrix.input_span());
             let row_bytes = matrix.blocks().len() / rows;
             for (row, g) in got.iter().enumerate() {
                 let blocks = &matrix.blocks()[row * row_bytes..(row + 1) * row_bytes];
-                let [[scalar]] = matrix.format.scalar_kernel()([blocks], [&input]);
+                let [[scalar]] = row_format(&matrix).scalar_kernel()([blocks], [&input]);
                 assert!(
                     (g - scalar).abs() <= 1e-4 * scale,
                     "{dtype:?}: {g} against {scalar}"
@@ -773,7 +816,7 @@ mod tests {
                 let rows = [0, 1]
                     .map(|r| &matrix.blocks()[r * matrix.row_bytes..(r + 1) * matrix.row_bytes]);
                 let inputs = std::array::from_fn(|k| &inputs[k]);
-                match matrix.format {
+                match row_format(&matrix) {
                     Format::Q4_0 => both::<q4_0::Q4_0>(rows, inputs),
                     Format::Q4_1 => both::<q4_1::Q4_1>(rows, inputs),
                     Format::Q5_0 => both::<q5_0::Q5_0>(rows, inputs),
@@ -819,30 +862,29 @@ mod tests {
         }
     }
 
-    /// Q4_K and Q6_K matrices of whole groups of eight rows are re-laid into tiles; their
-    /// products match the dequantized ones, the row kernel's, and the portable tile
-    /// kernel's, and six vectors together get each its own products.
+    /// Q4_K, Q5_K and Q6_K matrices of whole groups of eight rows are re-laid into tiles;
+    /// their products match the dequantized ones, the row kernel's (Q4_K, Q6_K), and the
+    /// portable tile kernel's, and six vectors together get each its own products.
     #[test]
     fn k_quant_tiles_match_the_stored_rows() {
         type Scalar = fn(&[u8], &QuantizedInput) -> [f32; ROW_GROUP];
-        let formats: [(GgmlDType, Scalar); 2] = [
-            (GgmlDType::Q4K, q4_k_x8::dot_scalar),
+        let formats: [(GgmlDType, Scalar); 3] = [
+            (GgmlDType::Q4K, |t, x| q4_k_q5_k_x8::dot_scalar(t, x, false)),
+            (GgmlDType::Q5K, |t, x| q4_k_q5_k_x8::dot_scalar(t, x, true)),
             (GgmlDType::Q6K, q6_k_x8::dot_scalar),
         ];
         for (dtype, scalar_tiles) in formats {
             let (rows, cols) = (24, 3 * 256);
             let (q, tiles) = matrix(rows, cols, dtype, 13);
-            assert!(matches!(
-                tiles.blocks,
-                Blocks::Q4KTiles(_) | Blocks::Q6KTiles(_)
-            ));
-            assert!(tiles.tiled());
-            let stored = QuantMatrix {
-                blocks: Blocks::Rows(q.clone()),
-                ..tiles
-            };
-            assert!(!stored.tiled());
-            let tiles = QuantMatrix::from_qtensor(q.clone(), true).unwrap().unwrap();
+            assert!(tiles.relaid() && tiles.tiled(), "{dtype:?}");
+            let stored = Format::of(dtype).map(|format| QuantMatrix {
+                blocks: Blocks::Rows {
+                    format,
+                    tensor: q.clone(),
+                },
+                ..QuantMatrix::from_qtensor(q.clone()).unwrap().unwrap()
+            });
+            assert!(stored.as_ref().is_none_or(|stored| !stored.tiled()));
             let dense = q.dequantize(&Device::Cpu).unwrap();
             let vectors: Vec<Vec<f32>> = (40..46).map(|seed| values(cols, seed)).collect();
             let together = tiles.matmul(&vectors.concat());
@@ -856,7 +898,7 @@ mod tests {
                     .unwrap();
                 let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 let input = quantize_input(x, 256);
-                let by_rows = stored.matmul(x);
+                let by_rows = stored.as_ref().map(|stored| stored.matmul(x));
                 let group = tiles.blocks().len() / (rows / ROW_GROUP);
                 for (row, got) in alone.iter().enumerate() {
                     // Only the input's 8-bit quantization separates it from the f32 product.
@@ -866,11 +908,13 @@ mod tests {
                         "{dtype:?}: {got} against {e}"
                     );
                     // The row kernel and the portable tile kernel sum the same integers.
-                    let r = by_rows[row];
-                    assert!(
-                        (got - r).abs() <= 1e-4 * scale,
-                        "{dtype:?}: {got} against {r}"
-                    );
+                    if let Some(by_rows) = &by_rows {
+                        let r = by_rows[row];
+                        assert!(
+                            (got - r).abs() <= 1e-4 * scale,
+                            "{dtype:?}: {got} against {r}"
+                        );
+                    }
                     let g = row / ROW_GROUP;
                     let scalar = scalar_tiles(&tiles.blocks()[g * group..(g + 1) * group], &input)
                         [row % ROW_GROUP];
@@ -887,7 +931,7 @@ mod tests {
     /// from the stored row.
     #[test]
     fn rows_looked_up_in_tiles_are_the_stored_rows() {
-        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
             let (q, tiles) = matrix(16, 512, dtype, 17);
             assert!(tiles.relaid());
             for row in [0, 5, 8, 15] {
@@ -905,8 +949,9 @@ mod tests {
     fn other_formats_are_left_to_candle() {
         let w = Tensor::from_vec(values(256, 3), (1, 256), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q3K).unwrap();
-        assert!(QuantMatrix::from_qtensor(Arc::new(q), true)
-            .unwrap()
-            .is_none());
+        assert!(QuantMatrix::from_qtensor(Arc::new(q)).unwrap().is_none());
+        // Q5_K has tiles only: a matrix whose rows are not whole tiles stays with candle.
+        let q = QTensor::quantize(&w, GgmlDType::Q5K).unwrap();
+        assert!(QuantMatrix::from_qtensor(Arc::new(q)).unwrap().is_none());
     }
 }

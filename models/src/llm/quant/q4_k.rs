@@ -10,7 +10,7 @@ use half::f16;
 use super::{QuantizedInput, BLOCK};
 
 /// Bytes per super-block.
-pub(super) const BLOCK_BYTES: usize = 144;
+const BLOCK_BYTES: usize = 144;
 
 /// Weights per super-block.
 pub(super) const VALUES: usize = 256;

@@ -31,7 +31,7 @@ const SUB_BLOCKS: usize = VALUES / SUB_BLOCK;
 const SUB_BLOCK_BYTES: usize = 3 * 4 * ROWS;
 /// A pair of sub-blocks' bytes: their scales, then each sub-block's.
 const PAIR_BYTES: usize = 2 * ROWS + 2 * SUB_BLOCK_BYTES;
-pub(super) const TILE_BYTES: usize = 2 * ROWS + SUB_BLOCKS / 2 * PAIR_BYTES;
+const TILE_BYTES: usize = 2 * ROWS + SUB_BLOCKS / 2 * PAIR_BYTES;
 
 /// Where the scales of the pair of sub-blocks `pair` start in a tile.
 const fn scales_at(pair: usize) -> usize {

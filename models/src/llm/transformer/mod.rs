@@ -5,16 +5,12 @@
 //! Why not candle-transformers' own quantized models: they run every matrix product through
 //! candle's quantized vector-dot kernels, one prompt row at a time, which makes prompt
 //! processing several times slower than llama.cpp; and some formats (Q4_1, Q5_x) have no SIMD
-//! kernel at all. Here each weight keeps two forms:
-//! - a quantized one for generation (one row per step). Q4_1, Q8_0, Q4_K and Q6_K run on this
-//!   crate's own kernels (`quant/`); Q5_x and Q8_1, which have no SIMD kernel in candle, are
-//!   repacked at load into Q8_0; the rest run on candle's;
-//! - for prompt processing (many rows: compute-bound), short chunks (under
-//!   [`SLICE_PATH_MAX_TOKENS`]) take the same slice path as generated tokens, so a prompt's
-//!   results do not depend on how it was split; longer prompts run on candle's tiled kernels for
-//!   Q4_K and Q6_K (sharing the blocks; candle adds its tiled repacking on the first prompt),
-//!   else this crate's kernels; or, when asked (`dense_prompts`) and while the whole dense
-//!   model fits in [`DENSE_BUDGET_BYTES`], a GEMM on a dense f32 copy.
+//! kernel at all. Here the weights stay quantized, and on the CPU Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+//! Q4_K and Q6_K run on this crate's own kernels (`quant/`), which take each weight block once
+//! for several rows (prompt tokens, or the sequences of a batch); Q8_1 (and, on a GPU, Q4_1 and
+//! Q5_x) is repacked at load into Q8_0; the other formats run on candle's kernels. Short prompt
+//! chunks (under [`SLICE_PATH_MAX_TOKENS`]) take the same slice path as generated tokens, so a
+//! prompt's results do not depend on how it was split.
 
 mod embeddings;
 mod kv;
@@ -28,9 +24,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use super::cpu_ops;
 use embeddings::TokenEmbeddings;
 pub(in crate::llm) use kv::{KvCache, SequenceCache};
-use weights::{
-    meta, meta_f32, CpuValues, Linear, Loader, Projections, RmsNorm, DENSE_BUDGET_BYTES,
-};
+use weights::{meta, meta_f32, CpuValues, Linear, Loader, Projections, RmsNorm};
 
 /// How a GGUF lays out rotary embeddings.
 #[derive(Clone, Copy)]
@@ -76,15 +70,12 @@ pub(super) struct Transformer {
 
 impl Transformer {
     /// Loads a `llama`, `qwen2` or `qwen3` GGUF; `max_positions` bounds the context.
-    /// `dense_prompts` also keeps an f32 copy of each matrix for prompts (within
-    /// [`DENSE_BUDGET_BYTES`]).
     pub(super) fn load<R: std::io::Read + std::io::Seek>(
         content: &gguf_file::Content,
         reader: &mut R,
         device: &Device,
         arch: &str,
         max_positions: usize,
-        dense_prompts: bool,
     ) -> Result<Self> {
         let key = |k: &str| format!("{arch}.{k}");
         let dim = meta(content, &key("embedding_length"))?;
@@ -112,25 +103,10 @@ impl Transformer {
             Rope::Halves
         };
 
-        let dense_bytes: usize = content
-            .tensor_infos
-            .values()
-            .filter(|t| t.shape.dims().len() == 2)
-            .map(|t| t.shape.elem_count() * 4)
-            .sum();
-        let dense =
-            dense_prompts && matches!(device, Device::Cpu) && dense_bytes <= DENSE_BUDGET_BYTES;
-        if dense_prompts && !dense {
-            tracing::info!(
-                "prompts run on the quantized kernels (a dense copy would take {} MiB)",
-                dense_bytes >> 20
-            );
-        }
         let mut load = Loader {
             content,
             reader,
             device,
-            dense,
         };
         let embedding_q = Arc::new(load.qtensor("token_embd.weight")?);
         let (embeddings, output) = if load.has("output.weight") {
@@ -504,9 +480,9 @@ impl Transformer {
     }
 }
 
-/// Rows past which a sequence's tokens (a prompt run alone) take the tensor path: there a
-/// dense GEMM beats the quantized kernels.
-pub(super) const SLICE_PATH_MAX_TOKENS: usize = weights::DENSE_MIN_ROWS_BLOCKS;
+/// Rows past which a sequence's tokens (a prompt run alone) take the tensor path: there
+/// attention over the prompt is one GEMM per key/value head instead of a loop per row.
+pub(super) const SLICE_PATH_MAX_TOKENS: usize = 32;
 
 /// One piece of attention's work in a batched step: a row's key/value head over `len` cached
 /// positions from `start`.
@@ -573,7 +549,7 @@ mod tests {
     fn the_slice_path_computes_what_the_tensor_path_does() -> Result<()> {
         let mut file = std::fs::File::open(smollm2())?;
         let content = gguf_file::Content::read(&mut file)?;
-        let mut model = Transformer::load(&content, &mut file, &Device::Cpu, "llama", 64, true)?;
+        let mut model = Transformer::load(&content, &mut file, &Device::Cpu, "llama", 64)?;
         assert!(model.slice_path);
         let slices = run(&model)?;
         model.slice_path = false;
@@ -718,7 +694,7 @@ mod tests {
     /// misplaced scale is off by the whole logit range.
     #[test]
     fn k_quant_weights_match_candle_transformers() -> Result<()> {
-        for format in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        for format in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
             matches_candle_transformers("llama", format, 0.2)?;
         }
         Ok(())
@@ -732,7 +708,7 @@ mod tests {
             let bytes = tiny_gguf(arch, format)?;
             let content = || gguf_file::Content::read(&mut std::io::Cursor::new(&bytes));
             let mut reader = std::io::Cursor::new(&bytes);
-            let ours = Transformer::load(&content()?, &mut reader, &Device::Cpu, arch, 64, true)?;
+            let ours = Transformer::load(&content()?, &mut reader, &Device::Cpu, arch, 64)?;
             let mut cache = ours.new_cache();
             let mut reference: Forward = match arch {
                 "llama" => {

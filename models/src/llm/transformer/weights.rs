@@ -1,6 +1,5 @@
-//! A decoder's weights as loaded from a GGUF: each matrix in its generation form (quantized
-//! blocks) and, while the model fits the budget, a dense copy for prompts; norms; and the
-//! loader that reads them.
+//! A decoder's weights as loaded from a GGUF: each matrix as quantized blocks, on this
+//! crate's kernels or candle's; norms; and the loader that reads them.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -12,55 +11,38 @@ use super::super::cpu_ops;
 use super::super::quant::QuantMatrix;
 use super::super::tokenizer::meta_u32;
 
-/// Largest total size of the dense prompt-processing copies. Bigger models process prompts
-/// through the quantized kernels instead.
-pub(super) const DENSE_BUDGET_BYTES: usize = 3 << 30;
-
-/// Matrix products with at least this many rows (prompt tokens) use the dense copy.
+/// Matrix products with at least this many rows (prompt tokens) go to candle's tiled kernels
+/// where this crate has none for the format.
 pub(super) const PROMPT_MIN_ROWS: usize = 2;
-
-/// The same for weights on this crate's kernels, which read each weight once for several rows:
-/// reading the dense copy (4 to 8 times the bytes) is slower for a short prompt.
-pub(super) const DENSE_MIN_ROWS_BLOCKS: usize = 32;
 
 /// The form a weight takes for generation.
 pub(super) enum Quantized {
     /// candle's kernels.
     Candle(QMatMul),
-    /// Blocks on this crate's CPU kernels; with no dense copy, prompts on stored Q6_K rows
-    /// (and Q4_K rows not whole tiles of eight) go to candle's tiled kernels, which share the
-    /// tensor (and repack it on first use): they beat this crate's row-at-a-time kernels
-    /// from a few rows on. The 32-weight formats and Q4_K tiles have tiled kernels here.
+    /// Blocks on this crate's CPU kernels. The 32-weight formats and the k-quants' tiles have
+    /// kernels here for many rows; prompts on Q4_K and Q6_K matrices whose rows are not whole
+    /// tiles of eight go to candle's tiled kernels, which share the tensor (and repack it on
+    /// first use): they beat this crate's row-at-a-time kernels from a few rows on.
     Blocks {
         matrix: Arc<QuantMatrix>,
         prompts: Option<QMatMul>,
     },
 }
 
-/// A weight matrix in its generation and prompt-processing forms, with an optional bias.
+/// A weight matrix, with an optional bias.
 pub(super) struct Linear {
     pub(super) quantized: Quantized,
-    pub(super) dense: Option<Tensor>,
     pub(super) bias: Option<Tensor>,
 }
 
 impl Linear {
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(D::Minus1)?;
-        let y = match (&self.dense, &self.quantized) {
-            (Some(w), Quantized::Blocks { .. }) if rows >= DENSE_MIN_ROWS_BLOCKS => {
-                x.broadcast_matmul(&w.t()?)?
-            }
-            (Some(w), Quantized::Candle(_)) if rows >= PROMPT_MIN_ROWS => {
-                x.broadcast_matmul(&w.t()?)?
-            }
-            (
-                None,
-                Quantized::Blocks {
-                    prompts: Some(w), ..
-                },
-            ) if rows >= PROMPT_MIN_ROWS => w.forward(x)?,
-            (_, Quantized::Blocks { matrix, .. }) => {
+        let y = match &self.quantized {
+            Quantized::Blocks {
+                prompts: Some(w), ..
+            } if rows >= PROMPT_MIN_ROWS => w.forward(x)?,
+            Quantized::Blocks { matrix, .. } => {
                 let mut shape = x.dims().to_vec();
                 *shape
                     .last_mut()
@@ -68,7 +50,7 @@ impl Linear {
                 let y = matrix.matmul(&x.flatten_all()?.to_vec1::<f32>()?);
                 Tensor::from_vec(y, shape, x.device())?
             }
-            (_, Quantized::Candle(w)) => w.forward(x)?,
+            Quantized::Candle(w) => w.forward(x)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -225,12 +207,11 @@ impl<'a, T: candle_core::WithDType> CpuValues<'a, T> {
     }
 }
 
-/// Reads tensors from the file, tracking how much dense memory is handed out.
+/// Reads tensors from the file.
 pub(super) struct Loader<'a, R> {
     pub(super) content: &'a gguf_file::Content,
     pub(super) reader: &'a mut R,
     pub(super) device: &'a Device,
-    pub(super) dense: bool,
 }
 
 impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
@@ -254,11 +235,6 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
     }
 
     pub(super) fn linear_from(&mut self, q: Arc<QTensor>, bias: Option<Tensor>) -> Result<Linear> {
-        let dense = if self.dense {
-            Some(q.dequantize(self.device)?)
-        } else {
-            None
-        };
         let own_kernels = matches!(self.device, Device::Cpu);
         // Formats with no SIMD kernel, in candle or here, are repacked into Q8_0.
         let repack = match q.dtype() {
@@ -267,33 +243,31 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
             _ => false,
         };
         let q = if repack {
-            let values = match &dense {
-                Some(d) => d.clone(),
-                None => q.dequantize(self.device)?,
-            };
-            Arc::new(QTensor::quantize(&values, GgmlDType::Q8_0)?)
+            Arc::new(QTensor::quantize(
+                &q.dequantize(self.device)?,
+                GgmlDType::Q8_0,
+            )?)
         } else {
             q
         };
         if own_kernels {
-            if let Some(matrix) = QuantMatrix::from_qtensor(q.clone(), true)? {
-                let prompts = match dense {
-                    None if !matrix.tiled() => Some(QMatMul::from_arc(q)?),
-                    _ => None,
+            if let Some(matrix) = QuantMatrix::from_qtensor(q.clone())? {
+                let prompts = if matrix.tiled() {
+                    None
+                } else {
+                    Some(QMatMul::from_arc(q)?)
                 };
                 return Ok(Linear {
                     quantized: Quantized::Blocks {
                         matrix: Arc::new(matrix),
                         prompts,
                     },
-                    dense,
                     bias,
                 });
             }
         }
         Ok(Linear {
             quantized: Quantized::Candle(QMatMul::from_arc(q)?),
-            dense,
             bias,
         })
     }
