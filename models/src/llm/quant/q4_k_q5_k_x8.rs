@@ -2,9 +2,10 @@
 //! each of eight rows: an input's four bytes, broadcast, multiply all eight rows at once, and
 //! each row's sums land in a lane of their own. A row-at-a-time kernel instead spreads one
 //! row's sub-block over the lanes and must fold them back, and handles every row's scales,
-//! minimums and input scale on its own; here that work is shared by eight rows, which makes
-//! prompts (many inputs per weight) about a quarter faster than candle's repacked tiles, and
-//! the re-laid copy replaces the stored one instead of sitting beside it.
+//! minimums and input scale on its own; here that work is shared by eight rows. On an AVX2
+//! machine that ran Llama-1B Q4_K_M prompts (many inputs per weight) 1.4 times as fast as
+//! candle's repacked tiles had, and the re-laid copy replaces the stored one instead of
+//! sitting beside it.
 //!
 //! The two formats share a super-block's head (`d`, `dmin`, and eight 6-bit scales and
 //! minimums packed in twelve bytes) and its four low bits per value; Q5_K adds a fifth bit.
