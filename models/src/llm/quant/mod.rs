@@ -515,13 +515,12 @@ impl QuantMatrix {
     fn tiles_matmul<T: EightRowTiles>(&self, tiles: &[u8], inputs: &[QuantizedInput]) -> Vec<f32> {
         const ROWS: usize = ROW_GROUP;
         let groups = self.rows / ROWS;
-        let group_bytes = tiles.len() / groups;
         let mut out = vec![0.0f32; inputs.len() * self.rows];
         let out_ptr = out.as_mut_ptr() as usize;
         let grouped = inputs.len() / GROUP * GROUP;
         candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
             for group in range {
-                let tiles = &tiles[group * group_bytes..(group + 1) * group_bytes];
+                let tiles = self.row_group(tiles, group * ROWS);
                 let write = |i: usize, values: [f32; ROWS]| {
                     // SAFETY: input `i`'s outputs for this group's rows lie inside `out`
                     // (`i < inputs.len()`, `(group + 1) * ROWS <= rows`), and no other worker
