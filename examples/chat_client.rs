@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cpipe --serve chat --model smollm2 &
-//! cargo run --release -p examples --bin chat_client -- "What is the capital of France?"
+//! cargo run --release -p examples --bin chat_client -- "What is the capital of France? Answer in one word."
 //! ```
 
 use std::io::Write;

@@ -5,7 +5,7 @@
 //! ```text
 //! cpipe --serve chat --model smollm2 --system 'You are a helpful assistant.' &
 //! cpipe --serve tts --voice joe &
-//! cargo run --release -p examples --bin voice_agent -- --wav reply.wav "What is the capital of France?"
+//! cargo run --release -p examples --bin voice_agent -- --wav reply.wav "What is the capital of France? Answer in one word."
 //! ```
 //!
 //! `--wav FILE` asks the tts server for the audio too and writes it to FILE, so the pipeline

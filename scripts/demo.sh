@@ -26,10 +26,10 @@ for name in chat tts stt; do
 done
 
 set -x
-target/release/chat_client "What is the capital of France?"
+target/release/chat_client "What is the capital of France? Answer in one word."
 "$cpipe" --list
 "$cpipe" chat chat --text --data "Name three primary colours." -j max_tokens=60
-target/release/voice_agent --wav target/demo-reply.wav "What is the capital of France?"
+target/release/voice_agent --wav target/demo-reply.wav "What is the capital of France? Answer in one word."
 "$cpipe" stt transcribe -j "wav=$PWD/target/demo-reply.wav" --text --timeout 120
 "$cpipe" chat stop
 "$cpipe" tts stop

@@ -58,10 +58,14 @@ fn greedy_answer_names_paris() {
         ..GenerationParams::default()
     };
     // The GGUF's template adds a long default system prompt when none is given, which throws
-    // this 135M model (llama.cpp answers the same); a plain one is what clients send.
+    // this 135M model (llama.cpp answers the same); a plain one is what clients send. Asked
+    // only "What is the capital of France?", its first token is a coin toss even in llama.cpp
+    // ("The" at −1.65, "La" at −1.78, then French), so a kernel that merely adds the same
+    // products in another order tips it; "Answer in one word." gives "The" a clear lead
+    // (−1.14 against −2.75) in every engine here.
     let messages = vec![
         ChatMessage::system("You are a helpful assistant."),
-        ChatMessage::user("What is the capital of France?"),
+        ChatMessage::user("What is the capital of France? Answer in one word."),
     ];
     let (text, usage) = run(&mut llm, &messages, &params);
     assert!(text.contains("Paris"), "{text:?}");

@@ -14,7 +14,7 @@ const EXAMPLES_AND_EXIT_CODES: &str = "\
 Examples:
   cpipe --serve chat --model smollm2 --system 'You are a helpful assistant.' &
                                                a resident LLM (installed by scripts/fetch-models.sh)
-  cpipe chat chat --text --data 'What is the capital of France?'
+  cpipe chat chat --text --data 'What is the capital of France? Answer in one word.'
   cpipe chat chat -j 'messages=[{\"role\":\"user\",\"content\":\"Hi\"}]' -j max_tokens=64
   cpipe --serve tts --voice joe --playback none --wav /tmp/speech.wav &
                                                a resident voice, recording to a WAV file

@@ -59,7 +59,10 @@ fn answers_streams_and_blocks_consistently() {
     let dir = TestDir::new("chat");
     let _server = start(&dir);
     let mut c = client(&dir);
-    let (streamed, done) = stream(&mut c, question("What is the capital of France?"));
+    let (streamed, done) = stream(
+        &mut c,
+        question("What is the capital of France? Answer in one word."),
+    );
     assert!(streamed.contains("Paris"), "{streamed:?}");
     let usage = done.get("usage").unwrap();
     assert_eq!(usage["finish_reason"], "stop");
@@ -67,7 +70,10 @@ fn answers_streams_and_blocks_consistently() {
     assert!(usage["time_to_first_token_ms"].as_f64().unwrap() > 0.0);
 
     let reply = c
-        .call("chat_blocking", question("What is the capital of France?"))
+        .call(
+            "chat_blocking",
+            question("What is the capital of France? Answer in one word."),
+        )
         .unwrap();
     assert_eq!(reply[0].name(), "reply");
     assert_eq!(reply[0].str("text").unwrap(), streamed);
@@ -78,7 +84,7 @@ fn answers_streams_and_blocks_consistently() {
         "chat",
         "--text",
         "--data",
-        "What is the capital of France?",
+        "What is the capital of France? Answer in one word.",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("Paris"), "{}", text(&out.stdout));

@@ -19,6 +19,12 @@ pub(super) trait Block32 {
     /// Whether weights carry an offset `c`; when not, the kernel skips its sums.
     #[cfg_attr(not(avx2_kernels), allow(dead_code))]
     const OFFSET: bool;
+    /// Bits per weight: 4, 5 or 8.
+    const BITS: u32;
+    /// The integer that stands for weight zero, for formats whose offset is a fixed multiple
+    /// of `d`: 8 for Q4_0, 16 for Q5_0, else 0. [`Block32::weights`] gives `q` less it; the
+    /// tiles keep `q` unsigned.
+    const ZERO: i32;
     /// Whether `q` is signed (it is then unpacked as its magnitude and sign: the
     /// unsigned-by-signed products the instructions take).
     #[cfg_attr(not(avx2_kernels), allow(dead_code))]

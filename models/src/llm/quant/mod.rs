@@ -9,6 +9,7 @@
 //! formats share one tiled kernel (`block32`); the k-quants have one each.
 
 mod block32;
+mod block32_x8;
 mod q4_0;
 mod q4_1;
 mod q4_k;
@@ -25,8 +26,8 @@ use std::sync::Arc;
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
 use candle_core::{bail, Device, Result};
 
-#[cfg(avx2_kernels)]
 use block32::Block32;
+use block32_x8::Block32Tiles;
 
 /// Weights (and input values) per block.
 const BLOCK: usize = 32;
@@ -278,6 +279,32 @@ enum Blocks {
     Q5KTiles(Vec<u8>),
     /// Q6_K likewise ([`q6_k_x8`]).
     Q6KTiles(Vec<u8>),
+    /// A 32-weight format likewise ([`block32_x8`]), with its functions.
+    Block32Tiles {
+        format: Format,
+        tiles: Vec<u8>,
+        functions: Block32TileFunctions,
+    },
+}
+
+/// A 32-weight format's tile functions, picked once when its matrix is made.
+struct Block32TileFunctions {
+    matmul: fn(&QuantMatrix, &[u8], &[QuantizedInput]) -> Vec<f32>,
+    row_values: fn(&[u8], usize, &mut Vec<f32>),
+}
+
+impl Block32TileFunctions {
+    /// `F`'s tiles from `rows` stored rows of `row_bytes`, and their functions.
+    fn interleave<F: Block32>(blocks: &[u8], rows: usize, row_bytes: usize) -> (Vec<u8>, Self) {
+        let functions = Self {
+            matmul: QuantMatrix::tiles_matmul::<Block32Tiles<F>>,
+            row_values: block32_x8::row_values::<F>,
+        };
+        (
+            block32_x8::interleave::<F>(blocks, rows, row_bytes),
+            functions,
+        )
+    }
 }
 
 /// An input vector quantized to 8 bits per block: values, then per block its scale and its
@@ -328,6 +355,22 @@ impl QuantMatrix {
             (GgmlDType::Q6K, _) if tiles => {
                 Blocks::Q6KTiles(q6_k_x8::interleave(stored, rows, row_bytes))
             }
+            (_, Some(format)) if tiles => {
+                let interleave = match format {
+                    Format::Q4_0 => Block32TileFunctions::interleave::<q4_0::Q4_0>,
+                    Format::Q4_1 => Block32TileFunctions::interleave::<q4_1::Q4_1>,
+                    Format::Q5_0 => Block32TileFunctions::interleave::<q5_0::Q5_0>,
+                    Format::Q5_1 => Block32TileFunctions::interleave::<q5_1::Q5_1>,
+                    Format::Q8_0 => Block32TileFunctions::interleave::<q8_0::Q8_0>,
+                    Format::Q4K | Format::Q6K => unreachable!("the k-quants' tiles are above"),
+                };
+                let (tiles, functions) = interleave(stored, rows, row_bytes);
+                Blocks::Block32Tiles {
+                    format,
+                    tiles,
+                    functions,
+                }
+            }
             (_, Some(format)) => Blocks::Rows { format, tensor },
             (_, None) => unreachable!("formats with no kernel for rows returned above"),
         };
@@ -352,7 +395,10 @@ impl QuantMatrix {
     fn blocks(&self) -> &[u8] {
         match &self.blocks {
             Blocks::Rows { tensor, .. } => Self::stored(tensor),
-            Blocks::Q4KTiles(tiles) | Blocks::Q5KTiles(tiles) | Blocks::Q6KTiles(tiles) => tiles,
+            Blocks::Q4KTiles(tiles)
+            | Blocks::Q5KTiles(tiles)
+            | Blocks::Q6KTiles(tiles)
+            | Blocks::Block32Tiles { tiles, .. } => tiles,
         }
     }
 
@@ -385,6 +431,9 @@ impl QuantMatrix {
             Blocks::Q6KTiles(tiles) => {
                 q6_k_x8::row_values(self.row_group(tiles, row), row % ROW_GROUP, &mut out)
             }
+            Blocks::Block32Tiles {
+                tiles, functions, ..
+            } => (functions.row_values)(self.row_group(tiles, row), row % ROW_GROUP, &mut out),
         }
         Ok(out)
     }
@@ -413,7 +462,9 @@ impl QuantMatrix {
     /// scale per super-block.
     fn input_span(&self) -> usize {
         match &self.blocks {
-            Blocks::Rows { format, .. } => format.input_span(),
+            Blocks::Rows { format, .. } | Blocks::Block32Tiles { format, .. } => {
+                format.input_span()
+            }
             _ => 256,
         }
     }
@@ -447,6 +498,9 @@ impl QuantMatrix {
             Blocks::Q6KTiles(tiles) => {
                 return self.tiles_matmul::<q6_k_x8::Q6KTiles>(tiles, &inputs)
             }
+            Blocks::Block32Tiles {
+                tiles, functions, ..
+            } => return (functions.matmul)(self, tiles, &inputs),
             Blocks::Rows { format, tensor } => (*format, Self::stored(tensor)),
         };
         let mut out = vec![0.0f32; inputs.len() * self.rows];
@@ -861,13 +915,18 @@ mod tests {
         }
     }
 
-    /// Q4_K, Q5_K and Q6_K matrices of whole groups of eight rows are re-laid into tiles;
-    /// their products match the dequantized ones, the row kernel's (Q4_K, Q6_K), and the
-    /// portable tile kernel's, and six vectors together get each its own products.
+    /// Matrices of whole groups of eight rows are re-laid into tiles; their products match
+    /// the dequantized ones, the stored-row kernel's (every format but Q5_K), and the portable
+    /// tile kernel's, and six vectors together get each its own products.
     #[test]
-    fn k_quant_tiles_match_the_stored_rows() {
+    fn tiles_match_the_stored_rows() {
         type Scalar = fn(&[u8], &QuantizedInput) -> [f32; ROW_GROUP];
-        let formats: [(GgmlDType, Scalar); 3] = [
+        let formats: [(GgmlDType, Scalar); 8] = [
+            (GgmlDType::Q4_0, block32_x8::dot_scalar::<q4_0::Q4_0>),
+            (GgmlDType::Q4_1, block32_x8::dot_scalar::<q4_1::Q4_1>),
+            (GgmlDType::Q5_0, block32_x8::dot_scalar::<q5_0::Q5_0>),
+            (GgmlDType::Q5_1, block32_x8::dot_scalar::<q5_1::Q5_1>),
+            (GgmlDType::Q8_0, block32_x8::dot_scalar::<q8_0::Q8_0>),
             (GgmlDType::Q4K, |t, x| q4_k_q5_k_x8::dot_scalar(t, x, false)),
             (GgmlDType::Q5K, |t, x| q4_k_q5_k_x8::dot_scalar(t, x, true)),
             (GgmlDType::Q6K, q6_k_x8::dot_scalar),
@@ -883,7 +942,11 @@ mod tests {
                 },
                 ..QuantMatrix::from_qtensor(q.clone()).unwrap().unwrap()
             });
-            assert!(stored.as_ref().is_none_or(|stored| !stored.tiled()));
+            // Stored k-quant rows have a kernel a row at a time only.
+            let k_quant = dtype.block_size() == 256;
+            assert!(stored
+                .as_ref()
+                .is_none_or(|stored| stored.tiled() != k_quant));
             let dense = q.dequantize(&Device::Cpu).unwrap();
             let vectors: Vec<Vec<f32>> = (40..46).map(|seed| values(cols, seed)).collect();
             let together = tiles.matmul(&vectors.concat());
@@ -896,7 +959,7 @@ mod tests {
                     .and_then(|y| y.to_vec1())
                     .unwrap();
                 let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let input = quantize_input(x, 256);
+                let input = quantize_input(x, tiles.input_span());
                 let by_rows = stored.as_ref().map(|stored| stored.matmul(x));
                 let group = tiles.blocks().len() / (rows / ROW_GROUP);
                 for (row, got) in alone.iter().enumerate() {
@@ -930,7 +993,7 @@ mod tests {
     /// from the stored row.
     #[test]
     fn rows_looked_up_in_tiles_are_the_stored_rows() {
-        for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+        for dtype in FORMATS.into_iter().chain([GgmlDType::Q5K]) {
             let (q, tiles) = matrix(16, 512, dtype, 17);
             assert!(tiles.relaid());
             for row in [0, 5, 8, 15] {

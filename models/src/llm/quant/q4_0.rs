@@ -12,6 +12,8 @@ impl Block32 for Q4_0 {
     const BYTES: usize = 18;
     const OFFSET: bool = false;
     const SIGNED: bool = true;
+    const BITS: u32 = 4;
+    const ZERO: i32 = 8;
 
     fn weights(block: &[u8]) -> (f32, f32, [i32; BLOCK]) {
         let d = f16::from_le_bytes([block[0], block[1]]).to_f32();

@@ -15,6 +15,8 @@ impl Block32 for Q5_0 {
     const BYTES: usize = 22;
     const OFFSET: bool = false;
     const SIGNED: bool = true;
+    const BITS: u32 = 5;
+    const ZERO: i32 = 16;
 
     fn weights(block: &[u8]) -> (f32, f32, [i32; BLOCK]) {
         let d = f16::from_le_bytes([block[0], block[1]]).to_f32();

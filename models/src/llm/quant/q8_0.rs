@@ -13,6 +13,8 @@ impl Block32 for Q8_0 {
     const BYTES: usize = 34;
     const OFFSET: bool = false;
     const SIGNED: bool = true;
+    const BITS: u32 = 8;
+    const ZERO: i32 = 0;
 
     fn weights(block: &[u8]) -> (f32, f32, [i32; BLOCK]) {
         let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
