@@ -1,4 +1,6 @@
-//! The kernel every 32-weight block format shares (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0). Each format
+//! The kernel every 32-weight block format shares (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) for rows as the
+//! GGUF stores them (matrices whose rows are not whole groups of eight; the others are re-laid
+//! into [`super::block32_x8`]'s tiles), and the block formats themselves. Each format
 //! only says how its block unpacks: a scale `d`, an offset `c` and 32 integers `q`, the weights
 //! being `d · q + c`. Against an input block (scale `d_x`, scaled sum `s_x`), a block
 //! contributes `d · d_x · Σ q q_x + c · s_x`.

@@ -189,6 +189,7 @@ pub(super) unsafe fn dot_avx2<F: Block32, const N: usize>(
     let mut offsets = [_mm256_setzero_ps(); N];
     for (b, tile) in tiles.chunks_exact(tile_bytes::<F>()).enumerate() {
         let tile = tile.as_ptr();
+        prefetch_ahead(tile, tile_bytes::<F>());
         // SAFETY: the run's values lie inside the input's 32 for this tile.
         let x = |input: &QuantizedInput, at: usize| unsafe {
             _mm256_set1_epi32(
@@ -280,4 +281,20 @@ pub(super) unsafe fn dot_avx2<F: Block32, const N: usize>(
         unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(scaled[k], offsets[k])) };
         out
     })
+}
+
+/// Asks for the `bytes` of memory that lie a little ahead of `tile`, line by line. The
+/// 32-weight tiles' loads issue in whatever order the compiler picks (it began one from the
+/// tile's end), and generation, which reads each tile once, then waited on memory: Llama-1B
+/// Q8_0 generated 8.8 tokens/s without this and 17.1 with it (llama.cpp 14.4, same run). The
+/// k-quants' larger tiles were slower with it (22.5 tokens/s against 17–20 on Q4_K_M).
+#[cfg(avx2_kernels)]
+#[inline(always)]
+fn prefetch_ahead(tile: *const u8, bytes: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    const AHEAD: usize = 1024;
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: a prefetch never faults, and `wrapping_add` makes no claim on the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(tile.wrapping_add(AHEAD + line) as *const i8) };
+    }
 }

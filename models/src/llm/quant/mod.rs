@@ -1,12 +1,17 @@
-//! Matrix products on quantized weights kept as the GGUF stores them: generation (one token
-//! per sequence per step), batches of sequences, and prompts.
+//! Matrix products on quantized weights: generation (one token per sequence per step), batches
+//! of sequences, and prompts.
 //!
 //! Generation reads every weight once per token, so its speed is the speed of these loops;
 //! prompts and batches multiply each weight by many inputs, so theirs is how well a weight
 //! block, once unpacked, serves them. As llama.cpp does, the inputs are quantized to 8 bits per
 //! block of 32 (with its scale and scaled sum), each format's kernel multiplies blocks as
-//! integers, and rows are shared out over candle's own spinning thread pool. The 32-weight
-//! formats share one tiled kernel (`block32`); the k-quants have one each.
+//! integers, and rows are shared out over candle's own spinning thread pool.
+//!
+//! A matrix of whole groups of eight rows is re-laid at load into tiles of eight rows by one
+//! block (`block32_x8` for the 32-weight formats, `q4_k_q5_k_x8` and `q6_k_x8` for the
+//! k-quants), which replace the stored copy; one kernel per layout serves generation, prompts
+//! and batches. Other matrices keep the GGUF's rows: the 32-weight formats share one kernel for
+//! those (`block32`), Q4_K and Q6_K have one each.
 
 mod block32;
 mod block32_x8;
@@ -319,9 +324,9 @@ struct QuantizedInput {
 }
 
 impl QuantMatrix {
-    /// Takes a CPU tensor in a format with a kernel here; `None` for any other format. Q4_K,
-    /// Q5_K and Q6_K matrices of whole groups of eight rows are re-laid into tiles, and no
-    /// longer hold the tensor (Q5_K has no kernel for stored rows).
+    /// Takes a CPU tensor in a format with a kernel here; `None` for any other format.
+    /// Matrices of whole groups of eight rows are re-laid into tiles, and no longer hold the
+    /// tensor (Q5_K has no kernel for stored rows).
     pub(super) fn from_qtensor(tensor: Arc<QTensor>) -> Result<Option<Self>> {
         let dtype = tensor.dtype();
         let format = Format::of(dtype);
@@ -446,8 +451,8 @@ impl QuantMatrix {
     }
 
     /// Whether prompts and batches have a kernel here that takes each weight block once for
-    /// several inputs: the 32-weight formats and the k-quants' tiles. Stored Q4_K and Q6_K rows have
-    /// a kernel a row at a time, slower for prompts than candle's repacked tiles.
+    /// several inputs: every layout but stored Q4_K and Q6_K rows, whose kernel goes a row at
+    /// a time, slower for prompts than candle's repacked tiles.
     pub(super) fn tiled(&self) -> bool {
         !matches!(
             self.blocks,
