@@ -134,8 +134,9 @@ fn speech_start_end_is_speaking_and_barge_in() {
     let wav = dir.path().join("played.wav");
     let _server = start(&dir, &["--wav", wav.to_str().unwrap()]);
     let mut listener = client(&dir);
-    // The speaking side is the CLI: a second client needs a second process.
-    let speaker = |args: &[&str]| dir.run(args);
+    // The speaking side is the CLI: a second client needs a second process. With the other
+    // tests' voices loading alongside, the default 10 s for an answer ran out in CI.
+    let speaker = |args: &[&str]| dir.run(&[args, &["--timeout", "120"]].concat());
     let long = "This is a long text that keeps the voice busy for a while. ".repeat(20);
     let sent = speaker(&["tts", "text", "--data", &long]);
     assert!(sent.status.success(), "{}", text(&sent.stderr));
