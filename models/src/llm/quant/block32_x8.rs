@@ -179,9 +179,8 @@ pub(super) unsafe fn dot_avx2<F: Block32, const N: usize>(
     inputs: [&QuantizedInput; N],
 ) -> [[f32; ROWS]; N] {
     use super::dot_u8_i8;
+    use super::q4_k_q5_k_x8::run_values;
     use std::arch::x86_64::*;
-    let low_nibbles = _mm256_set1_epi8(0x0F);
-    let fifth = _mm256_set1_epi8(0x10);
     let ones = _mm256_set1_epi16(1);
     // Runs whose byte pair sums add up in 16 bits.
     let runs_per_sum = if F::BITS == 5 { 2 } else { 4 };
@@ -223,20 +222,11 @@ pub(super) unsafe fn dot_avx2<F: Block32, const N: usize>(
                 let packed = unsafe {
                     _mm256_loadu_si256(tile.add(values_at::<F>() + run * 32) as *const __m256i)
                 };
-                let mut low = _mm256_and_si256(packed, low_nibbles);
-                let mut high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles);
-                if F::BITS == 5 {
-                    // Shifts within 16-bit lanes move no bit that the mask keeps across bytes.
-                    low = _mm256_or_si256(
-                        low,
-                        _mm256_and_si256(_mm256_slli_epi16(fifth_bits, 4), fifth),
-                    );
-                    high = _mm256_or_si256(
-                        high,
-                        _mm256_and_si256(_mm256_slli_epi16(fifth_bits, 3), fifth),
-                    );
-                    fifth_bits = _mm256_srli_epi16(fifth_bits, 2);
-                }
+                let (low, high) = if F::BITS == 5 {
+                    run_values::<true>(packed, &mut fifth_bits)
+                } else {
+                    run_values::<false>(packed, &mut fifth_bits)
+                };
                 for (k, input) in inputs.iter().enumerate() {
                     let products = _mm256_add_epi16(
                         _mm256_maddubs_epi16(low, x(input, 8 * run)),

@@ -222,8 +222,6 @@ pub(super) unsafe fn dot_avx2<const N: usize, const FIFTH_BIT: bool>(
     inputs: [&QuantizedInput; N],
 ) -> [[f32; ROWS]; N] {
     use std::arch::x86_64::*;
-    let low_nibbles = _mm256_set1_epi8(0x0F);
-    let fifth = _mm256_set1_epi8(0x10);
     // Runs whose byte pair sums add up in 16 bits.
     let runs_per_sum = if FIFTH_BIT { 2 } else { RUNS };
     let mut totals = [_mm256_setzero_ps(); N];
@@ -252,20 +250,7 @@ pub(super) unsafe fn dot_avx2<const N: usize, const FIFTH_BIT: bool>(
                 let packed = unsafe {
                     _mm256_loadu_si256(tile.add(run_at(run, FIFTH_BIT)) as *const __m256i)
                 };
-                let mut low = _mm256_and_si256(packed, low_nibbles);
-                let mut high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles);
-                if FIFTH_BIT {
-                    // Shifts within 16-bit lanes move no bit that the mask keeps across bytes.
-                    low = _mm256_or_si256(
-                        low,
-                        _mm256_and_si256(_mm256_slli_epi16(fifth_bits, 4), fifth),
-                    );
-                    high = _mm256_or_si256(
-                        high,
-                        _mm256_and_si256(_mm256_slli_epi16(fifth_bits, 3), fifth),
-                    );
-                    fifth_bits = _mm256_srli_epi16(fifth_bits, 2);
-                }
+                let (low, high) = run_values::<FIFTH_BIT>(packed, &mut fifth_bits);
                 for (k, input) in inputs.iter().enumerate() {
                     // SAFETY: the run's eight values lie inside the input's 256 for this tile.
                     let (x_low, x_high) = unsafe {
@@ -336,4 +321,34 @@ pub(super) unsafe fn dot_avx2<const N: usize, const FIFTH_BIT: bool>(
         unsafe { _mm256_storeu_ps(out.as_mut_ptr(), total) };
         out
     })
+}
+
+/// A run's 32 bytes of a tile as each row's values `i` (`low`) and `i + 4` (`high`), given
+/// their fifth bits with `FIFTH_BIT` (bits 0 and 1 of each byte of `fifth_bits`, which then
+/// moves on to the next run's): the sub-block layout Q5_K's tiles share with Q5_0's and Q5_1's.
+#[cfg(avx2_kernels)]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn run_values<const FIFTH_BIT: bool>(
+    packed: std::arch::x86_64::__m256i,
+    fifth_bits: &mut std::arch::x86_64::__m256i,
+) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    let low_nibbles = _mm256_set1_epi8(0x0F);
+    let fifth = _mm256_set1_epi8(0x10);
+    let mut low = _mm256_and_si256(packed, low_nibbles);
+    let mut high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles);
+    if FIFTH_BIT {
+        // Shifts within 16-bit lanes move no bit that the mask keeps across bytes.
+        low = _mm256_or_si256(
+            low,
+            _mm256_and_si256(_mm256_slli_epi16(*fifth_bits, 4), fifth),
+        );
+        high = _mm256_or_si256(
+            high,
+            _mm256_and_si256(_mm256_slli_epi16(*fifth_bits, 3), fifth),
+        );
+        *fifth_bits = _mm256_srli_epi16(*fifth_bits, 2);
+    }
+    (low, high)
 }
