@@ -291,14 +291,15 @@ fn bad_requests_and_files_get_clear_errors() {
 }
 
 /// Runs `prompts` on the model's slots, starting prompt `i` before step `arrivals[i]`; returns
-/// each reply.
+/// each reply, and the step at which each reply's first text came.
 fn run_together(
     llm: &mut Llm,
     prompts: &[Vec<u32>],
     arrivals: &[usize],
     params: &GenerationParams,
-) -> Vec<String> {
+) -> (Vec<String>, Vec<usize>) {
     let mut texts = vec![String::new(); prompts.len()];
+    let mut first_text_steps = vec![usize::MAX; prompts.len()];
     let mut running = Vec::new();
     let mut next = 0;
     let mut step = 0;
@@ -311,6 +312,7 @@ fn run_together(
         let mut generations: Vec<_> = running.iter_mut().map(|(_, g)| g).collect();
         llm.step(&mut generations, |k, piece| {
             texts[ids[k]].push_str(piece);
+            first_text_steps[ids[k]] = first_text_steps[ids[k]].min(step);
             ControlFlow::Continue(())
         })
         .unwrap();
@@ -329,7 +331,7 @@ fn run_together(
         }
     }
     assert_eq!(llm.busy_slots(), 0);
-    texts
+    (texts, first_text_steps)
 }
 
 /// Eight greedy replies generated together are the replies each gives alone, whether they
@@ -375,12 +377,23 @@ fn batched_replies_equal_the_replies_alone() {
         .collect();
 
     llm.set_parallel(8, 8192).unwrap();
-    let together = run_together(&mut llm, &prompts, &[0; 8], &params);
+    let (together, _) = run_together(&mut llm, &prompts, &[0; 8], &params);
     let staggered: Vec<usize> = (0..8).map(|i| 2 * i).collect();
-    let joined = run_together(&mut llm, &prompts, &staggered, &params);
+    let (joined, _) = run_together(&mut llm, &prompts, &staggered, &params);
+    // A burst: the first prompt runs, the others arrive while it does.
+    let (burst, first_text_steps) =
+        run_together(&mut llm, &prompts, &[0, 1, 1, 1, 1, 1, 1, 1], &params);
     llm.set_parallel(1, 8192).unwrap();
     assert_eq!(together, alone);
     assert_eq!(joined, alone);
+    assert_eq!(burst, alone);
+    // The first reply held its first token until the others' prompts had run with it, so
+    // every reply of the burst starts at the same step.
+    assert_eq!(
+        first_text_steps,
+        vec![first_text_steps[0]; 8],
+        "{first_text_steps:?}"
+    );
 }
 
 /// Each conversation's next turn finds its own slot: two conversations that take turns both

@@ -56,8 +56,12 @@ pub struct Generation {
     history: Vec<u32>,
     /// Tokens whose keys and values the slot holds for this sequence.
     position: usize,
-    /// Logits waiting to be sampled (a repeated prompt's, held from its last run).
+    /// Logits waiting to be sampled: its prompt's, once run (or held from the same prompt's
+    /// last run).
     ready: Option<Tensor>,
+    /// Its first token was held back for a step so that prompts which arrived with it could
+    /// run together first (see [`Llm::step`]); it is held at most once.
+    held_back: bool,
     /// The token sampled last, to run next.
     next: Option<u32>,
     generated: usize,
@@ -316,6 +320,7 @@ impl Llm {
             params: params.clone(),
             position,
             ready,
+            held_back: false,
             next: None,
             generated: 0,
             cached_prompt_tokens: position,
@@ -330,6 +335,13 @@ impl Llm {
     /// one token, all in one pass over the weights; then a prompt waiting to run: all of
     /// every waiting prompt when none is generating, else a chunk of the first that takes
     /// about as long as the step (so a running reply's gap between tokens at most doubles).
+    ///
+    /// A burst of requests (clients that ask at the same moment) runs its prompts together:
+    /// when none is generating yet and prompts wait, the replies whose prompts have run hold
+    /// their first token for one step while the waiting prompts run whole. Their first tokens
+    /// come a little later, and every prompt of the burst is done before any gap between
+    /// tokens starts; otherwise the first reply would generate while the others' prompts
+    /// crept in by paced chunks, and the last client would wait for all of them.
     /// `on_text(i, text)` gets the text that became final for `running[i]`; breaking ends that
     /// generation (finish reason `Cancelled`). On an error, every generation in `running`
     /// should be ended.
@@ -352,14 +364,20 @@ impl Llm {
         running: &mut [&mut Generation],
         on_text: &mut dyn FnMut(usize, &str) -> ControlFlow<()>,
     ) -> Result<(), LlmError> {
+        let live = |g: &Generation| g.finish.is_none();
+        let prompts_wait = running.iter().any(|g| live(g) && !g.is_generating());
+        let burst = prompts_wait && running.iter().all(|g| g.next.is_none() && !g.held_back);
         for (i, generation) in running.iter_mut().enumerate() {
+            if burst && generation.ready.is_some() {
+                generation.held_back = true;
+                continue;
+            }
             if let Some(logits) = generation.ready.take() {
                 let slot = &mut self.slots[generation.slot];
                 slot.prompt_logits = Some((generation.prompt.len(), logits.clone()));
                 self.sample(generation, &logits, &mut |text| on_text(i, text))?;
             }
         }
-        let live = |g: &Generation| g.finish.is_none();
         let generating: Vec<usize> = (0..running.len())
             .filter(|&i| live(running[i]) && running[i].next.is_some())
             .collect();
@@ -403,8 +421,7 @@ impl Llm {
                 .forward(cache, &input, generation.position)?
                 .squeeze(0)?;
             generation.position = generation.prompt.len();
-            self.slots[generation.slot].prompt_logits = Some((generation.position, logits.clone()));
-            self.sample(generation, &logits, &mut |text| on_text(i, text))?;
+            generation.ready = Some(logits);
         }
         if batch.is_empty() {
             return Ok(());
@@ -453,11 +470,13 @@ impl Llm {
             if sampled || generation.is_generating() {
                 let row = rows.next().expect("logits for each that wants them");
                 let row = Tensor::from_slice(row, vocab, &self.device)?;
-                if !sampled {
-                    self.slots[generation.slot].prompt_logits =
-                        Some((generation.position, row.clone()));
+                if sampled {
+                    self.sample(generation, &row, &mut |text| on_text(i, text))?;
+                } else {
+                    // Its prompt has run: sampled at the next step's start, or held back
+                    // there for a burst.
+                    generation.ready = Some(row);
                 }
-                self.sample(generation, &row, &mut |text| on_text(i, text))?;
             }
         }
         Ok(())
