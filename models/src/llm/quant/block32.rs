@@ -137,7 +137,7 @@ unsafe fn add_block<F: Block32, const R: usize, const N: usize>(
             } else {
                 values
             };
-            let products = dot_u8_i8(weights, values);
+            let products = dot_u8_i8(_mm256_setzero_si256(), weights, values);
             let factor = _mm256_mul_ps(_mm256_broadcastss_ps(dc), input_scale);
             scaled[r][k] = _mm256_fmadd_ps(factor, _mm256_cvtepi32_ps(products), scaled[r][k]);
             if F::OFFSET {

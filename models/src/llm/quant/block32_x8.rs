@@ -163,7 +163,8 @@ pub(super) fn dot_scalar<F: Block32>(tiles: &[u8], input: &QuantizedInput) -> [f
 /// bytes are split into low and high nibbles once (and given their fifth bits), and each
 /// input's two four-byte pieces are broadcast against them; byte pair sums add up in 16 bits
 /// (a block's four runs, at most 8 · 2 · 15 · 127 = 30,480; with five bits, two runs,
-/// 4 · 2 · 31 · 127 = 31,496) before a multiply-add takes them to 32. Q8_0 tiles: the
+/// 4 · 2 · 31 · 127 = 31,496) before a multiply-add takes them to 32; with VNNI, each half
+/// run's products go straight into 32-bit sums, one instruction each. Q8_0 tiles: the
 /// weights' magnitudes against the input bytes given the weights' signs, each run's pair sums
 /// taken to 32 bits at once (`dot_u8_i8`, one instruction with VNNI). Then each block is
 /// scaled in floats once for the eight rows.
@@ -178,8 +179,8 @@ pub(super) unsafe fn dot_avx2<F: Block32, const N: usize>(
     tiles: &[u8],
     inputs: [&QuantizedInput; N],
 ) -> [[f32; ROWS]; N] {
-    use super::dot_u8_i8;
     use super::q4_k_q5_k_x8::run_values;
+    use super::{dot_u8_i8, VNNI};
     use std::arch::x86_64::*;
     let ones = _mm256_set1_epi16(1);
     // Runs whose byte pair sums add up in 16 bits.
@@ -205,7 +206,7 @@ pub(super) unsafe fn dot_avx2<F: Block32, const N: usize>(
                 let magnitudes = _mm256_abs_epi8(weights);
                 for (k, input) in inputs.iter().enumerate() {
                     let signed = _mm256_sign_epi8(x(input, 4 * run), weights);
-                    sums[k] = _mm256_add_epi32(sums[k], dot_u8_i8(magnitudes, signed));
+                    sums[k] = dot_u8_i8(sums[k], magnitudes, signed);
                 }
             }
         } else {
@@ -228,13 +229,18 @@ pub(super) unsafe fn dot_avx2<F: Block32, const N: usize>(
                     run_values::<false>(packed, &mut fifth_bits)
                 };
                 for (k, input) in inputs.iter().enumerate() {
+                    let (x_low, x_high) = (x(input, 8 * run), x(input, 8 * run + 4));
+                    if VNNI {
+                        sums[k] = dot_u8_i8(dot_u8_i8(sums[k], low, x_low), high, x_high);
+                        continue;
+                    }
                     let products = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(low, x(input, 8 * run)),
-                        _mm256_maddubs_epi16(high, x(input, 8 * run + 4)),
+                        _mm256_maddubs_epi16(low, x_low),
+                        _mm256_maddubs_epi16(high, x_high),
                     );
                     pair_sums[k] = _mm256_add_epi16(pair_sums[k], products);
                 }
-                if (run + 1) % runs_per_sum == 0 {
+                if !VNNI && (run + 1) % runs_per_sum == 0 {
                     for k in 0..N {
                         sums[k] = _mm256_add_epi32(sums[k], _mm256_madd_epi16(pair_sums[k], ones));
                         pair_sums[k] = _mm256_setzero_si256();

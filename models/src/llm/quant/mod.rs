@@ -58,6 +58,12 @@ trait EightRowTiles {
     fn dot<const N: usize>(tiles: &[u8], inputs: [&QuantizedInput; N]) -> [[f32; ROW_GROUP]; N];
 }
 
+/// Bytes of inputs a worker runs every row group of its share against before moving on to
+/// the next inputs: small enough to stay in a core's L2 cache beside a row group's tiles. A
+/// long prompt's inputs otherwise streamed from memory once per row group: Llama-1B Q8_0
+/// prompts of 512 tokens ran at 0.8× the speed of those of 128.
+const INPUT_BLOCK_BYTES: usize = 128 * 1024;
+
 /// Rows a generation step hands a worker at once (its pool hands out several at a time).
 const RUN_ROWS: usize = 16;
 
@@ -576,31 +582,35 @@ impl QuantMatrix {
         let groups = self.rows / ROWS;
         let mut out = vec![0.0f32; inputs.len() * self.rows];
         let out_ptr = out.as_mut_ptr() as usize;
-        let grouped = inputs.len() / GROUP * GROUP;
+        let block_inputs = (INPUT_BLOCK_BYTES / self.cols).max(GROUP) / GROUP * GROUP;
         candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
-            for group in range {
-                let tiles = self.row_group(tiles, group * ROWS);
-                let write = |i: usize, values: [f32; ROWS]| {
-                    // SAFETY: input `i`'s outputs for this group's rows lie inside `out`
-                    // (`i < inputs.len()`, `(group + 1) * ROWS <= rows`), and no other worker
-                    // has this group.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            values.as_ptr(),
-                            (out_ptr as *mut f32).add(i * self.rows + group * ROWS),
-                            ROWS,
-                        )
+            for (b, block) in inputs.chunks(block_inputs).enumerate() {
+                let first = b * block_inputs;
+                let grouped = block.len() / GROUP * GROUP;
+                for group in range.clone() {
+                    let tiles = self.row_group(tiles, group * ROWS);
+                    let write = |i: usize, values: [f32; ROWS]| {
+                        // SAFETY: input `i`'s outputs for this group's rows lie inside `out`
+                        // (`i < inputs.len()`, `(group + 1) * ROWS <= rows`), and no other
+                        // worker has this group.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                values.as_ptr(),
+                                (out_ptr as *mut f32).add(i * self.rows + group * ROWS),
+                                ROWS,
+                            )
+                        }
+                    };
+                    for (g, four) in block[..grouped].chunks_exact(GROUP).enumerate() {
+                        let values = T::dot::<GROUP>(tiles, std::array::from_fn(|k| &four[k]));
+                        for (k, values) in values.into_iter().enumerate() {
+                            write(first + g * GROUP + k, values);
+                        }
                     }
-                };
-                for (g, four) in inputs[..grouped].chunks_exact(GROUP).enumerate() {
-                    let values = T::dot::<GROUP>(tiles, std::array::from_fn(|k| &four[k]));
-                    for (k, values) in values.into_iter().enumerate() {
-                        write(g * GROUP + k, values);
+                    for (i, input) in block.iter().enumerate().skip(grouped) {
+                        let [values] = T::dot::<1>(tiles, [input]);
+                        write(first + i, values);
                     }
-                }
-                for (i, input) in inputs.iter().enumerate().skip(grouped) {
-                    let [values] = T::dot::<1>(tiles, [input]);
-                    write(i, values);
                 }
             }
         });
@@ -693,9 +703,17 @@ fn sum_lanes(v: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
 }
 
-/// Sums of four products of unsigned and signed bytes, in eight i32 lanes: one VNNI
-/// instruction where the CPU has it (AVX-512's on 256 bits, or AVX-VNNI). Each form is built
-/// only where the build targets its features, and asks only for AVX2, so that the AVX2
+/// Whether [`dot_u8_i8`] is one VNNI instruction in this build. Without VNNI, kernels whose
+/// byte pair sums fit in 16 bits are faster adding those up first and widening them once.
+#[cfg(avx2_kernels)]
+const VNNI: bool = cfg!(any(
+    target_feature = "avxvnni",
+    all(target_feature = "avx512vnni", target_feature = "avx512vl")
+));
+
+/// `sums` plus the sums of four products of unsigned and signed bytes, in eight i32 lanes: one
+/// VNNI instruction where the CPU has it (AVX-512's on 256 bits, or AVX-VNNI). Each form is
+/// built only where the build targets its features, and asks only for AVX2, so that the AVX2
 /// kernels call it safely whichever form the build has.
 #[cfg(all(
     target_arch = "x86_64",
@@ -704,12 +722,13 @@ fn sum_lanes(v: std::arch::x86_64::__m256) -> f32 {
 ))]
 #[target_feature(enable = "avx2")]
 fn dot_u8_i8(
+    sums: std::arch::x86_64::__m256i,
     unsigned: std::arch::x86_64::__m256i,
     signed: std::arch::x86_64::__m256i,
 ) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
     // SAFETY: this form is built only when the build targets AVX-512 VNNI and VL.
-    unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), unsigned, signed) }
+    unsafe { _mm256_dpbusd_epi32(sums, unsigned, signed) }
 }
 
 /// The same with AVX-VNNI.
@@ -720,12 +739,13 @@ fn dot_u8_i8(
 ))]
 #[target_feature(enable = "avx2")]
 fn dot_u8_i8(
+    sums: std::arch::x86_64::__m256i,
     unsigned: std::arch::x86_64::__m256i,
     signed: std::arch::x86_64::__m256i,
 ) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
     // SAFETY: this form is built only when the build targets AVX-VNNI.
-    unsafe { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), unsigned, signed) }
+    unsafe { _mm256_dpbusd_avx_epi32(sums, unsigned, signed) }
 }
 
 /// The same on plain AVX2, through i16 pairs: callers keep each pair's sum within i16 (four-bit
@@ -738,11 +758,13 @@ fn dot_u8_i8(
 ))]
 #[target_feature(enable = "avx2")]
 fn dot_u8_i8(
+    sums: std::arch::x86_64::__m256i,
     unsigned: std::arch::x86_64::__m256i,
     signed: std::arch::x86_64::__m256i,
 ) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
-    _mm256_madd_epi16(_mm256_maddubs_epi16(unsigned, signed), _mm256_set1_epi16(1))
+    let pairs = _mm256_maddubs_epi16(unsigned, signed);
+    _mm256_add_epi32(sums, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
 }
 
 #[cfg(test)]

@@ -208,8 +208,10 @@ pub(super) fn dot_scalar(tiles: &[u8], input: &QuantizedInput, fifth_bit: bool) 
 /// broadcast against them; the byte pair sums of a sub-block's four runs add up in 16 bits (at
 /// most 8 · 2 · 15 · 127 = 30,480; with five bits, two runs at a time, 4 · 2 · 31 · 127 =
 /// 31,496), a multiply-add by the rows' scales takes them to 32 bits, and a super-block's
-/// total is scaled in floats once. The minimums' term is integer too: pairs of the input's
-/// block sums against pairs of each row's minimums.
+/// total is scaled in floats once. With VNNI, each half run's products go straight into 32-bit
+/// sums (one instruction), and a sub-block's sums are multiplied by the rows' scales. The
+/// minimums' term is integer too: pairs of the input's block sums against pairs of each row's
+/// minimums.
 ///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C, and each input has 256 values, one scale (repeated per
@@ -221,6 +223,7 @@ pub(super) unsafe fn dot_avx2<const N: usize, const FIFTH_BIT: bool>(
     tiles: &[u8],
     inputs: [&QuantizedInput; N],
 ) -> [[f32; ROWS]; N] {
+    use super::{dot_u8_i8, VNNI};
     use std::arch::x86_64::*;
     // Runs whose byte pair sums add up in 16 bits.
     let runs_per_sum = if FIFTH_BIT { 2 } else { RUNS };
@@ -235,8 +238,13 @@ pub(super) unsafe fn dot_avx2<const N: usize, const FIFTH_BIT: bool>(
                     tile.add(SCALES + j * ROWS) as *const __m128i
                 ))
             };
-            // Row r's scale in 16-bit lanes 2r and 2r + 1, where its byte pair sums land.
-            let scales = _mm256_or_si256(scales, _mm256_slli_epi32(scales, 16));
+            // With VNNI, row r's scale in 32-bit lane r, where its sums land; else in 16-bit
+            // lanes 2r and 2r + 1, where its byte pair sums land.
+            let scales = if VNNI {
+                scales
+            } else {
+                _mm256_or_si256(scales, _mm256_slli_epi32(scales, 16))
+            };
             let mut pair_sums = [_mm256_setzero_si256(); N];
             // The fifth bits of the run at hand in bits 0 (first half) and 1 (second half).
             let mut fifth_bits = if FIFTH_BIT {
@@ -260,13 +268,23 @@ pub(super) unsafe fn dot_avx2<const N: usize, const FIFTH_BIT: bool>(
                             _mm256_set1_epi32(x.add(1).read_unaligned()),
                         )
                     };
+                    if VNNI {
+                        // Here `pair_sums` are 32-bit sums.
+                        pair_sums[k] = dot_u8_i8(dot_u8_i8(pair_sums[k], low, x_low), high, x_high);
+                        continue;
+                    }
                     let products = _mm256_add_epi16(
                         _mm256_maddubs_epi16(low, x_low),
                         _mm256_maddubs_epi16(high, x_high),
                     );
                     pair_sums[k] = _mm256_add_epi16(pair_sums[k], products);
                 }
-                if (run + 1) % runs_per_sum == 0 {
+                if VNNI && run + 1 == RUNS * (j + 1) {
+                    for k in 0..N {
+                        scaled[k] =
+                            _mm256_add_epi32(scaled[k], _mm256_mullo_epi32(pair_sums[k], scales));
+                    }
+                } else if !VNNI && (run + 1) % runs_per_sum == 0 {
                     for k in 0..N {
                         scaled[k] =
                             _mm256_add_epi32(scaled[k], _mm256_madd_epi16(pair_sums[k], scales));

@@ -156,7 +156,8 @@ pub(super) fn dot_scalar(tiles: &[u8], input: &QuantizedInput) -> [f32; ROWS] {
 /// one of high bits are put together into four vectors of six-bit values once, and each
 /// input's four four-byte pieces are broadcast against them; byte pair sums of two runs add
 /// up in 16 bits (at most 2 · 2 · 63 · 127 = 32,004), one multiply-add each by the rows'
-/// scales takes them to 32 bits, and the 32 every value carries comes off once per
+/// scales takes them to 32 bits (with VNNI, a sub-block's products go straight into 32-bit
+/// sums, multiplied by the rows' scales), and the 32 every value carries comes off once per
 /// super-block (the rows' scales against the input's sums of sixteen, also integer), before
 /// one float multiply-add.
 ///
@@ -170,6 +171,7 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
     tiles: &[u8],
     inputs: [&QuantizedInput; N],
 ) -> [[f32; ROWS]; N] {
+    use super::{dot_u8_i8, VNNI};
     use std::arch::x86_64::*;
     let low_nibbles = _mm256_set1_epi8(0x0F);
     let high_pair = _mm256_set1_epi8(0x30);
@@ -194,19 +196,27 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
                     _mm256_madd_epi16(pair_scales, _mm256_set1_epi32(sums)),
                 );
             }
-            // Each row's scale for the pair's first sub-block, then its second, in both
-            // 16-bit lanes where its byte pair sums land.
+            // Each row's scale for the pair's first sub-block, then its second: with VNNI in
+            // its 32-bit lane, where its sums land; else in both 16-bit lanes where its byte
+            // pair sums land.
             let low_halves = _mm256_set1_epi32(0xFFFF);
-            let scales = [
-                _mm256_or_si256(
-                    _mm256_and_si256(pair_scales, low_halves),
-                    _mm256_slli_epi32(pair_scales, 16),
-                ),
-                _mm256_or_si256(
-                    _mm256_andnot_si256(low_halves, pair_scales),
-                    _mm256_srli_epi32(pair_scales, 16),
-                ),
-            ];
+            let scales = if VNNI {
+                [
+                    _mm256_srai_epi32(_mm256_slli_epi32(pair_scales, 16), 16),
+                    _mm256_srai_epi32(pair_scales, 16),
+                ]
+            } else {
+                [
+                    _mm256_or_si256(
+                        _mm256_and_si256(pair_scales, low_halves),
+                        _mm256_slli_epi32(pair_scales, 16),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_andnot_si256(low_halves, pair_scales),
+                        _mm256_srli_epi32(pair_scales, 16),
+                    ),
+                ]
+            };
             for (half, scales) in scales.into_iter().enumerate() {
                 let j = 2 * pair + half;
                 // SAFETY: the sub-block's two runs of low bits and its high bits lie inside
@@ -243,6 +253,14 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
                         let x = input.values.as_ptr().add(s * VALUES + SUB_BLOCK * j) as *const i32;
                         std::array::from_fn(|q| _mm256_set1_epi32(x.add(q).read_unaligned()))
                     };
+                    if VNNI {
+                        let sums = (0..4).fold(_mm256_setzero_si256(), |sums, q| {
+                            dot_u8_i8(sums, weights[q], x[q])
+                        });
+                        products[k] =
+                            _mm256_add_epi32(products[k], _mm256_mullo_epi32(sums, scales));
+                        continue;
+                    }
                     let runs = [
                         _mm256_add_epi16(
                             _mm256_maddubs_epi16(weights[0], x[0]),
