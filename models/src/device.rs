@@ -41,3 +41,37 @@ pub fn settle_thread_count() {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
 }
+
+/// The instruction sets this binary was compiled to use (`target-cpu=native` in
+/// `.cargo/config.toml` takes the building machine's) that this CPU lacks. The kernels here,
+/// candle's and whisper.cpp's choose their SIMD forms when compiled, so a binary built on a
+/// newer CPU dies of an illegal instruction on an older one: call this first and stop with its
+/// answer instead.
+pub fn missing_cpu_features() -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! check {
+            ($($feature:tt),*) => {$(
+                if cfg!(target_feature = $feature) && !std::arch::is_x86_feature_detected!($feature) {
+                    missing.push($feature);
+                }
+            )*};
+        }
+        check!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "bmi2",
+            "avxvnni",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512dq",
+            "avx512vnni"
+        );
+    }
+    missing
+}

@@ -24,6 +24,16 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    let missing = models::device::missing_cpu_features();
+    if !missing.is_empty() {
+        eprintln!(
+            "cpipe: this binary was built for a CPU with {} (the building machine's: its \
+             kernels are compiled for the CPU that builds them), which this CPU lacks; build \
+             cpipe on this machine (scripts/demo.sh, or cargo build --release)",
+            missing.join(", ")
+        );
+        return ExitCode::FAILURE;
+    }
     let result = Mode::from_args().and_then(|(mode, verbose)| {
         models::device::settle_thread_count();
         // The dashboard owns the terminal: log lines on stderr would tear its screen.
