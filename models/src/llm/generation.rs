@@ -85,6 +85,14 @@ impl Generation {
     }
 }
 
+/// Tokens of a long prompt run in one pass. A pass's attention scores every row against
+/// every position up to the pass's end, half of them masked off: 512 tokens in one pass made
+/// Llama-1B's prompts (32 query heads) run at 0.7× the speed of 128-token ones. Chunks of 128
+/// score over a third fewer pairs of 512 tokens, in tensors that stay in cache, and cost the
+/// matrix products little: they take a long prompt's inputs in blocks of about this size
+/// anyway (`quant::INPUT_BLOCK_BYTES`).
+const LONG_PROMPT_CHUNK: usize = 128;
+
 /// The cost of a step as a function of its rows (`base + per_row × rows`), fitted by least
 /// squares over recent steps: it sizes a prompt's chunk between generation steps.
 #[derive(Default)]
@@ -413,15 +421,18 @@ impl Llm {
         }
         for i in long_prompts {
             let generation = &mut *running[i];
-            let tokens = &generation.prompt[generation.position..];
-            let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
             let cache = &mut self.slots[generation.slot].cache;
-            let logits = self
-                .weights
-                .forward(cache, &input, generation.position)?
-                .squeeze(0)?;
-            generation.position = generation.prompt.len();
-            generation.ready = Some(logits);
+            let mut logits = None;
+            for chunk in generation.prompt[generation.position..].chunks(LONG_PROMPT_CHUNK) {
+                let input = Tensor::new(chunk, &self.device)?.unsqueeze(0)?;
+                logits = Some(
+                    self.weights
+                        .forward(cache, &input, generation.position)?
+                        .squeeze(0)?,
+                );
+                generation.position += chunk.len();
+            }
+            generation.ready = logits;
         }
         if batch.is_empty() {
             return Ok(());
