@@ -350,6 +350,7 @@ impl Llm {
     /// come a little later, and every prompt of the burst is done before any gap between
     /// tokens starts; otherwise the first reply would generate while the others' prompts
     /// crept in by paced chunks, and the last client would wait for all of them.
+    ///
     /// `on_text(i, text)` gets the text that became final for `running[i]`; breaking ends that
     /// generation (finish reason `Cancelled`). On an error, every generation in `running`
     /// should be ended.
