@@ -276,6 +276,31 @@ fn main() {
         config.define("CMAKE_BUILD_TYPE", "Release");
     }
 
+    // cpipe: on x86-64, build ggml for the instruction sets the Rust code targets (its
+    // `target-cpu`), not for the building machine's (`GGML_NATIVE`), so that a binary built on
+    // an AVX-512 machine also runs on an AVX2 one. GGML_* variables below still override.
+    if env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64") {
+        let features = env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+        let has = |f: &str| features.split(',').any(|g| g == f);
+        config.define("GGML_NATIVE", "OFF");
+        for (option, needs) in [
+            ("GGML_SSE42", &["sse4.2"][..]),
+            ("GGML_AVX", &["avx"]),
+            ("GGML_AVX2", &["avx2"]),
+            ("GGML_FMA", &["fma"]),
+            ("GGML_F16C", &["f16c"]),
+            ("GGML_BMI2", &["bmi2"]),
+            ("GGML_AVX_VNNI", &["avxvnni"]),
+            ("GGML_AVX512", &["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"]),
+            ("GGML_AVX512_VBMI", &["avx512vbmi"]),
+            ("GGML_AVX512_VNNI", &["avx512vnni"]),
+            ("GGML_AVX512_BF16", &["avx512bf16"]),
+        ] {
+            let on = needs.iter().all(|f| has(f));
+            config.define(option, if on { "ON" } else { "OFF" });
+        }
+    }
+
     // Allow passing any WHISPER or CMAKE compile flags
     for (key, value) in env::vars() {
         let is_whisper_flag =

@@ -65,7 +65,6 @@ pub(super) fn dot_scalar<F: Block32>(blocks: &[u8], input: &QuantizedInput) -> f
 /// # Safety
 /// The CPU has AVX2, FMA and F16C, and each input has as many blocks as each row.
 #[cfg(avx2_kernels)]
-#[cfg_attr(avx512_kernels, allow(dead_code))]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 pub(super) unsafe fn dot_avx2<F: Block32, const R: usize, const N: usize>(
@@ -108,7 +107,7 @@ unsafe fn add_block<F: Block32, const R: usize, const N: usize>(
     scaled: &mut [[std::arch::x86_64::__m256; N]; R],
     offsets: &mut [[std::arch::x86_64::__m128; N]; R],
 ) {
-    use super::dot_u8_i8;
+    use super::simd::{Avx2Pairs, BytePairs};
     use std::arch::x86_64::*;
     // Per row: the integers (their magnitudes if signed), their signs, `d` and `c`.
     let unpacked: [(__m256i, __m256i, __m128); R] = std::array::from_fn(|r| {
@@ -137,7 +136,9 @@ unsafe fn add_block<F: Block32, const R: usize, const N: usize>(
             } else {
                 values
             };
-            let products = dot_u8_i8(_mm256_setzero_si256(), weights, values);
+            // SAFETY: AVX2 is the build's; a pair of |i8| or four-bit values against i8 fits
+            // in i16.
+            let products = unsafe { Avx2Pairs::dot(_mm256_setzero_si256(), weights, values) };
             let factor = _mm256_mul_ps(_mm256_broadcastss_ps(dc), input_scale);
             scaled[r][k] = _mm256_fmadd_ps(factor, _mm256_cvtepi32_ps(products), scaled[r][k]);
             if F::OFFSET {
@@ -175,7 +176,7 @@ unsafe fn totals<const R: usize, const N: usize>(
 /// # Safety
 /// The CPU has AVX-512 (F, BW, VL, VNNI), FMA and F16C, and each input has as many blocks as
 /// each row.
-#[cfg(avx512_kernels)]
+#[cfg(avx2_kernels)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 pub(super) unsafe fn dot_avx512<F: Block32, const R: usize, const N: usize>(

@@ -23,6 +23,8 @@ use std::marker::PhantomData;
 use half::f16;
 
 use super::block32::Block32;
+#[cfg(avx2_kernels)]
+use super::simd::BytePairs;
 use super::{EightRowTiles, QuantizedInput, BLOCK, ROW_GROUP as ROWS};
 
 /// Where a tile's values start: after `d` (and `m`), eight f16 each.
@@ -130,9 +132,12 @@ impl<F: Block32> EightRowTiles for Block32Tiles<F> {
     #[inline]
     fn dot<const N: usize>(tiles: &[u8], inputs: [&QuantizedInput; N]) -> [[f32; ROWS]; N] {
         #[cfg(avx2_kernels)]
-        // SAFETY: the build targets AVX2, FMA and F16C, so the CPU has them; the matrix
-        // checked that its inputs have as many values as its rows (`QuantMatrix::matmul`).
-        return unsafe { dot_avx2::<F, N>(tiles, inputs) };
+        return super::simd::with_byte_pairs!(P =>
+            // SAFETY: the build targets AVX2, FMA and F16C, and `P` is this CPU's form; the
+            // matrix checked that its inputs have as many values as its rows
+            // (`QuantMatrix::matmul`).
+            unsafe { dot_simd::<F, N, P>(tiles, inputs) }
+        );
         #[cfg(not(avx2_kernels))]
         return inputs.map(|input| dot_scalar::<F>(tiles, input));
     }
@@ -159,28 +164,26 @@ pub(super) fn dot_scalar<F: Block32>(tiles: &[u8], input: &QuantizedInput) -> [f
     std::array::from_fn(|r| scaled[r] + offsets[r])
 }
 
-/// The AVX2 kernel. Four- and five-bit tiles: for each run of eight values, the tile's 32
-/// bytes are split into low and high nibbles once (and given their fifth bits), and each
-/// input's two four-byte pieces are broadcast against them; byte pair sums add up in 16 bits
+/// The SIMD kernel, with `P`'s byte products. Four- and five-bit tiles: for each run of eight
+/// values, the tile's 32 bytes are split into low and high nibbles once (and given their fifth
+/// bits), and each input's two four-byte pieces are broadcast against them; byte pair sums add up in 16 bits
 /// (a block's four runs, at most 8 · 2 · 15 · 127 = 30,480; with five bits, two runs,
 /// 4 · 2 · 31 · 127 = 31,496) before a multiply-add takes them to 32; with VNNI, each half
 /// run's products go straight into 32-bit sums, one instruction each. Q8_0 tiles: the
 /// weights' magnitudes against the input bytes given the weights' signs, each run's pair sums
-/// taken to 32 bits at once (`dot_u8_i8`, one instruction with VNNI). Then each block is
+/// taken to 32 bits at once (`BytePairs::dot`, one instruction with VNNI). Then each block is
 /// scaled in floats once for the eight rows.
 ///
 /// # Safety
-/// The CPU has AVX2, FMA and F16C, and each input has 32 values, a scale pair and a sum per
-/// tile.
+/// The CPU has `P`'s features, and each input has 32 values, a scale pair and a sum per tile.
 #[cfg(avx2_kernels)]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub(super) unsafe fn dot_avx2<F: Block32, const N: usize>(
+unsafe fn dot_simd<F: Block32, const N: usize, P: BytePairs>(
     tiles: &[u8],
     inputs: [&QuantizedInput; N],
 ) -> [[f32; ROWS]; N] {
     use super::q4_k_q5_k_x8::run_values;
-    use super::{dot_u8_i8, VNNI};
     use std::arch::x86_64::*;
     let ones = _mm256_set1_epi16(1);
     // Runs whose byte pair sums add up in 16 bits.
@@ -206,7 +209,8 @@ pub(super) unsafe fn dot_avx2<F: Block32, const N: usize>(
                 let magnitudes = _mm256_abs_epi8(weights);
                 for (k, input) in inputs.iter().enumerate() {
                     let signed = _mm256_sign_epi8(x(input, 4 * run), weights);
-                    sums[k] = dot_u8_i8(sums[k], magnitudes, signed);
+                    // SAFETY: the caller's promise; |i8| against i8 fits a pair in i16.
+                    sums[k] = unsafe { P::dot(sums[k], magnitudes, signed) };
                 }
             }
         } else {
@@ -230,8 +234,9 @@ pub(super) unsafe fn dot_avx2<F: Block32, const N: usize>(
                 };
                 for (k, input) in inputs.iter().enumerate() {
                     let (x_low, x_high) = (x(input, 8 * run), x(input, 8 * run + 4));
-                    if VNNI {
-                        sums[k] = dot_u8_i8(dot_u8_i8(sums[k], low, x_low), high, x_high);
+                    if P::VNNI {
+                        // SAFETY: the caller's promise.
+                        sums[k] = unsafe { P::dot(P::dot(sums[k], low, x_low), high, x_high) };
                         continue;
                     }
                     let products = _mm256_add_epi16(
@@ -240,7 +245,7 @@ pub(super) unsafe fn dot_avx2<F: Block32, const N: usize>(
                     );
                     pair_sums[k] = _mm256_add_epi16(pair_sums[k], products);
                 }
-                if !VNNI && (run + 1) % runs_per_sum == 0 {
+                if !P::VNNI && (run + 1) % runs_per_sum == 0 {
                     for k in 0..N {
                         sums[k] = _mm256_add_epi32(sums[k], _mm256_madd_epi16(pair_sums[k], ones));
                         pair_sums[k] = _mm256_setzero_si256();

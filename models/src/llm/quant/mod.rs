@@ -24,6 +24,8 @@ mod q5_1;
 mod q6_k;
 mod q6_k_x8;
 mod q8_0;
+#[cfg(avx2_kernels)]
+mod simd;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -124,7 +126,7 @@ impl Format {
         }
     }
 
-    /// The fastest kernel of this build (`target-cpu=native` picks the SIMD ones).
+    /// The fastest kernel of this build and CPU (the SIMD ones where the build targets AVX2).
     #[cfg(avx2_kernels)]
     fn kernel<const R: usize, const N: usize>(self) -> Kernel<R, N> {
         match self {
@@ -228,14 +230,15 @@ fn tiled<F: Block32, const R: usize, const N: usize>(
     rows: [&[u8]; R],
     inputs: [&QuantizedInput; N],
 ) -> [[f32; N]; R] {
-    #[cfg(avx512_kernels)]
-    // SAFETY: the build targets AVX-512 (F, BW, VL, VNNI), FMA and F16C, so the CPU has them;
-    // the rows and the inputs have the same number of blocks (`QuantMatrix::matmul`).
-    return unsafe { block32::dot_avx512::<F, R, N>(rows, inputs) };
-    #[cfg(not(avx512_kernels))]
-    // SAFETY: the build targets AVX2, FMA and F16C, so the CPU has them; the rows and the
-    // inputs have the same number of blocks (`QuantMatrix::matmul`).
-    return unsafe { block32::dot_avx2::<F, R, N>(rows, inputs) };
+    if simd::level() == simd::Level::Avx512 {
+        // SAFETY: the CPU has AVX-512 (F, BW, VL, VNNI) (`simd::level`) and the build AVX2, FMA
+        // and F16C; the rows and the inputs have the same number of blocks
+        // (`QuantMatrix::matmul`).
+        unsafe { block32::dot_avx512::<F, R, N>(rows, inputs) }
+    } else {
+        // SAFETY: the build targets AVX2, FMA and F16C; blocks as above.
+        unsafe { block32::dot_avx2::<F, R, N>(rows, inputs) }
+    }
 }
 
 /// Q4_K's kernel, a row at a time.
@@ -245,12 +248,13 @@ fn q4_k_rows<const R: usize, const N: usize>(
     rows: [&[u8]; R],
     inputs: [&QuantizedInput; N],
 ) -> [[f32; N]; R] {
-    #[cfg(avx512_kernels)]
-    // SAFETY: as for the tiled kernels.
-    return rows.map(|row| unsafe { q4_k::dot_avx512(row, inputs) });
-    #[cfg(not(avx512_kernels))]
-    // SAFETY: as for the tiled kernels.
-    return rows.map(|row| unsafe { q4_k::dot_avx2(row, inputs) });
+    if simd::level() == simd::Level::Avx512 {
+        // SAFETY: as for the tiled kernels.
+        rows.map(|row| unsafe { q4_k::dot_avx512(row, inputs) })
+    } else {
+        // SAFETY: as for the tiled kernels.
+        rows.map(|row| unsafe { q4_k::dot_avx2(row, inputs) })
+    }
 }
 
 /// Q6_K's kernel, a row at a time.
@@ -260,12 +264,13 @@ fn q6_k_rows<const R: usize, const N: usize>(
     rows: [&[u8]; R],
     inputs: [&QuantizedInput; N],
 ) -> [[f32; N]; R] {
-    #[cfg(avx512_kernels)]
-    // SAFETY: as for the tiled kernels.
-    return rows.map(|row| unsafe { q6_k::dot_avx512(row, inputs) });
-    #[cfg(not(avx512_kernels))]
-    // SAFETY: as for the tiled kernels.
-    return rows.map(|row| unsafe { q6_k::dot_avx2(row, inputs) });
+    if simd::level() == simd::Level::Avx512 {
+        // SAFETY: as for the tiled kernels.
+        rows.map(|row| unsafe { q6_k::dot_avx512(row, inputs) })
+    } else {
+        // SAFETY: as for the tiled kernels.
+        rows.map(|row| unsafe { q6_k::dot_avx2(row, inputs) })
+    }
 }
 
 /// A `rows × cols` quantized matrix, each row whole blocks.
@@ -703,70 +708,6 @@ fn sum_lanes(v: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
 }
 
-/// Whether [`dot_u8_i8`] is one VNNI instruction in this build. Without VNNI, kernels whose
-/// byte pair sums fit in 16 bits are faster adding those up first and widening them once.
-#[cfg(avx2_kernels)]
-const VNNI: bool = cfg!(any(
-    target_feature = "avxvnni",
-    all(target_feature = "avx512vnni", target_feature = "avx512vl")
-));
-
-/// `sums` plus the sums of four products of unsigned and signed bytes, in eight i32 lanes: one
-/// VNNI instruction where the CPU has it (AVX-512's on 256 bits, or AVX-VNNI). Each form is
-/// built only where the build targets its features, and asks only for AVX2, so that the AVX2
-/// kernels call it safely whichever form the build has.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx512vnni",
-    target_feature = "avx512vl"
-))]
-#[target_feature(enable = "avx2")]
-fn dot_u8_i8(
-    sums: std::arch::x86_64::__m256i,
-    unsigned: std::arch::x86_64::__m256i,
-    signed: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    // SAFETY: this form is built only when the build targets AVX-512 VNNI and VL.
-    unsafe { _mm256_dpbusd_epi32(sums, unsigned, signed) }
-}
-
-/// The same with AVX-VNNI.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avxvnni",
-    not(all(target_feature = "avx512vnni", target_feature = "avx512vl"))
-))]
-#[target_feature(enable = "avx2")]
-fn dot_u8_i8(
-    sums: std::arch::x86_64::__m256i,
-    unsigned: std::arch::x86_64::__m256i,
-    signed: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    // SAFETY: this form is built only when the build targets AVX-VNNI.
-    unsafe { _mm256_dpbusd_avx_epi32(sums, unsigned, signed) }
-}
-
-/// The same on plain AVX2, through i16 pairs: callers keep each pair's sum within i16 (four-bit
-/// values, or magnitudes of i8, against i8).
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    not(target_feature = "avxvnni"),
-    not(all(target_feature = "avx512vnni", target_feature = "avx512vl"))
-))]
-#[target_feature(enable = "avx2")]
-fn dot_u8_i8(
-    sums: std::arch::x86_64::__m256i,
-    unsigned: std::arch::x86_64::__m256i,
-    signed: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    let pairs = _mm256_maddubs_epi16(unsigned, signed);
-    _mm256_add_epi32(sums, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -808,6 +749,17 @@ mod tests {
         (q, matrix)
     }
 
+    /// Runs `check` at each SIMD level this CPU has (once where the build has no SIMD kernel).
+    fn at_each_level(check: impl Fn()) {
+        #[cfg(avx2_kernels)]
+        simd::at_each_level(|level| {
+            eprintln!("at {level:?}");
+            check()
+        });
+        #[cfg(not(avx2_kernels))]
+        check();
+    }
+
     /// The format of a matrix kept in stored rows.
     fn row_format(matrix: &QuantMatrix) -> Format {
         match &matrix.blocks {
@@ -818,35 +770,37 @@ mod tests {
 
     #[test]
     fn products_match_the_dequantized_ones() {
-        for dtype in FORMATS {
-            let (rows, cols) = (70, 768);
-            let (q, matrix) = matrix(rows, cols, dtype, 1);
-            let dense = q.dequantize(&Device::Cpu).unwrap();
-            let x = values(cols, 2);
-            let expected: Vec<f32> = Tensor::from_vec(x.clone(), (cols, 1), &Device::Cpu)
-                .and_then(|x| dense.matmul(&x))
-                .and_then(|y| y.flatten_all())
-                .and_then(|y| y.to_vec1())
-                .unwrap();
-            let got = matrix.matmul(&x);
-            assert_eq!(got.len(), rows);
-            // Only the input's 8-bit quantization separates the two: under 1 % of the scale.
-            let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            for (g, e) in got.iter().zip(&expected) {
-                assert!((g - e).abs() < 0.01 * scale, "{dtype:?}: {g} against {e}");
+        at_each_level(|| {
+            for dtype in FORMATS {
+                let (rows, cols) = (70, 768);
+                let (q, matrix) = matrix(rows, cols, dtype, 1);
+                let dense = q.dequantize(&Device::Cpu).unwrap();
+                let x = values(cols, 2);
+                let expected: Vec<f32> = Tensor::from_vec(x.clone(), (cols, 1), &Device::Cpu)
+                    .and_then(|x| dense.matmul(&x))
+                    .and_then(|y| y.flatten_all())
+                    .and_then(|y| y.to_vec1())
+                    .unwrap();
+                let got = matrix.matmul(&x);
+                assert_eq!(got.len(), rows);
+                // Only the input's 8-bit quantization separates the two: under 1 % of the scale.
+                let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                for (g, e) in got.iter().zip(&expected) {
+                    assert!((g - e).abs() < 0.01 * scale, "{dtype:?}: {g} against {e}");
+                }
+                // The SIMD kernel and the portable one agree to rounding.
+                let input = quantize_input(&x, matrix.input_span());
+                let row_bytes = matrix.blocks().len() / rows;
+                for (row, g) in got.iter().enumerate() {
+                    let blocks = &matrix.blocks()[row * row_bytes..(row + 1) * row_bytes];
+                    let [[scalar]] = row_format(&matrix).scalar_kernel()([blocks], [&input]);
+                    assert!(
+                        (g - scalar).abs() <= 1e-4 * scale,
+                        "{dtype:?}: {g} against {scalar}"
+                    );
+                }
             }
-            // The SIMD kernel and the portable one agree to rounding.
-            let input = quantize_input(&x, matrix.input_span());
-            let row_bytes = matrix.blocks().len() / rows;
-            for (row, g) in got.iter().enumerate() {
-                let blocks = &matrix.blocks()[row * row_bytes..(row + 1) * row_bytes];
-                let [[scalar]] = row_format(&matrix).scalar_kernel()([blocks], [&input]);
-                assert!(
-                    (g - scalar).abs() <= 1e-4 * scale,
-                    "{dtype:?}: {g} against {scalar}"
-                );
-            }
-        }
+        });
     }
 
     /// Six vectors take a group of four and two alone, and nine rows four tiles and one
@@ -854,23 +808,29 @@ mod tests {
     /// or what else runs in a batch, never changes its logits.
     #[test]
     fn several_vectors_give_each_its_own_products() {
-        for dtype in FORMATS {
-            let cols = 512;
-            let (_, matrix) = matrix(9, cols, dtype, 4);
-            let vectors: Vec<Vec<f32>> = (5..11).map(|seed| values(cols, seed)).collect();
-            let together = matrix.matmul(&vectors.concat());
-            let alone: Vec<f32> = vectors.iter().flat_map(|v| matrix.matmul(v)).collect();
-            assert_eq!(together, alone, "{dtype:?}");
-        }
+        at_each_level(|| {
+            for dtype in FORMATS {
+                let cols = 512;
+                let (_, matrix) = matrix(9, cols, dtype, 4);
+                let vectors: Vec<Vec<f32>> = (5..11).map(|seed| values(cols, seed)).collect();
+                let together = matrix.matmul(&vectors.concat());
+                let alone: Vec<f32> = vectors.iter().flat_map(|v| matrix.matmul(v)).collect();
+                assert_eq!(together, alone, "{dtype:?}");
+            }
+        });
     }
 
-    /// On AVX-512 builds, the AVX-512 tile and the AVX2 one give the same bits, for odd and
-    /// even numbers of blocks, alone and in tiles.
-    #[cfg(avx512_kernels)]
+    /// On AVX-512 CPUs, the AVX-512 tile and the AVX2 one give the same bits, for odd and even
+    /// numbers of blocks, alone and in tiles.
+    #[cfg(avx2_kernels)]
     #[test]
     fn the_avx512_tile_equals_the_avx2_one() {
+        if !std::arch::is_x86_feature_detected!("avx512vnni") {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
         fn both<F: block32::Block32>(rows: [&[u8]; 2], inputs: [&QuantizedInput; 4]) {
-            // SAFETY: the build targets these features; rows and inputs have the same blocks.
+            // SAFETY: the CPU has these features; rows and inputs have the same blocks.
             let (wide, narrow) = unsafe {
                 (
                     block32::dot_avx512::<F, 2, 4>(rows, inputs),
@@ -910,9 +870,13 @@ mod tests {
 
     /// The same for the k-quants, to rounding: their AVX2 kernels scale sums per super-block
     /// (in integers before that), the AVX-512 ones per block of 32.
-    #[cfg(avx512_kernels)]
+    #[cfg(avx2_kernels)]
     #[test]
     fn the_avx512_k_quant_kernels_agree_with_the_avx2_ones() {
+        if !std::arch::is_x86_feature_detected!("avx512vnni") {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
         let cols = 3 * 256;
         let inputs: Vec<QuantizedInput> = (30..34)
             .map(|seed| quantize_input(&values(cols, seed), 256))
@@ -920,8 +884,7 @@ mod tests {
         let inputs: [&QuantizedInput; 4] = std::array::from_fn(|k| &inputs[k]);
         let (_, q4k) = matrix(1, cols, GgmlDType::Q4K, 11);
         let (_, q6k) = matrix(1, cols, GgmlDType::Q6K, 12);
-        // SAFETY: the build targets these features; the rows and the inputs have the same
-        // blocks.
+        // SAFETY: the CPU has these features; the rows and the inputs have the same blocks.
         unsafe {
             let (wide, narrow) = (
                 q4_k::dot_avx512(q4k.blocks(), inputs),
@@ -947,73 +910,76 @@ mod tests {
     /// tile kernel's, and six vectors together get each its own products.
     #[test]
     fn tiles_match_the_stored_rows() {
-        type Scalar = fn(&[u8], &QuantizedInput) -> [f32; ROW_GROUP];
-        let formats: [(GgmlDType, Scalar); 8] = [
-            (GgmlDType::Q4_0, block32_x8::dot_scalar::<q4_0::Q4_0>),
-            (GgmlDType::Q4_1, block32_x8::dot_scalar::<q4_1::Q4_1>),
-            (GgmlDType::Q5_0, block32_x8::dot_scalar::<q5_0::Q5_0>),
-            (GgmlDType::Q5_1, block32_x8::dot_scalar::<q5_1::Q5_1>),
-            (GgmlDType::Q8_0, block32_x8::dot_scalar::<q8_0::Q8_0>),
-            (GgmlDType::Q4K, |t, x| q4_k_q5_k_x8::dot_scalar(t, x, false)),
-            (GgmlDType::Q5K, |t, x| q4_k_q5_k_x8::dot_scalar(t, x, true)),
-            (GgmlDType::Q6K, q6_k_x8::dot_scalar),
-        ];
-        for (dtype, scalar_tiles) in formats {
-            let (rows, cols) = (24, 3 * 256);
-            let (q, tiles) = matrix(rows, cols, dtype, 13);
-            assert!(tiles.relaid() && tiles.tiled(), "{dtype:?}");
-            let stored = Format::of(dtype).map(|format| QuantMatrix {
-                blocks: Blocks::Rows {
-                    format,
-                    tensor: q.clone(),
-                },
-                ..QuantMatrix::from_qtensor(q.clone()).unwrap().unwrap()
-            });
-            // Stored k-quant rows have a kernel a row at a time only.
-            let k_quant = dtype.block_size() == 256;
-            assert!(stored
-                .as_ref()
-                .is_none_or(|stored| stored.tiled() != k_quant));
-            let dense = q.dequantize(&Device::Cpu).unwrap();
-            let vectors: Vec<Vec<f32>> = (40..46).map(|seed| values(cols, seed)).collect();
-            let together = tiles.matmul(&vectors.concat());
-            for (i, x) in vectors.iter().enumerate() {
-                let alone = tiles.matmul(x);
-                assert_eq!(alone, together[i * rows..(i + 1) * rows], "{dtype:?} {i}");
-                let expected: Vec<f32> = Tensor::from_vec(x.clone(), (cols, 1), &Device::Cpu)
-                    .and_then(|x| dense.matmul(&x))
-                    .and_then(|y| y.flatten_all())
-                    .and_then(|y| y.to_vec1())
-                    .unwrap();
-                let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let input = quantize_input(x, tiles.input_span());
-                let by_rows = stored.as_ref().map(|stored| stored.matmul(x));
-                let group = tiles.blocks().len() / (rows / ROW_GROUP);
-                for (row, got) in alone.iter().enumerate() {
-                    // Only the input's 8-bit quantization separates it from the f32 product.
-                    let e = expected[row];
-                    assert!(
-                        (got - e).abs() < 0.01 * scale,
-                        "{dtype:?}: {got} against {e}"
-                    );
-                    // The row kernel and the portable tile kernel sum the same integers.
-                    if let Some(by_rows) = &by_rows {
-                        let r = by_rows[row];
+        at_each_level(|| {
+            type Scalar = fn(&[u8], &QuantizedInput) -> [f32; ROW_GROUP];
+            let formats: [(GgmlDType, Scalar); 8] = [
+                (GgmlDType::Q4_0, block32_x8::dot_scalar::<q4_0::Q4_0>),
+                (GgmlDType::Q4_1, block32_x8::dot_scalar::<q4_1::Q4_1>),
+                (GgmlDType::Q5_0, block32_x8::dot_scalar::<q5_0::Q5_0>),
+                (GgmlDType::Q5_1, block32_x8::dot_scalar::<q5_1::Q5_1>),
+                (GgmlDType::Q8_0, block32_x8::dot_scalar::<q8_0::Q8_0>),
+                (GgmlDType::Q4K, |t, x| q4_k_q5_k_x8::dot_scalar(t, x, false)),
+                (GgmlDType::Q5K, |t, x| q4_k_q5_k_x8::dot_scalar(t, x, true)),
+                (GgmlDType::Q6K, q6_k_x8::dot_scalar),
+            ];
+            for (dtype, scalar_tiles) in formats {
+                let (rows, cols) = (24, 3 * 256);
+                let (q, tiles) = matrix(rows, cols, dtype, 13);
+                assert!(tiles.relaid() && tiles.tiled(), "{dtype:?}");
+                let stored = Format::of(dtype).map(|format| QuantMatrix {
+                    blocks: Blocks::Rows {
+                        format,
+                        tensor: q.clone(),
+                    },
+                    ..QuantMatrix::from_qtensor(q.clone()).unwrap().unwrap()
+                });
+                // Stored k-quant rows have a kernel a row at a time only.
+                let k_quant = dtype.block_size() == 256;
+                assert!(stored
+                    .as_ref()
+                    .is_none_or(|stored| stored.tiled() != k_quant));
+                let dense = q.dequantize(&Device::Cpu).unwrap();
+                let vectors: Vec<Vec<f32>> = (40..46).map(|seed| values(cols, seed)).collect();
+                let together = tiles.matmul(&vectors.concat());
+                for (i, x) in vectors.iter().enumerate() {
+                    let alone = tiles.matmul(x);
+                    assert_eq!(alone, together[i * rows..(i + 1) * rows], "{dtype:?} {i}");
+                    let expected: Vec<f32> = Tensor::from_vec(x.clone(), (cols, 1), &Device::Cpu)
+                        .and_then(|x| dense.matmul(&x))
+                        .and_then(|y| y.flatten_all())
+                        .and_then(|y| y.to_vec1())
+                        .unwrap();
+                    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    let input = quantize_input(x, tiles.input_span());
+                    let by_rows = stored.as_ref().map(|stored| stored.matmul(x));
+                    let group = tiles.blocks().len() / (rows / ROW_GROUP);
+                    for (row, got) in alone.iter().enumerate() {
+                        // Only the input's 8-bit quantization separates it from the f32 product.
+                        let e = expected[row];
                         assert!(
-                            (got - r).abs() <= 1e-4 * scale,
-                            "{dtype:?}: {got} against {r}"
+                            (got - e).abs() < 0.01 * scale,
+                            "{dtype:?}: {got} against {e}"
+                        );
+                        // The row kernel and the portable tile kernel sum the same integers.
+                        if let Some(by_rows) = &by_rows {
+                            let r = by_rows[row];
+                            assert!(
+                                (got - r).abs() <= 1e-4 * scale,
+                                "{dtype:?}: {got} against {r}"
+                            );
+                        }
+                        let g = row / ROW_GROUP;
+                        let scalar =
+                            scalar_tiles(&tiles.blocks()[g * group..(g + 1) * group], &input)
+                                [row % ROW_GROUP];
+                        assert!(
+                            (got - scalar).abs() <= 1e-4 * scale,
+                            "{dtype:?}: {got} against {scalar}"
                         );
                     }
-                    let g = row / ROW_GROUP;
-                    let scalar = scalar_tiles(&tiles.blocks()[g * group..(g + 1) * group], &input)
-                        [row % ROW_GROUP];
-                    assert!(
-                        (got - scalar).abs() <= 1e-4 * scale,
-                        "{dtype:?}: {got} against {scalar}"
-                    );
                 }
             }
-        }
+        });
     }
 
     /// A token looked up in a tied output layer's tiles gets the values candle dequantizes

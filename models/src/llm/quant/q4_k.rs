@@ -89,7 +89,6 @@ pub(super) fn unpack_scales_mins(packed: &[u8]) -> [u8; 16] {
 /// # Safety
 /// The CPU has AVX2, FMA and F16C, and each input has 32 values and a scale pair per block of
 /// 32 of the row, the scales equal within a super-block.
-#[cfg_attr(avx512_kernels, allow(dead_code))]
 #[cfg(avx2_kernels)]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -181,7 +180,7 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
 /// # Safety
 /// The CPU has AVX-512 (F, BW, VL, VNNI), FMA and F16C, and each input has a scale pair and
 /// 32 values per block of 32 of the row.
-#[cfg(avx512_kernels)]
+#[cfg(avx2_kernels)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 pub(super) unsafe fn dot_avx512<const N: usize>(

@@ -135,16 +135,18 @@ impl EightRowTiles for Q5KTiles {
     }
 }
 
-/// The fastest kernel of this build.
+/// The fastest kernel of this build and CPU.
 #[inline]
 fn dot<const N: usize, const FIFTH_BIT: bool>(
     tiles: &[u8],
     inputs: [&QuantizedInput; N],
 ) -> [[f32; ROWS]; N] {
     #[cfg(avx2_kernels)]
-    // SAFETY: the build targets AVX2, FMA and F16C, so the CPU has them; the matrix checked
-    // that its inputs have as many values as its rows (`QuantMatrix::matmul`).
-    return unsafe { dot_avx2::<N, FIFTH_BIT>(tiles, inputs) };
+    return super::simd::with_byte_pairs!(P =>
+        // SAFETY: the build targets AVX2, FMA and F16C, and `P` is this CPU's form; the matrix
+        // checked that its inputs have as many values as its rows (`QuantMatrix::matmul`).
+        unsafe { dot_simd::<N, FIFTH_BIT, P>(tiles, inputs) }
+    );
     #[cfg(not(avx2_kernels))]
     return inputs.map(|input| dot_scalar(tiles, input, FIFTH_BIT));
 }
@@ -203,7 +205,7 @@ pub(super) fn dot_scalar(tiles: &[u8], input: &QuantizedInput, fifth_bit: bool) 
     out
 }
 
-/// The AVX2 kernel. For each run of eight values, the tile's 32 bytes are split into low and
+/// The SIMD kernel, with `P`'s byte products. For each run of eight values, the tile's 32 bytes are split into low and
 /// high nibbles once (and given their fifth bits), and each input's two four-byte pieces are
 /// broadcast against them; the byte pair sums of a sub-block's four runs add up in 16 bits (at
 /// most 8 · 2 · 15 · 127 = 30,480; with five bits, two runs at a time, 4 · 2 · 31 · 127 =
@@ -214,16 +216,15 @@ pub(super) fn dot_scalar(tiles: &[u8], input: &QuantizedInput, fifth_bit: bool) 
 /// minimums.
 ///
 /// # Safety
-/// The CPU has AVX2, FMA and F16C, and each input has 256 values, one scale (repeated per
-/// block of 32) and eight block sums per tile.
+/// The CPU has `P`'s features, and each input has 256 values, one scale (repeated per block
+/// of 32) and eight block sums per tile.
 #[cfg(avx2_kernels)]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub(super) unsafe fn dot_avx2<const N: usize, const FIFTH_BIT: bool>(
+unsafe fn dot_simd<const N: usize, const FIFTH_BIT: bool, P: super::simd::BytePairs>(
     tiles: &[u8],
     inputs: [&QuantizedInput; N],
 ) -> [[f32; ROWS]; N] {
-    use super::{dot_u8_i8, VNNI};
     use std::arch::x86_64::*;
     // Runs whose byte pair sums add up in 16 bits.
     let runs_per_sum = if FIFTH_BIT { 2 } else { RUNS };
@@ -240,7 +241,7 @@ pub(super) unsafe fn dot_avx2<const N: usize, const FIFTH_BIT: bool>(
             };
             // With VNNI, row r's scale in 32-bit lane r, where its sums land; else in 16-bit
             // lanes 2r and 2r + 1, where its byte pair sums land.
-            let scales = if VNNI {
+            let scales = if P::VNNI {
                 scales
             } else {
                 _mm256_or_si256(scales, _mm256_slli_epi32(scales, 16))
@@ -268,9 +269,10 @@ pub(super) unsafe fn dot_avx2<const N: usize, const FIFTH_BIT: bool>(
                             _mm256_set1_epi32(x.add(1).read_unaligned()),
                         )
                     };
-                    if VNNI {
-                        // Here `pair_sums` are 32-bit sums.
-                        pair_sums[k] = dot_u8_i8(dot_u8_i8(pair_sums[k], low, x_low), high, x_high);
+                    if P::VNNI {
+                        // Here `pair_sums` are 32-bit sums. SAFETY: the caller's promise.
+                        pair_sums[k] =
+                            unsafe { P::dot(P::dot(pair_sums[k], low, x_low), high, x_high) };
                         continue;
                     }
                     let products = _mm256_add_epi16(
@@ -279,12 +281,12 @@ pub(super) unsafe fn dot_avx2<const N: usize, const FIFTH_BIT: bool>(
                     );
                     pair_sums[k] = _mm256_add_epi16(pair_sums[k], products);
                 }
-                if VNNI && run + 1 == RUNS * (j + 1) {
+                if P::VNNI && run + 1 == RUNS * (j + 1) {
                     for k in 0..N {
                         scaled[k] =
                             _mm256_add_epi32(scaled[k], _mm256_mullo_epi32(pair_sums[k], scales));
                     }
-                } else if !VNNI && (run + 1) % runs_per_sum == 0 {
+                } else if !P::VNNI && (run + 1) % runs_per_sum == 0 {
                     for k in 0..N {
                         scaled[k] =
                             _mm256_add_epi32(scaled[k], _mm256_madd_epi16(pair_sums[k], scales));

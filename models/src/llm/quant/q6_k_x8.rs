@@ -98,9 +98,12 @@ impl EightRowTiles for Q6KTiles {
     #[inline]
     fn dot<const N: usize>(tiles: &[u8], inputs: [&QuantizedInput; N]) -> [[f32; ROWS]; N] {
         #[cfg(avx2_kernels)]
-        // SAFETY: the build targets AVX2, FMA and F16C, so the CPU has them; the matrix
-        // checked that its inputs have as many values as its rows (`QuantMatrix::matmul`).
-        return unsafe { dot_avx2(tiles, inputs) };
+        return super::simd::with_byte_pairs!(P =>
+            // SAFETY: the build targets AVX2, FMA and F16C, and `P` is this CPU's form; the
+            // matrix checked that its inputs have as many values as its rows
+            // (`QuantMatrix::matmul`).
+            unsafe { dot_simd::<N, P>(tiles, inputs) }
+        );
         #[cfg(not(avx2_kernels))]
         return inputs.map(|input| dot_scalar(tiles, input));
     }
@@ -152,8 +155,8 @@ pub(super) fn dot_scalar(tiles: &[u8], input: &QuantizedInput) -> [f32; ROWS] {
     out
 }
 
-/// The AVX2 kernel. For each sub-block of sixteen values, the tile's two runs of low bits and
-/// one of high bits are put together into four vectors of six-bit values once, and each
+/// The SIMD kernel, with `P`'s byte products. For each sub-block of sixteen values, the tile's
+/// two runs of low bits and one of high bits are put together into four vectors of six-bit values once, and each
 /// input's four four-byte pieces are broadcast against them; byte pair sums of two runs add
 /// up in 16 bits (at most 2 · 2 · 63 · 127 = 32,004), one multiply-add each by the rows'
 /// scales takes them to 32 bits (with VNNI, a sub-block's products go straight into 32-bit
@@ -162,16 +165,15 @@ pub(super) fn dot_scalar(tiles: &[u8], input: &QuantizedInput) -> [f32; ROWS] {
 /// one float multiply-add.
 ///
 /// # Safety
-/// The CPU has AVX2, FMA and F16C, and each input has 256 values, one scale (repeated per
-/// block of 32) and sixteen sums of sixteen per tile.
+/// The CPU has `P`'s features, and each input has 256 values, one scale (repeated per block
+/// of 32) and sixteen sums of sixteen per tile.
 #[cfg(avx2_kernels)]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub(super) unsafe fn dot_avx2<const N: usize>(
+unsafe fn dot_simd<const N: usize, P: super::simd::BytePairs>(
     tiles: &[u8],
     inputs: [&QuantizedInput; N],
 ) -> [[f32; ROWS]; N] {
-    use super::{dot_u8_i8, VNNI};
     use std::arch::x86_64::*;
     let low_nibbles = _mm256_set1_epi8(0x0F);
     let high_pair = _mm256_set1_epi8(0x30);
@@ -200,7 +202,7 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
             // its 32-bit lane, where its sums land; else in both 16-bit lanes where its byte
             // pair sums land.
             let low_halves = _mm256_set1_epi32(0xFFFF);
-            let scales = if VNNI {
+            let scales = if P::VNNI {
                 [
                     _mm256_srai_epi32(_mm256_slli_epi32(pair_scales, 16), 16),
                     _mm256_srai_epi32(pair_scales, 16),
@@ -253,9 +255,10 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
                         let x = input.values.as_ptr().add(s * VALUES + SUB_BLOCK * j) as *const i32;
                         std::array::from_fn(|q| _mm256_set1_epi32(x.add(q).read_unaligned()))
                     };
-                    if VNNI {
-                        let sums = (0..4).fold(_mm256_setzero_si256(), |sums, q| {
-                            dot_u8_i8(sums, weights[q], x[q])
+                    if P::VNNI {
+                        // SAFETY: the caller's promise.
+                        let sums = (0..4).fold(_mm256_setzero_si256(), |sums, q| unsafe {
+                            P::dot(sums, weights[q], x[q])
                         });
                         products[k] =
                             _mm256_add_epi32(products[k], _mm256_mullo_epi32(sums, scales));
