@@ -42,11 +42,11 @@ pub fn settle_thread_count() {
     }
 }
 
-/// The instruction sets this binary was compiled to use (`target-cpu=native` in
-/// `.cargo/config.toml` takes the building machine's) that this CPU lacks. The kernels here,
-/// candle's and whisper.cpp's choose their SIMD forms when compiled, so a binary built on a
-/// newer CPU dies of an illegal instruction on an older one: call this first and stop with its
-/// answer instead.
+/// The instruction sets this binary was compiled to assume (on x86-64, `x86-64-v3` in
+/// `.cargo/config.toml`: AVX2, FMA, F16C, BMI2) that this CPU lacks. The quantized kernels
+/// pick AVX-512 and VNNI at run time, but everything else (candle's kernels, whisper.cpp, the
+/// compiler's own vectorized loops) takes the build's level as given, so a CPU below it would
+/// die of an illegal instruction: call this first and stop with its answer instead.
 pub fn missing_cpu_features() -> Vec<&'static str> {
     let mut missing = Vec::new();
     #[cfg(target_arch = "x86_64")]

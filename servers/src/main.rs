@@ -27,9 +27,8 @@ fn main() -> ExitCode {
     let missing = models::device::missing_cpu_features();
     if !missing.is_empty() {
         eprintln!(
-            "cpipe: this binary was built for a CPU with {} (the building machine's: its \
-             kernels are compiled for the CPU that builds them), which this CPU lacks; build \
-             cpipe on this machine (scripts/demo.sh, or cargo build --release)",
+            "cpipe: this binary was built for CPUs with {}, which this CPU lacks; build cpipe \
+             for it on this machine: RUSTFLAGS=\"-C target-cpu=native\" cargo build --release",
             missing.join(", ")
         );
         return ExitCode::FAILURE;
