@@ -13,3 +13,4 @@ export CPIPE_PYTHON="$PWD/.venv/bin/python" CPIPE_PYTHON_NP07="$PWD/.venv-np07/b
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+scripts/check-portable.sh target/debug/cpipe
