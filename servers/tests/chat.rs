@@ -479,4 +479,12 @@ fn slots_and_the_context_budget_are_checked_and_shown() {
     let config = c.call("get_config", json!({})).unwrap();
     assert_eq!(config[0].get("parallel"), Some(&json!(2)), "{config:?}");
     assert_eq!(config[0].get("ctx"), Some(&json!(200)), "{config:?}");
+    // The kernels' SIMD form, picked at run time; on x86-64 the build assumes AVX2.
+    let kernels = config[0].str("kernels").unwrap_or_default();
+    let expected: &[&str] = if cfg!(target_arch = "x86_64") {
+        &["avx2", "avx-vnni", "avx512-vnni"]
+    } else {
+        &["portable"]
+    };
+    assert!(expected.contains(&kernels), "{config:?}");
 }

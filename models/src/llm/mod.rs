@@ -37,6 +37,12 @@ use generation::{Pace, Slot};
 use template::ChatTemplate;
 use tokenizer::{meta_str, meta_u32};
 
+/// The SIMD form the quantized weights' kernels run in on this CPU (`avx512-vnni`, `avx-vnni`,
+/// `avx2` or `portable`): one binary picks it at run time.
+pub fn kernels() -> &'static str {
+    quant::kernel_level()
+}
+
 /// Everything that can go wrong loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
@@ -408,7 +414,8 @@ impl Llm {
             context_length,
         )
         .map_err(|e| read_error(format!("cannot load the weights ({e})")))?;
-        tracing::info!(%name, %architecture, context_length, "model loaded");
+        let kernels = kernels();
+        tracing::info!(%name, %architecture, context_length, kernels, "model loaded");
         let slots = vec![Slot::new(weights.new_cache())];
         let mut llm = Self {
             weights,

@@ -262,8 +262,9 @@ pub fn run(options: &ChatBench) -> Result<()> {
     );
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "Model {} on {threads} threads, median of {repetitions}",
-        path.display()
+        "Model {} on {threads} threads, median of {repetitions}; cpipe's kernels: {}",
+        path.display(),
+        models::llm::kernels()
     );
     // Rounds alternate between the two engines, so both meet the machine's moods alike.
     let (mut ours_rounds, mut anchor_rounds, mut first_ms) = (Vec::new(), Vec::new(), Vec::new());

@@ -228,9 +228,10 @@ pub fn run(model: &str, clients: usize, repetitions: usize, llama: &Path) -> Res
     let dir = std::env::temp_dir().join(format!("cpipe-bench-clients-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     println!(
-        "Model {} on {threads} threads; {clients} clients × {REPLY_TOKENS} tokens, {} context tokens per slot on both; median of {repetitions}",
+        "Model {} on {threads} threads; {clients} clients × {REPLY_TOKENS} tokens, {} context tokens per slot on both; median of {repetitions}; cpipe's kernels: {}",
         path.display(),
-        CONTEXT_PER_SLOT
+        CONTEXT_PER_SLOT,
+        models::llm::kernels()
     );
 
     let (cpipe_server, mut our_client) = start_cpipe(model, clients, &dir)?;

@@ -69,6 +69,19 @@ const INPUT_BLOCK_BYTES: usize = 128 * 1024;
 /// Rows a generation step hands a worker at once (its pool hands out several at a time).
 const RUN_ROWS: usize = 16;
 
+/// The SIMD form the kernels run in on this CPU: `avx512-vnni`, `avx-vnni` or `avx2` (picked at
+/// run time), or `portable` where the build targets no SIMD level they have a form for.
+pub(super) fn kernel_level() -> &'static str {
+    #[cfg(avx2_kernels)]
+    return match simd::level() {
+        simd::Level::Avx512 => "avx512-vnni",
+        simd::Level::AvxVnni => "avx-vnni",
+        simd::Level::Avx2 => "avx2",
+    };
+    #[cfg(not(avx2_kernels))]
+    return "portable";
+}
+
 /// The block formats with a kernel here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
