@@ -414,7 +414,11 @@ impl Llm {
             context_length,
         )
         .map_err(|e| read_error(format!("cannot load the weights ({e})")))?;
-        let kernels = kernels();
+        let kernels = if device.is_cpu() {
+            kernels()
+        } else {
+            crate::device::describe(device)
+        };
         tracing::info!(%name, %architecture, context_length, kernels, "model loaded");
         let slots = vec![Slot::new(weights.new_cache())];
         let mut llm = Self {

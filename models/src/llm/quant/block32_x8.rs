@@ -166,10 +166,10 @@ pub(super) fn dot_scalar<F: Block32>(tiles: &[u8], input: &QuantizedInput) -> [f
 
 /// The SIMD kernel, with `P`'s byte products. Four- and five-bit tiles: for each run of eight
 /// values, the tile's 32 bytes are split into low and high nibbles once (and given their fifth
-/// bits), and each input's two four-byte pieces are broadcast against them; byte pair sums add up in 16 bits
-/// (a block's four runs, at most 8 · 2 · 15 · 127 = 30,480; with five bits, two runs,
-/// 4 · 2 · 31 · 127 = 31,496) before a multiply-add takes them to 32; with VNNI, each half
-/// run's products go straight into 32-bit sums, one instruction each. Q8_0 tiles: the
+/// bits), and each input's two four-byte pieces are broadcast against them; byte pair sums add
+/// up in 16 bits (a block's four runs, at most 8 · 2 · 15 · 127 = 30,480; with five bits, two
+/// runs, 4 · 2 · 31 · 127 = 31,496) before a multiply-add takes them to 32; with VNNI, each
+/// half run's products go straight into 32-bit sums, one instruction each. Q8_0 tiles: the
 /// weights' magnitudes against the input bytes given the weights' signs, each run's pair sums
 /// taken to 32 bits at once (`BytePairs::dot`, one instruction with VNNI). Then each block is
 /// scaled in floats once for the eight rows.
