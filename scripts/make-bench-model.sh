@@ -5,7 +5,7 @@
 # llama.cpp's llama-quantize built from the same vendored sources as llama-bench. Speed does not
 # depend on the weights' values; the answers are noise. Prints the GGUF's path.
 #
-#   scripts/make-bench-model.sh [SHAPE] [TYPE]     e.g. llama-1b Q4_K_M (the defaults), Q5_K_M or Q8_0;
+#   scripts/make-bench-model.sh [SHAPE] [TYPE]     e.g. llama-1b Q4_K_M (the defaults), Q3_K_M, Q5_K_M or Q8_0;
 #                                                  qwen2.5-1.5b Q4_K_M
 #   cpipe bench chat --model "$(scripts/make-bench-model.sh llama-1b Q4_K_M)"
 set -euo pipefail
