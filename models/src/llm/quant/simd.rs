@@ -6,14 +6,15 @@
 //! second time with those features enabled, and [`level`] picks a form per call.
 //!
 //! A tile kernel's body is generic over [`BytePairs`], how it sums products of unsigned and
-//! signed bytes, and marked `#[inline(always)]`: [`with_byte_pairs!`] instantiates it once
-//! per form, inside a function whose `#[target_feature]` lets that form's instructions
-//! inline into it.
+//! signed bytes, and asks only for the build's features: [`with_byte_pairs!`] instantiates it
+//! once per form, called from a function whose `#[target_feature]` holds that form's
+//! features, so the body, and the form's instructions with it, inline there (the release
+//! binary has no call left to an intrinsic).
 
 use std::arch::x86_64::{__m256i, _mm256_add_epi32, _mm256_madd_epi16, _mm256_maddubs_epi16};
 use std::arch::x86_64::{_mm256_dpbusd_avx_epi32, _mm256_dpbusd_epi32, _mm256_set1_epi16};
 
-/// A SIMD level beyond the build's AVX2.
+/// A SIMD level the kernels run at: the build's, or one above it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Level {
     /// AVX2, FMA and F16C only.
@@ -151,8 +152,8 @@ impl BytePairs for Avx512Vnni {
     }
 }
 
-/// Runs `kernel` compiled with AVX-512 F, BW, VL and VNNI: the `#[inline(always)]` code it
-/// calls takes those instructions.
+/// Runs `kernel` compiled with AVX-512 F, BW, VL and VNNI: the code inlined into it takes those
+/// instructions, and AVX-512's 32 vector registers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) fn with_avx512<T>(kernel: impl FnOnce() -> T) -> T {
     kernel()
