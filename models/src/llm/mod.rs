@@ -37,10 +37,15 @@ use generation::{Pace, Slot};
 use template::ChatTemplate;
 use tokenizer::{meta_str, meta_u32};
 
-/// The SIMD form the quantized weights' kernels run in on this CPU (`avx512-vnni`, `avx-vnni`,
-/// `avx2` or `portable`): one binary picks it at run time.
-pub fn kernels() -> &'static str {
-    quant::kernel_level()
+/// The kernels a model's weights run with on `device`: on the CPU, the SIMD form this CPU
+/// takes (`avx512-vnni`, `avx-vnni`, `avx2` or `portable`), picked at run time; on a GPU, the
+/// GPU's own (`cuda`, `metal`).
+pub fn kernels(device: &Device) -> &'static str {
+    if device.is_cpu() {
+        quant::kernel_level()
+    } else {
+        crate::device::describe(device)
+    }
 }
 
 /// Everything that can go wrong loading or running a model.
@@ -414,11 +419,7 @@ impl Llm {
             context_length,
         )
         .map_err(|e| read_error(format!("cannot load the weights ({e})")))?;
-        let kernels = if device.is_cpu() {
-            kernels()
-        } else {
-            crate::device::describe(device)
-        };
+        let kernels = kernels(device);
         tracing::info!(%name, %architecture, context_length, kernels, "model loaded");
         let slots = vec![Slot::new(weights.new_cache())];
         let mut llm = Self {

@@ -264,7 +264,7 @@ pub fn run(options: &ChatBench) -> Result<()> {
     println!(
         "Model {} on {threads} threads, median of {repetitions}; cpipe's kernels: {}",
         path.display(),
-        models::llm::kernels()
+        models::llm::kernels(&models::device::best_device())
     );
     // Rounds alternate between the two engines, so both meet the machine's moods alike.
     let (mut ours_rounds, mut anchor_rounds, mut first_ms) = (Vec::new(), Vec::new(), Vec::new());

@@ -231,7 +231,7 @@ pub fn run(model: &str, clients: usize, repetitions: usize, llama: &Path) -> Res
         "Model {} on {threads} threads; {clients} clients × {REPLY_TOKENS} tokens, {} context tokens per slot on both; median of {repetitions}; cpipe's kernels: {}",
         path.display(),
         CONTEXT_PER_SLOT,
-        models::llm::kernels()
+        models::llm::kernels(&models::device::best_device())
     );
 
     let (cpipe_server, mut our_client) = start_cpipe(model, clients, &dir)?;

@@ -323,16 +323,7 @@ fn load(
         ("parallel", llm.slots().into()),
         ("ctx", llm.context_budget().into()),
         ("device", models::device::describe(&device).into()),
-        // On a GPU, the GPU's own kernels run.
-        (
-            "kernels",
-            if device.is_cpu() {
-                models::llm::kernels()
-            } else {
-                models::device::describe(&device)
-            }
-            .into(),
-        ),
+        ("kernels", models::llm::kernels(&device).into()),
         ("source", source.to_string().into()),
     ]));
     Ok(ChatEngine {
