@@ -15,6 +15,7 @@
 
 mod block32;
 mod block32_x8;
+mod q2_k_q3_k_x8;
 mod q4_0;
 mod q4_1;
 mod q4_k;
@@ -26,6 +27,7 @@ mod q6_k_x8;
 mod q8_0;
 #[cfg(avx2_kernels)]
 mod simd;
+mod sixteen_x8;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -308,6 +310,10 @@ enum Blocks {
     Q5KTiles(Vec<u8>),
     /// Q6_K likewise ([`q6_k_x8`]).
     Q6KTiles(Vec<u8>),
+    /// Q2_K likewise ([`q2_k_q3_k_x8`]).
+    Q2KTiles(Vec<u8>),
+    /// Q3_K likewise ([`q2_k_q3_k_x8`]).
+    Q3KTiles(Vec<u8>),
     /// A 32-weight format likewise ([`block32_x8`]), with its functions.
     Block32Tiles {
         format: Format,
@@ -350,11 +356,12 @@ struct QuantizedInput {
 impl QuantMatrix {
     /// Takes a CPU tensor in a format with a kernel here; `None` for any other format.
     /// Matrices of whole groups of eight rows are re-laid into tiles, and no longer hold the
-    /// tensor (Q5_K has no kernel for stored rows).
+    /// tensor (Q2_K, Q3_K and Q5_K have no kernel for stored rows).
     pub(super) fn from_qtensor(tensor: Arc<QTensor>) -> Result<Option<Self>> {
         let dtype = tensor.dtype();
         let format = Format::of(dtype);
-        if format.is_none() && dtype != GgmlDType::Q5K {
+        let tiles_only = matches!(dtype, GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q5K);
+        if format.is_none() && !tiles_only {
             return Ok(None);
         }
         let (rows, cols) = tensor.shape().dims2()?;
@@ -383,6 +390,12 @@ impl QuantMatrix {
             }
             (GgmlDType::Q6K, _) if tiles => {
                 Blocks::Q6KTiles(q6_k_x8::interleave(stored, rows, row_bytes))
+            }
+            (GgmlDType::Q2K, _) => {
+                Blocks::Q2KTiles(q2_k_q3_k_x8::interleave(stored, rows, row_bytes, false))
+            }
+            (GgmlDType::Q3K, _) => {
+                Blocks::Q3KTiles(q2_k_q3_k_x8::interleave(stored, rows, row_bytes, true))
             }
             (_, Some(format)) if tiles => {
                 let interleave = match format {
@@ -427,6 +440,8 @@ impl QuantMatrix {
             Blocks::Q4KTiles(tiles)
             | Blocks::Q5KTiles(tiles)
             | Blocks::Q6KTiles(tiles)
+            | Blocks::Q2KTiles(tiles)
+            | Blocks::Q3KTiles(tiles)
             | Blocks::Block32Tiles { tiles, .. } => tiles,
         }
     }
@@ -457,9 +472,21 @@ impl QuantMatrix {
                 true,
                 &mut out,
             ),
-            Blocks::Q6KTiles(tiles) => {
-                q6_k_x8::row_values(self.row_group(tiles, row), row % ROW_GROUP, &mut out)
-            }
+            Blocks::Q6KTiles(tiles) => sixteen_x8::row_values::<q6_k_x8::Q6KTiles>(
+                self.row_group(tiles, row),
+                row % ROW_GROUP,
+                &mut out,
+            ),
+            Blocks::Q2KTiles(tiles) => sixteen_x8::row_values::<q2_k_q3_k_x8::Q2KTiles>(
+                self.row_group(tiles, row),
+                row % ROW_GROUP,
+                &mut out,
+            ),
+            Blocks::Q3KTiles(tiles) => sixteen_x8::row_values::<q2_k_q3_k_x8::Q3KTiles>(
+                self.row_group(tiles, row),
+                row % ROW_GROUP,
+                &mut out,
+            ),
             Blocks::Block32Tiles {
                 tiles, functions, ..
             } => (functions.row_values)(self.row_group(tiles, row), row % ROW_GROUP, &mut out),
@@ -526,6 +553,12 @@ impl QuantMatrix {
             }
             Blocks::Q6KTiles(tiles) => {
                 return self.tiles_matmul::<q6_k_x8::Q6KTiles>(tiles, &inputs)
+            }
+            Blocks::Q2KTiles(tiles) => {
+                return self.tiles_matmul::<q2_k_q3_k_x8::Q2KTiles>(tiles, &inputs)
+            }
+            Blocks::Q3KTiles(tiles) => {
+                return self.tiles_matmul::<q2_k_q3_k_x8::Q3KTiles>(tiles, &inputs)
             }
             Blocks::Block32Tiles {
                 tiles, functions, ..
@@ -737,6 +770,9 @@ mod tests {
         GgmlDType::Q6K,
     ];
 
+    /// The formats with a kernel for tiles only.
+    const TILES_ONLY: [GgmlDType; 3] = [GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::Q5K];
+
     /// A deterministic spread of values in [-1, 1).
     fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut state = seed.wrapping_mul(2_654_435_761).max(1);
@@ -919,13 +955,13 @@ mod tests {
     }
 
     /// Matrices of whole groups of eight rows are re-laid into tiles; their products match
-    /// the dequantized ones, the stored-row kernel's (every format but Q5_K), and the portable
+    /// the dequantized ones, the stored-row kernel's (every format with one), and the portable
     /// tile kernel's, and six vectors together get each its own products.
     #[test]
     fn tiles_match_the_stored_rows() {
         at_each_level(|| {
             type Scalar = fn(&[u8], &QuantizedInput) -> [f32; ROW_GROUP];
-            let formats: [(GgmlDType, Scalar); 8] = [
+            let formats: [(GgmlDType, Scalar); 10] = [
                 (GgmlDType::Q4_0, block32_x8::dot_scalar::<q4_0::Q4_0>),
                 (GgmlDType::Q4_1, block32_x8::dot_scalar::<q4_1::Q4_1>),
                 (GgmlDType::Q5_0, block32_x8::dot_scalar::<q5_0::Q5_0>),
@@ -933,7 +969,15 @@ mod tests {
                 (GgmlDType::Q8_0, block32_x8::dot_scalar::<q8_0::Q8_0>),
                 (GgmlDType::Q4K, |t, x| q4_k_q5_k_x8::dot_scalar(t, x, false)),
                 (GgmlDType::Q5K, |t, x| q4_k_q5_k_x8::dot_scalar(t, x, true)),
-                (GgmlDType::Q6K, q6_k_x8::dot_scalar),
+                (GgmlDType::Q6K, sixteen_x8::dot_scalar::<q6_k_x8::Q6KTiles>),
+                (
+                    GgmlDType::Q2K,
+                    sixteen_x8::dot_scalar::<q2_k_q3_k_x8::Q2KTiles>,
+                ),
+                (
+                    GgmlDType::Q3K,
+                    sixteen_x8::dot_scalar::<q2_k_q3_k_x8::Q3KTiles>,
+                ),
             ];
             for (dtype, scalar_tiles) in formats {
                 let (rows, cols) = (24, 3 * 256);
@@ -999,7 +1043,7 @@ mod tests {
     /// from the stored row.
     #[test]
     fn rows_looked_up_in_tiles_are_the_stored_rows() {
-        for dtype in FORMATS.into_iter().chain([GgmlDType::Q5K]) {
+        for dtype in FORMATS.into_iter().chain(TILES_ONLY) {
             let (q, tiles) = matrix(16, 512, dtype, 17);
             assert!(tiles.relaid());
             for row in [0, 5, 8, 15] {
@@ -1016,10 +1060,13 @@ mod tests {
     #[test]
     fn other_formats_are_left_to_candle() {
         let w = Tensor::from_vec(values(256, 3), (1, 256), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q3K).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8K).unwrap();
         assert!(QuantMatrix::from_qtensor(Arc::new(q)).unwrap().is_none());
-        // Q5_K has tiles only: a matrix whose rows are not whole tiles stays with candle.
-        let q = QTensor::quantize(&w, GgmlDType::Q5K).unwrap();
-        assert!(QuantMatrix::from_qtensor(Arc::new(q)).unwrap().is_none());
+        // The formats with tiles only: a matrix whose rows are not whole tiles stays with
+        // candle.
+        for dtype in TILES_ONLY {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            assert!(QuantMatrix::from_qtensor(Arc::new(q)).unwrap().is_none());
+        }
     }
 }

@@ -694,7 +694,8 @@ mod tests {
     /// misplaced scale is off by the whole logit range.
     #[test]
     fn k_quant_weights_match_candle_transformers() -> Result<()> {
-        for format in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+        use GgmlDType::{Q2K, Q3K, Q4K, Q5K, Q6K};
+        for format in [Q2K, Q3K, Q4K, Q5K, Q6K] {
             matches_candle_transformers("llama", format, 0.2)?;
         }
         Ok(())
