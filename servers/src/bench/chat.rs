@@ -31,8 +31,8 @@ pub struct ChatBench {
     /// against llama-server --parallel N (continuous batching) on the same GGUF.
     #[arg(long, value_name = "N")]
     pub clients: Option<usize>,
-    /// llama.cpp's llama-server, for --clients (default: what scripts/build-llama-server.sh
-    /// built).
+    /// llama.cpp's llama-server, for --clients and the memory comparison (default: what
+    /// scripts/build-llama-server.sh built).
     #[arg(long, env = "LLAMA_SERVER")]
     pub llama_server: Option<PathBuf>,
 }
@@ -58,6 +58,10 @@ struct FirstToken {
 
 /// Context tokens before the deep generation measurement.
 const DEPTH: usize = 2048;
+
+/// The context both servers are given for the memory comparison (`--ctx`, llama-server's
+/// `-c`).
+const MEMORY_CONTEXT: usize = 4096;
 
 /// Our engine: (prompt tokens/s at 128, at 512, generation tokens/s at depth 0 and at
 /// `DEPTH`), and the short chat's time to first token.
@@ -173,18 +177,24 @@ struct Answers {
     resident_mb: f64,
 }
 
+/// The question both servers answer: a short chat, 16 tokens.
+fn question() -> Value {
+    json!({"messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16})
+}
+
 fn warm_versus_fresh(model: &str, repetitions: usize) -> Result<Answers> {
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("cpipe-bench-chat-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let question = json!({"messages": [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16});
+    let question = question();
     // Seconds, and resident MB (measured on the warm server only).
     let one_answer = |warm: bool| -> Result<(f64, f64)> {
         let start = Instant::now();
         let mut server = Command::new(&exe)
             .args(["--serve", "chat", "--model", model])
+            .args(["--ctx", &MEMORY_CONTEXT.to_string()])
             .arg("--dir")
             .arg(&dir)
             .stderr(Stdio::null())
@@ -309,9 +319,37 @@ pub fn run(options: &ChatBench) -> Result<()> {
         answers.fresh * 1000.0,
         answers.fresh / answers.warm
     );
+    let llama_server = options
+        .llama_server
+        .clone()
+        .unwrap_or_else(super::bridges::default_llama_server);
+    if !llama_server.exists() {
+        println!(
+            "resident memory of the warm server after its answers: {:.0} MB (llama-server not found at {}: build it with scripts/build-llama-server.sh, or pass --llama-server, to compare)",
+            answers.resident_mb,
+            llama_server.display()
+        );
+        return Ok(());
+    }
+    let theirs = llama_server_memory(&llama_server, &path, threads)?;
     println!(
-        "resident memory of the warm server after its answers: {:.0} MB",
-        answers.resident_mb
+        "resident memory after load and answers, context {MEMORY_CONTEXT}: cpipe {:.0} MB, llama-server {theirs:.0} MB ({:.2}x)",
+        answers.resident_mb,
+        answers.resident_mb / theirs
     );
     Ok(())
+}
+
+/// llama-server's resident memory in MB after it loaded `model` with a context of
+/// [`MEMORY_CONTEXT`] and one slot, and answered the warm server's question.
+fn llama_server_memory(llama_server: &Path, model: &Path, threads: usize) -> Result<f64> {
+    let (server, _) = super::bridges::start_llama_server(
+        llama_server,
+        model,
+        threads,
+        MEMORY_CONTEXT,
+        1,
+        question(),
+    )?;
+    Ok(resident_mb(server.0.id()))
 }
