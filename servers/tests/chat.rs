@@ -479,6 +479,7 @@ fn slots_and_the_context_budget_are_checked_and_shown() {
     let config = c.call("get_config", json!({})).unwrap();
     assert_eq!(config[0].get("parallel"), Some(&json!(2)), "{config:?}");
     assert_eq!(config[0].get("ctx"), Some(&json!(200)), "{config:?}");
+    assert_eq!(config[0].get("kv_cache"), Some(&json!("f16")), "{config:?}");
     // The kernels' SIMD form, picked at run time; on x86-64 the build assumes AVX2.
     let kernels = config[0].str("kernels").unwrap_or_default();
     let expected: &[&str] = if cfg!(target_arch = "x86_64") {
@@ -487,4 +488,49 @@ fn slots_and_the_context_budget_are_checked_and_shown() {
         &["portable"]
     };
     assert!(expected.contains(&kernels), "{config:?}");
+}
+
+/// `--kv-cache q8_0` holds keys and values in 8-bit blocks: `get_config` says so and the model
+/// still answers; a format there is no cache for is refused at start, naming the ones there
+/// are.
+#[test]
+fn a_q8_0_key_value_cache_is_taken_shown_and_answers() {
+    let dir = TestDir::new("chatq8");
+    let out = dir.run(&[
+        "--serve",
+        "chat",
+        "--model",
+        "smollm2",
+        "--kv-cache",
+        "q4_0",
+    ]);
+    assert!(!out.status.success(), "--kv-cache q4_0 was accepted");
+    assert!(
+        text(&out.stderr).contains("f16 or q8_0"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _server = dir.serve_loaded(
+        "chat",
+        &[
+            "--model",
+            "smollm2",
+            "--system",
+            "You are a helpful assistant.",
+            "--kv-cache",
+            "q8_0",
+        ],
+    );
+    let mut c = client(&dir);
+    let config = c.call("get_config", json!({})).unwrap();
+    assert_eq!(
+        config[0].get("kv_cache"),
+        Some(&json!("q8_0")),
+        "{config:?}"
+    );
+    let (streamed, _) = stream(
+        &mut c,
+        question("What is the capital of France? Answer in one word."),
+    );
+    assert!(streamed.contains("Paris"), "{streamed:?}");
 }

@@ -6,7 +6,7 @@
 //! cost only the arithmetic. Each function here matches a candle operation, which the tests
 //! check it against.
 
-use half::{f16, slice::HalfFloatSliceExt};
+use super::kv_format::KvValues;
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`.
 pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
@@ -51,13 +51,13 @@ const CONVERT_ROWS: usize = 16;
 
 /// A group of query heads that share a key/value head (`queries`: heads of `head_size` values,
 /// one after another) against one span of cached positions (`keys`, `values`: rows of
-/// `head_size` f16 values). Each key and value is read once for the whole group. Writes, per
-/// query, `[m, Σ e^(s−m), Σ e^(s−m) · value]` into `parts`, where `s = q · key · scale` and `m`
-/// is the span's largest `s`.
+/// `head_size` values, f16 or Q8_0). Each key and value is read once for the whole group.
+/// Writes, per query, `[m, Σ e^(s−m), Σ e^(s−m) · value]` into `parts`, where
+/// `s = q · key · scale` and `m` is the span's largest `s`.
 pub(super) fn attend_span(
     queries: &[f32],
-    keys: &[f16],
-    values: &[f16],
+    keys: KvValues<'_>,
+    values: KvValues<'_>,
     head_size: usize,
     scale: f32,
     parts: &mut [f32],
@@ -66,9 +66,16 @@ pub(super) fn attend_span(
     let groups = queries.len() / head_size;
     let mut rows = [0.0f32; CONVERT_ROWS * MAX_HEAD_SIZE];
     let mut scores = vec![0.0f32; groups * len];
-    for (chunk, keys) in keys.chunks(CONVERT_ROWS * head_size).enumerate() {
-        let rows = &mut rows[..keys.len()];
-        keys.convert_to_f32_slice(rows);
+    // Chunks of rows converted to f32 at a time: their first value, and their values.
+    let chunks = || {
+        (0..keys.len())
+            .step_by(CONVERT_ROWS * head_size)
+            .map(|start| (start, (CONVERT_ROWS * head_size).min(keys.len() - start)))
+            .enumerate()
+    };
+    for (chunk, (start, n)) in chunks() {
+        let rows = &mut rows[..n];
+        keys.to_f32(start, rows);
         for (i, key) in rows.chunks_exact(head_size).enumerate() {
             for (g, q) in queries.chunks_exact(head_size).enumerate() {
                 scores[g * len + chunk * CONVERT_ROWS + i] = dot(q, key) * scale;
@@ -90,9 +97,9 @@ pub(super) fn attend_span(
         part[1] = total;
         part[2..].fill(0.0);
     }
-    for (chunk, values) in values.chunks(CONVERT_ROWS * head_size).enumerate() {
-        let rows = &mut rows[..values.len()];
-        values.convert_to_f32_slice(rows);
+    for (chunk, (start, n)) in chunks() {
+        let rows = &mut rows[..n];
+        values.to_f32(start, rows);
         for (i, value) in rows.chunks_exact(head_size).enumerate() {
             for (g, part) in parts.chunks_exact_mut(part_len).enumerate() {
                 let weight = scores[g * len + chunk * CONVERT_ROWS + i];
@@ -170,7 +177,9 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::kv_format::{quantize_into, Q8Block, Q8_BLOCK};
     use candle_core::{Device, Tensor, D};
+    use half::f16;
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
@@ -210,34 +219,49 @@ mod tests {
         let expect = candle_nn::rotary_emb::rope(&as_head(&x)?, &tables(&cos)?, &tables(&sin)?)?;
         close(&rotated, &expect.flatten_all()?.to_vec1()?);
 
-        // Three query heads sharing a key/value head, over three spans of uneven length.
+        // Three query heads sharing a key/value head, over three spans of uneven length, with
+        // the cache in each form: attention over the values it holds.
         let (len, groups) = (37, 3);
         let (keys, vals) = (values(len * d, 5), values(len * d, 6));
         let queries = values(groups * d, 7);
         let half = |v: &[f32]| v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
         let (keys16, vals16) = (half(&keys), half(&vals));
-        let part_len = groups * span_part_len(d);
-        let bounds = [0, 16, 17, len];
-        let mut parts = vec![0.0; 3 * part_len];
-        for (span, part) in bounds.windows(2).zip(parts.chunks_exact_mut(part_len)) {
-            let rows = span[0] * d..span[1] * d;
-            attend_span(
-                &queries,
-                &keys16[rows.clone()],
-                &vals16[rows],
-                d,
-                0.125,
-                part,
-            );
+        let blocks = |v: &[f32]| {
+            let mut blocks = vec![Q8Block::default(); v.len() / Q8_BLOCK];
+            quantize_into(v, &mut blocks);
+            blocks
+        };
+        let (keys8, vals8) = (blocks(&keys), blocks(&vals));
+        for (held_keys, held_values) in [
+            (KvValues::F16(&keys16), KvValues::F16(&vals16)),
+            (KvValues::Q8_0(&keys8), KvValues::Q8_0(&vals8)),
+        ] {
+            let part_len = groups * span_part_len(d);
+            let bounds = [0, 16, 17, len];
+            let mut parts = vec![0.0; 3 * part_len];
+            for (span, part) in bounds.windows(2).zip(parts.chunks_exact_mut(part_len)) {
+                let rows = span[0] * d..span[1] * d;
+                attend_span(
+                    &queries,
+                    held_keys.slice(rows.clone()),
+                    held_values.slice(rows),
+                    d,
+                    0.125,
+                    part,
+                );
+            }
+            let mut out = vec![0.0; groups * d];
+            merge_spans(&parts, d, &mut out);
+            let held = |v: KvValues<'_>| -> candle_core::Result<Tensor> {
+                let mut out = vec![0.0; v.len()];
+                v.to_f32(0, &mut out);
+                Tensor::new(out.as_slice(), &dev)?.reshape((len, d))
+            };
+            let q = Tensor::new(queries.as_slice(), &dev)?.reshape((groups, d))?;
+            let (k, v) = (held(held_keys)?, held(held_values)?);
+            let scores = candle_nn::ops::softmax(&(q.matmul(&k.t()?)? * 0.125)?, D::Minus1)?;
+            close(&out, &scores.matmul(&v)?.flatten_all()?.to_vec1()?);
         }
-        let mut out = vec![0.0; groups * d];
-        merge_spans(&parts, d, &mut out);
-        let rounded = |v: &[f16]| v.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
-        let q = Tensor::new(queries.as_slice(), &dev)?.reshape((groups, d))?;
-        let k = Tensor::new(rounded(&keys16).as_slice(), &dev)?.reshape((len, d))?;
-        let v = Tensor::new(rounded(&vals16).as_slice(), &dev)?.reshape((len, d))?;
-        let scores = candle_nn::ops::softmax(&(q.matmul(&k.t()?)? * 0.125)?, D::Minus1)?;
-        close(&out, &scores.matmul(&v)?.flatten_all()?.to_vec1()?);
 
         let mut gate = x.clone();
         silu_mul(&mut gate, &w);

@@ -15,6 +15,7 @@
 
 mod cpu_ops;
 mod generation;
+mod kv_format;
 mod quant;
 mod stream;
 mod template;
@@ -34,6 +35,7 @@ use tokenizers::Tokenizer;
 
 pub use generation::Generation;
 use generation::{Pace, Slot};
+pub use kv_format::KvFormat;
 use template::ChatTemplate;
 use tokenizer::{meta_str, meta_u32};
 
@@ -307,6 +309,8 @@ pub struct LoadOptions {
     /// A `tokenizer.json` to use instead of the one rebuilt from the GGUF (needed for
     /// SentencePiece vocabularies, which GGUF metadata cannot rebuild).
     pub tokenizer_json: Option<std::path::PathBuf>,
+    /// How the key/value cache holds keys and values (f16 unless asked).
+    pub kv_cache: KvFormat,
 }
 
 /// A loaded chat model: weights, tokenizer and chat template, resident until dropped.
@@ -411,7 +415,7 @@ impl Llm {
         }
         // The rotary tables are sized to the context; cap absurd claims to keep them small.
         let context_length = context_length.min(32_768);
-        let weights = transformer::Transformer::load(
+        let mut weights = transformer::Transformer::load(
             &content,
             &mut file,
             device,
@@ -419,6 +423,9 @@ impl Llm {
             context_length,
         )
         .map_err(|e| read_error(format!("cannot load the weights ({e})")))?;
+        weights
+            .set_kv_format(options.kv_cache)
+            .map_err(|e| LlmError::InvalidRequest(e.to_string()))?;
         let kernels = kernels(device);
         tracing::info!(%name, %architecture, context_length, kernels, "model loaded");
         let slots = vec![Slot::new(weights.new_cache())];
@@ -472,6 +479,11 @@ impl Llm {
             cache: cache.snapshot()?,
         });
         Ok(count)
+    }
+
+    /// How the key/value cache holds keys and values.
+    pub fn kv_format(&self) -> KvFormat {
+        self.weights.kv_format()
     }
 
     /// The model's name, from its metadata.

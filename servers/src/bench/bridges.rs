@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use models::llm::KvFormat;
 use pipe_core::audio::AudioChunk;
 use pipe_core::Client;
 use serde_json::{json, Value};
@@ -330,6 +331,7 @@ pub(super) fn start_llama_server(
     threads: usize,
     ctx: usize,
     slots: usize,
+    kv_cache: KvFormat,
     warm: Value,
 ) -> Result<(Peer, String)> {
     let port = free_port()?;
@@ -340,6 +342,7 @@ pub(super) fn start_llama_server(
             .args(["-t", &threads.to_string()])
             .args(["-c", &ctx.to_string()])
             .args(["-np", &slots.to_string()])
+            .args(["-ctk", kv_cache.name(), "-ctv", kv_cache.name()])
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -515,8 +518,15 @@ pub fn run(options: &BridgesBench) -> Result<()> {
         .unwrap_or_else(default_llama_server);
     if llama.exists() {
         let path = crate::kinds::chat::model_source(&options.model)?.resolve()?;
-        let (peer, llama_address) =
-            start_llama_server(&llama, &path, threads, 4096, 1, chat_request(0))?;
+        let (peer, llama_address) = start_llama_server(
+            &llama,
+            &path,
+            threads,
+            4096,
+            1,
+            KvFormat::F16,
+            chat_request(0),
+        )?;
         let mut anchor = Http::connect(&llama_address)?;
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for round in 1..=repetitions {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::{median, resident_mb};
 use anyhow::{bail, ensure, Context, Result};
-use models::llm::{ChatMessage, GenerationParams, Llm, LoadOptions};
+use models::llm::{ChatMessage, GenerationParams, KvFormat, Llm, LoadOptions};
 use pipe_core::{Client, ConnectOptions};
 use serde_json::{json, Value};
 
@@ -35,6 +35,9 @@ pub struct ChatBench {
     /// scripts/build-llama-server.sh built).
     #[arg(long, env = "LLAMA_SERVER")]
     pub llama_server: Option<PathBuf>,
+    /// How both engines hold keys and values: f16, or q8_0 (llama.cpp's -ctk/-ctv q8_0).
+    #[arg(long, value_name = "FORMAT", default_value = "f16")]
+    pub kv_cache: KvFormat,
 }
 
 /// A prompt of exactly `n` tokens of ordinary text.
@@ -65,12 +68,12 @@ const MEMORY_CONTEXT: usize = 4096;
 
 /// Our engine: (prompt tokens/s at 128, at 512, generation tokens/s at depth 0 and at
 /// `DEPTH`), and the short chat's time to first token.
-fn ours(path: &Path, repetitions: usize) -> Result<([f64; 4], FirstToken)> {
-    let mut llm = Llm::load_with(
-        path,
-        &models::device::best_device(),
-        &LoadOptions::default(),
-    )?;
+fn ours(path: &Path, kv_cache: KvFormat, repetitions: usize) -> Result<([f64; 4], FirstToken)> {
+    let options = LoadOptions {
+        kv_cache,
+        ..LoadOptions::default()
+    };
+    let mut llm = Llm::load_with(path, &models::device::best_device(), &options)?;
     // Every run cold, as llama-bench's are: nothing of the run before is reused.
     let one = GenerationParams {
         max_tokens: 1,
@@ -137,12 +140,19 @@ fn ours(path: &Path, repetitions: usize) -> Result<([f64; 4], FirstToken)> {
 
 /// llama-bench on the same file with the same threads: (pp128, pp512, tg128, tg128 at
 /// `DEPTH`) tokens/s.
-fn llama_cpp(bin: &Path, model: &Path, threads: usize, repetitions: usize) -> Result<[f64; 4]> {
+fn llama_cpp(
+    bin: &Path,
+    model: &Path,
+    threads: usize,
+    kv_cache: KvFormat,
+    repetitions: usize,
+) -> Result<[f64; 4]> {
     // Two runs: one `-d` would apply to every test of a run.
     let run = |tests: &[&str]| -> Result<Vec<Value>> {
         let out = Command::new(bin)
             .args(["-m".as_ref(), model.as_os_str()])
             .args(["-t", &threads.to_string()])
+            .args(["-ctk", kv_cache.name(), "-ctv", kv_cache.name()])
             .args(tests)
             .args(["-r", &repetitions.to_string(), "-o", "json"])
             .stderr(Stdio::null())
@@ -184,7 +194,7 @@ fn question() -> Value {
         {"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16})
 }
 
-fn warm_versus_fresh(model: &str, repetitions: usize) -> Result<Answers> {
+fn warm_versus_fresh(model: &str, kv_cache: KvFormat, repetitions: usize) -> Result<Answers> {
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("cpipe-bench-chat-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -195,6 +205,7 @@ fn warm_versus_fresh(model: &str, repetitions: usize) -> Result<Answers> {
         let mut server = Command::new(&exe)
             .args(["--serve", "chat", "--model", model])
             .args(["--ctx", &MEMORY_CONTEXT.to_string()])
+            .args(["--kv-cache", kv_cache.name()])
             .arg("--dir")
             .arg(&dir)
             .stderr(Stdio::null())
@@ -272,19 +283,20 @@ pub fn run(options: &ChatBench) -> Result<()> {
     );
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "Model {} on {threads} threads, median of {repetitions}; cpipe's kernels: {}",
+        "Model {} on {threads} threads, median of {repetitions}; cpipe's kernels: {}; key/value cache: {}",
         path.display(),
-        models::llm::kernels(&models::device::best_device())
+        models::llm::kernels(&models::device::best_device()),
+        options.kv_cache.name()
     );
     // Rounds alternate between the two engines, so both meet the machine's moods alike.
     let (mut ours_rounds, mut anchor_rounds, mut first_ms) = (Vec::new(), Vec::new(), Vec::new());
     let mut first = None;
     for _ in 0..repetitions {
-        let (rates, round_first) = ours(&path, 1)?;
+        let (rates, round_first) = ours(&path, options.kv_cache, 1)?;
         ours_rounds.push(rates);
         first_ms.push(round_first.ms);
         first = Some(round_first);
-        anchor_rounds.push(llama_cpp(&bench, &path, threads, 1)?);
+        anchor_rounds.push(llama_cpp(&bench, &path, threads, options.kv_cache, 1)?);
     }
     let column = |rounds: &[[f64; 4]], i: usize| median(rounds.iter().map(|r| r[i]).collect());
     let [pp128, pp512, tg128, tg128_deep] = [0, 1, 2, 3].map(|i| column(&ours_rounds, i));
@@ -312,7 +324,7 @@ pub fn run(options: &ChatBench) -> Result<()> {
         "time to first token, short chat (engine): {:.1} ms ({} prompt tokens, {} of them run ahead at start-up)",
         first.ms, first.prompt_tokens, first.cached
     );
-    let answers = warm_versus_fresh(&options.model, repetitions)?;
+    let answers = warm_versus_fresh(&options.model, options.kv_cache, repetitions)?;
     println!(
         "one answer: warm server {:.0} ms, fresh process {:.0} ms ({:.1}x)",
         answers.warm * 1000.0,
@@ -331,7 +343,7 @@ pub fn run(options: &ChatBench) -> Result<()> {
         );
         return Ok(());
     }
-    let theirs = llama_server_memory(&llama_server, &path, threads)?;
+    let theirs = llama_server_memory(&llama_server, &path, threads, options.kv_cache)?;
     println!(
         "resident memory after load and answers, context {MEMORY_CONTEXT}: cpipe {:.0} MB, llama-server {theirs:.0} MB ({:.2}x)",
         answers.resident_mb,
@@ -342,13 +354,19 @@ pub fn run(options: &ChatBench) -> Result<()> {
 
 /// llama-server's resident memory in MB after it loaded `model` with a context of
 /// [`MEMORY_CONTEXT`] and one slot, and answered the warm server's question.
-fn llama_server_memory(llama_server: &Path, model: &Path, threads: usize) -> Result<f64> {
+fn llama_server_memory(
+    llama_server: &Path,
+    model: &Path,
+    threads: usize,
+    kv_cache: KvFormat,
+) -> Result<f64> {
     let (server, _) = super::bridges::start_llama_server(
         llama_server,
         model,
         threads,
         MEMORY_CONTEXT,
         1,
+        kv_cache,
         question(),
     )?;
     Ok(resident_mb(server.0.id()))

@@ -8,6 +8,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
+use models::llm::KvFormat;
 use pipe_core::Client;
 use serde_json::{json, Value};
 
@@ -193,8 +194,15 @@ fn start_llama(
     slots: usize,
 ) -> Result<(Peer, Vec<Http>)> {
     let warm = request(&[system()], 1);
-    let (server, address) =
-        start_llama_server(llama, model, threads, slots * CONTEXT_PER_SLOT, slots, warm)?;
+    let (server, address) = start_llama_server(
+        llama,
+        model,
+        threads,
+        slots * CONTEXT_PER_SLOT,
+        slots,
+        KvFormat::F16,
+        warm,
+    )?;
     let connections = (0..slots)
         .map(|_| Http::connect(&address))
         .collect::<Result<_>>()?;

@@ -65,6 +65,13 @@ pub struct ChatArgs {
     /// window].
     #[arg(long, value_name = "TOKENS")]
     pub ctx: Option<usize>,
+
+    /// How the key/value cache holds keys and values: f16, or q8_0 (as llama.cpp's
+    /// --cache-type-k/-v q8_0: about half the memory per context token, and half the bytes
+    /// attention reads per generated token; each value within 1/254 of its block's largest;
+    /// CPU only).
+    #[arg(long, value_name = "FORMAT", default_value = "f16")]
+    pub kv_cache: models::llm::KvFormat,
 }
 
 /// The model real users get by default: fetched once from the Hugging Face hub.
@@ -297,6 +304,7 @@ fn load(
     let path = source.resolve().map_err(|e| e.to_string())?;
     let options = LoadOptions {
         tokenizer_json: args.tokenizer.clone(),
+        kv_cache: args.kv_cache,
     };
     let mut llm = Llm::load_with(&path, &device, &options).map_err(|e| e.to_string())?;
     let slots = usize::from(args.parallel);
@@ -322,6 +330,7 @@ fn load(
         ("context_length", llm.context_length().into()),
         ("parallel", llm.slots().into()),
         ("ctx", llm.context_budget().into()),
+        ("kv_cache", llm.kv_format().name().into()),
         ("device", models::device::describe(&device).into()),
         ("kernels", models::llm::kernels(&device).into()),
         ("source", source.to_string().into()),
