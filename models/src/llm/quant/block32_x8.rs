@@ -45,46 +45,42 @@ const fn tile_bytes<F: Block32>() -> usize {
 /// Re-lays `rows` (a multiple of [`ROWS`]) stored rows of `row_bytes` each into tiles.
 pub(super) fn interleave<F: Block32>(blocks: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
     let tile_bytes = tile_bytes::<F>();
-    let blocks_per_row = row_bytes / F::BYTES;
-    let mut tiles = vec![0u8; rows / ROWS * blocks_per_row * tile_bytes];
-    for (group, group_tiles) in tiles
-        .chunks_exact_mut(blocks_per_row * tile_bytes)
-        .enumerate()
-    {
-        for (b, tile) in group_tiles.chunks_exact_mut(tile_bytes).enumerate() {
-            for r in 0..ROWS {
-                let start = (group * ROWS + r) * row_bytes + b * F::BYTES;
-                let (d, m, weights) = F::weights(&blocks[start..start + F::BYTES]);
-                // `d` and `m` came from f16, so they go back exactly.
-                tile[2 * r..2 * r + 2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-                if F::OFFSET {
-                    tile[2 * ROWS + 2 * r..2 * ROWS + 2 * r + 2]
-                        .copy_from_slice(&f16::from_f32(m).to_le_bytes());
+    super::interleave_rows(
+        blocks,
+        rows,
+        row_bytes,
+        F::BYTES,
+        tile_bytes,
+        |tile, r, block| {
+            let (d, m, weights) = F::weights(block);
+            // `d` and `m` came from f16, so they go back exactly.
+            tile[2 * r..2 * r + 2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+            if F::OFFSET {
+                tile[2 * ROWS + 2 * r..2 * ROWS + 2 * r + 2]
+                    .copy_from_slice(&f16::from_f32(m).to_le_bytes());
+            }
+            let q = weights.map(|w| (w + F::ZERO) as u8);
+            let values = values_at::<F>();
+            if F::BITS == 8 {
+                for (v, &q) in q.iter().enumerate() {
+                    tile[values + v / 4 * 4 * ROWS + 4 * r + v % 4] = q;
                 }
-                let q = weights.map(|w| (w + F::ZERO) as u8);
-                let values = values_at::<F>();
-                if F::BITS == 8 {
-                    for (v, &q) in q.iter().enumerate() {
-                        tile[values + v / 4 * 4 * ROWS + 4 * r + v % 4] = q;
-                    }
-                    continue;
-                }
-                for run in 0..BLOCK / 8 {
-                    for i in 0..4 {
-                        let v = 8 * run + i;
-                        tile[values + run * 4 * ROWS + 4 * r + i] =
-                            q[v] & 0x0F | (q[v + 4] & 0x0F) << 4;
-                        if F::BITS == 5 {
-                            let fifth = |v: usize| q[v] >> 4 & 1;
-                            tile[fifth_bits_at::<F>() + 4 * r + i] |=
-                                fifth(v) << (2 * run) | fifth(v + 4) << (2 * run + 1);
-                        }
+                return;
+            }
+            for run in 0..BLOCK / 8 {
+                for i in 0..4 {
+                    let v = 8 * run + i;
+                    tile[values + run * 4 * ROWS + 4 * r + i] =
+                        q[v] & 0x0F | (q[v + 4] & 0x0F) << 4;
+                    if F::BITS == 5 {
+                        let fifth = |v: usize| q[v] >> 4 & 1;
+                        tile[fifth_bits_at::<F>() + 4 * r + i] |=
+                            fifth(v) << (2 * run) | fifth(v + 4) << (2 * run + 1);
                     }
                 }
             }
-        }
-    }
-    tiles
+        },
+    )
 }
 
 /// Value `v` (0..32) of row `r` of a tile as stored there: unsigned four or five bits, or

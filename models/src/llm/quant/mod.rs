@@ -669,6 +669,30 @@ impl QuantMatrix {
     }
 }
 
+/// Re-lays `rows` (a multiple of [`ROW_GROUP`]) stored rows of `row_bytes`, blocks of
+/// `block_bytes`, into tiles of `tile_bytes`, one per group of eight rows and block, a row
+/// group's after another: `fill(tile, r, block)` puts row `r`'s block into its tile.
+fn interleave_rows(
+    blocks: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    block_bytes: usize,
+    tile_bytes: usize,
+    mut fill: impl FnMut(&mut [u8], usize, &[u8]),
+) -> Vec<u8> {
+    let per_row = row_bytes / block_bytes;
+    let mut tiles = vec![0u8; rows / ROW_GROUP * per_row * tile_bytes];
+    for (group, group_tiles) in tiles.chunks_exact_mut(per_row * tile_bytes).enumerate() {
+        for (b, tile) in group_tiles.chunks_exact_mut(tile_bytes).enumerate() {
+            for r in 0..ROW_GROUP {
+                let start = (group * ROW_GROUP + r) * row_bytes + b * block_bytes;
+                fill(tile, r, &blocks[start..start + block_bytes]);
+            }
+        }
+    }
+    tiles
+}
+
 /// Row `row` of a 2-D quantized tensor in any format, dequantized.
 pub(super) fn stored_row_values(tensor: &QTensor, row: usize) -> Result<Vec<f32>> {
     let (rows, cols) = tensor.shape().dims2()?;

@@ -96,45 +96,40 @@ pub(super) fn interleave(blocks: &[u8], rows: usize, row_bytes: usize, high_bit:
         (Q2_K_BLOCK_BYTES, Q2_K_D, Q2_K_VALUES)
     };
     let tile_bytes = tile_bytes(high_bit);
-    let super_blocks = row_bytes / block_bytes;
-    let mut tiles = vec![0u8; rows / ROWS * super_blocks * tile_bytes];
-    for (group, group_tiles) in tiles
-        .chunks_exact_mut(super_blocks * tile_bytes)
-        .enumerate()
-    {
-        for (s, tile) in group_tiles.chunks_exact_mut(tile_bytes).enumerate() {
-            for r in 0..ROWS {
-                let start = (group * ROWS + r) * row_bytes + s * block_bytes;
-                let block = &blocks[start..start + block_bytes];
-                // `d`, and Q2_K's `dmin` after it.
-                let head = head_bytes(high_bit) / ROWS;
-                for (h, half) in block[d_at..d_at + head].chunks_exact(2).enumerate() {
-                    tile[2 * ROWS * h + 2 * r..][..2].copy_from_slice(half);
-                }
-                let values = &block[values_at..values_at + VALUES / 4];
-                for j in 0..SUB_BLOCKS {
-                    tile[scales_at(j / 2, high_bit) + 2 * r + j % 2] = if high_bit {
-                        stored_q3_k_scale(block, j) as u8
-                    } else {
-                        block[Q2_K_SCALES + j]
-                    };
-                    for i in 0..4 {
-                        let v = SUB_BLOCK * j + i;
-                        tile[low_bits_at(j, high_bit) + 4 * r + i] = (0..4)
-                            .map(|k| stored_low_bits(values, v + 4 * k) << (2 * k))
+    super::interleave_rows(
+        blocks,
+        rows,
+        row_bytes,
+        block_bytes,
+        tile_bytes,
+        |tile, r, block| {
+            // `d`, and Q2_K's `dmin` after it.
+            let head = head_bytes(high_bit) / ROWS;
+            for (h, half) in block[d_at..d_at + head].chunks_exact(2).enumerate() {
+                tile[2 * ROWS * h + 2 * r..][..2].copy_from_slice(half);
+            }
+            let values = &block[values_at..values_at + VALUES / 4];
+            for j in 0..SUB_BLOCKS {
+                tile[scales_at(j / 2, high_bit) + 2 * r + j % 2] = if high_bit {
+                    stored_q3_k_scale(block, j) as u8
+                } else {
+                    block[Q2_K_SCALES + j]
+                };
+                for i in 0..4 {
+                    let v = SUB_BLOCK * j + i;
+                    tile[low_bits_at(j, high_bit) + 4 * r + i] = (0..4)
+                        .map(|k| stored_low_bits(values, v + 4 * k) << (2 * k))
+                        .fold(0, |byte, bits| byte | bits);
+                    if high_bit {
+                        let bits = (0..4)
+                            .map(|k| stored_high_bit(block, v + 4 * k) << k)
                             .fold(0, |byte, bits| byte | bits);
-                        if high_bit {
-                            let bits = (0..4)
-                                .map(|k| stored_high_bit(block, v + 4 * k) << k)
-                                .fold(0, |byte, bits| byte | bits);
-                            tile[high_bits_at(j / 2) + 4 * r + i] |= bits << (4 * (j % 2));
-                        }
+                        tile[high_bits_at(j / 2) + 4 * r + i] |= bits << (4 * (j % 2));
                     }
                 }
             }
-        }
-    }
-    tiles
+        },
+    )
 }
 
 /// Value `v` of row `r` of a tile: its two low bits, and Q3_K's high bit above them.

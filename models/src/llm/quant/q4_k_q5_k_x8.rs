@@ -67,52 +67,45 @@ const fn stored_layout(fifth_bit: bool) -> (usize, usize) {
 pub(super) fn interleave(blocks: &[u8], rows: usize, row_bytes: usize, fifth_bit: bool) -> Vec<u8> {
     let (block_bytes, low_bits) = stored_layout(fifth_bit);
     let tile_bytes = tile_bytes(fifth_bit);
-    let super_blocks = row_bytes / block_bytes;
-    let mut tiles = vec![0u8; rows / ROWS * super_blocks * tile_bytes];
-    for (group, group_tiles) in tiles
-        .chunks_exact_mut(super_blocks * tile_bytes)
-        .enumerate()
-    {
-        for (s, tile) in group_tiles.chunks_exact_mut(tile_bytes).enumerate() {
-            for r in 0..ROWS {
-                let start = (group * ROWS + r) * row_bytes + s * block_bytes;
-                let block = &blocks[start..start + block_bytes];
-                tile[2 * r..2 * r + 2].copy_from_slice(&block[0..2]);
-                tile[MINIMUM_SCALES + 2 * r..MINIMUM_SCALES + 2 * r + 2]
-                    .copy_from_slice(&block[2..4]);
-                let scales_minimums = unpack_scales_mins(&block[4..16]);
-                for j in 0..SUB_BLOCKS {
-                    tile[SCALES + j * ROWS + r] = scales_minimums[j];
-                    tile[MINIMUMS + j / 2 * 2 * ROWS + 2 * r + j % 2] =
-                        scales_minimums[SUB_BLOCKS + j];
+    super::interleave_rows(
+        blocks,
+        rows,
+        row_bytes,
+        block_bytes,
+        tile_bytes,
+        |tile, r, block| {
+            tile[2 * r..2 * r + 2].copy_from_slice(&block[0..2]);
+            tile[MINIMUM_SCALES + 2 * r..MINIMUM_SCALES + 2 * r + 2].copy_from_slice(&block[2..4]);
+            let scales_minimums = unpack_scales_mins(&block[4..16]);
+            for j in 0..SUB_BLOCKS {
+                tile[SCALES + j * ROWS + r] = scales_minimums[j];
+                tile[MINIMUMS + j / 2 * 2 * ROWS + 2 * r + j % 2] = scales_minimums[SUB_BLOCKS + j];
+            }
+            // The stored four bits: each 32 bytes hold 64 values, the first 32 in the low
+            // nibbles. Q5_K's fifth bits: bit `j` of byte `v % 32` of the 32 before them
+            // for value `v` of sub-block `j`.
+            let low = |v: usize| {
+                let byte = block[low_bits + v / 64 * 32 + v % 32];
+                if v % 64 < 32 {
+                    byte & 0x0F
+                } else {
+                    byte >> 4
                 }
-                // The stored four bits: each 32 bytes hold 64 values, the first 32 in the low
-                // nibbles. Q5_K's fifth bits: bit `j` of byte `v % 32` of the 32 before them
-                // for value `v` of sub-block `j`.
-                let low = |v: usize| {
-                    let byte = block[low_bits + v / 64 * 32 + v % 32];
-                    if v % 64 < 32 {
-                        byte & 0x0F
-                    } else {
-                        byte >> 4
-                    }
-                };
-                let fifth = |v: usize| (block[16 + v % 32] >> (v / 32)) & 1;
-                for run in 0..VALUES / 8 {
-                    for i in 0..4 {
-                        let v = 8 * run + i;
-                        tile[run_at(run, fifth_bit) + 4 * r + i] = low(v) | low(v + 4) << 4;
-                        if fifth_bit {
-                            let k = run % RUNS;
-                            tile[fifth_bits_at(run / RUNS) + 4 * r + i] |=
-                                fifth(v) << (2 * k) | fifth(v + 4) << (2 * k + 1);
-                        }
+            };
+            let fifth = |v: usize| (block[16 + v % 32] >> (v / 32)) & 1;
+            for run in 0..VALUES / 8 {
+                for i in 0..4 {
+                    let v = 8 * run + i;
+                    tile[run_at(run, fifth_bit) + 4 * r + i] = low(v) | low(v + 4) << 4;
+                    if fifth_bit {
+                        let k = run % RUNS;
+                        tile[fifth_bits_at(run / RUNS) + 4 * r + i] |=
+                            fifth(v) << (2 * k) | fifth(v + 4) << (2 * k + 1);
                     }
                 }
             }
-        }
-    }
-    tiles
+        },
+    )
 }
 
 /// Q4_K's tiles.

@@ -46,40 +46,35 @@ const fn sub_block_at(j: usize) -> usize {
 
 /// Re-lays `rows` (a multiple of [`ROWS`]) stored Q6_K rows of `row_bytes` each into tiles.
 pub(super) fn interleave(blocks: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-    let super_blocks = row_bytes / BLOCK_BYTES;
-    let mut tiles = vec![0u8; rows / ROWS * super_blocks * TILE_BYTES];
-    for (group, group_tiles) in tiles
-        .chunks_exact_mut(super_blocks * TILE_BYTES)
-        .enumerate()
-    {
-        for (s, tile) in group_tiles.chunks_exact_mut(TILE_BYTES).enumerate() {
-            for r in 0..ROWS {
-                let start = (group * ROWS + r) * row_bytes + s * BLOCK_BYTES;
-                let block = &blocks[start..start + BLOCK_BYTES];
-                tile[2 * r..2 * r + 2].copy_from_slice(&block[SCALE..SCALE + 2]);
-                for j in 0..SUB_BLOCKS {
-                    tile[scales_at(j / 2) + 2 * r + j % 2] = block[STORED_SCALES + j];
-                }
-                let value = |v: usize| stored_value(block, v);
-                for run in 0..VALUES / 8 {
-                    for i in 0..4 {
-                        let v = 8 * run + i;
-                        tile[low_bits_at(run) + 4 * r + i] =
-                            value(v) & 0x0F | (value(v + 4) & 0x0F) << 4;
-                    }
-                }
-                for j in 0..SUB_BLOCKS {
-                    for i in 0..4 {
-                        let v = SUB_BLOCK * j + i;
-                        tile[high_bits_at(j) + 4 * r + i] = (0..4)
-                            .map(|k| (value(v + 4 * k) >> 4) << (2 * k))
-                            .fold(0, |byte, bits| byte | bits);
-                    }
+    super::interleave_rows(
+        blocks,
+        rows,
+        row_bytes,
+        BLOCK_BYTES,
+        TILE_BYTES,
+        |tile, r, block| {
+            tile[2 * r..2 * r + 2].copy_from_slice(&block[SCALE..SCALE + 2]);
+            for j in 0..SUB_BLOCKS {
+                tile[scales_at(j / 2) + 2 * r + j % 2] = block[STORED_SCALES + j];
+            }
+            let value = |v: usize| stored_value(block, v);
+            for run in 0..VALUES / 8 {
+                for i in 0..4 {
+                    let v = 8 * run + i;
+                    tile[low_bits_at(run) + 4 * r + i] =
+                        value(v) & 0x0F | (value(v + 4) & 0x0F) << 4;
                 }
             }
-        }
-    }
-    tiles
+            for j in 0..SUB_BLOCKS {
+                for i in 0..4 {
+                    let v = SUB_BLOCK * j + i;
+                    tile[high_bits_at(j) + 4 * r + i] = (0..4)
+                        .map(|k| (value(v + 4 * k) >> 4) << (2 * k))
+                        .fold(0, |byte, bits| byte | bits);
+                }
+            }
+        },
+    )
 }
 
 /// Q6_K's tiles.
