@@ -20,6 +20,9 @@ pub(super) struct Slot {
     /// its prompt and the reply run so far. A prompt that starts with some of them (the next
     /// turn of the same conversation) runs only the rest.
     held: Vec<u32>,
+    /// `held` decoded, special tokens and all: a conversation's next turn, rendered, starts
+    /// with it ([`Llm::encode_conversation`]).
+    held_text: String,
     /// The logits after the last request's prompt (with the prompt's length): the same
     /// prompt again starts from them without running anything.
     prompt_logits: Option<(usize, Tensor)>,
@@ -35,10 +38,18 @@ impl Slot {
         Self {
             cache,
             held: Vec::new(),
+            held_text: String::new(),
             prompt_logits: None,
             reserved: 0,
             last_used: 0,
         }
+    }
+
+    /// Drops what it holds for the next turn of its conversation.
+    fn forget_held(&mut self) {
+        self.held.clear();
+        self.held_text.clear();
+        self.prompt_logits = None;
     }
 }
 
@@ -190,16 +201,14 @@ impl Llm {
         for slot in self.slots.iter_mut().filter(|s| s.reserved > 0) {
             tracing::warn!("a slot left by an interrupted generation is freed");
             slot.reserved = 0;
-            slot.held.clear();
-            slot.prompt_logits = None;
+            slot.forget_held();
         }
     }
 
     /// Drops what the free slots hold for the next turns of their conversations.
     pub(super) fn forget_conversations(&mut self) {
         for slot in self.slots.iter_mut().filter(|s| s.reserved == 0) {
-            slot.held.clear();
-            slot.prompt_logits = None;
+            slot.forget_held();
         }
     }
 
@@ -222,6 +231,27 @@ impl Llm {
         self.busy_slots() < self.slots.len()
             && (reserved == 0
                 || reserved + self.reservation(prompt_tokens, params) <= self.context_budget)
+    }
+
+    /// Token ids of a rendered conversation. Where the tokens a slot holds decode to the start
+    /// of `text` (the conversation's earlier turns and the reply generated for the last), those
+    /// tokens are kept as they are and only the rest is encoded: a reply the model spelt in
+    /// other tokens than the tokenizer's own would otherwise encode differently, and its keys
+    /// and values would run again (llama-server re-encodes, and runs them again).
+    pub fn encode_conversation(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        let held = self
+            .slots
+            .iter()
+            .filter(|s| !s.held_text.is_empty() && text.starts_with(&s.held_text))
+            .max_by_key(|s| s.held.len());
+        match held {
+            Some(slot) => {
+                let mut tokens = slot.held.clone();
+                tokens.extend(self.encode(&text[slot.held_text.len()..])?);
+                Ok(tokens)
+            }
+            None => self.encode(text),
+        }
     }
 
     /// Starts a reply to `prompt` on a free slot: the one whose held tokens share the longest
@@ -286,6 +316,7 @@ impl Llm {
         slot.reserved = reserve;
         slot.last_used = self.clock;
         let mut held = std::mem::take(&mut slot.held);
+        slot.held_text.clear();
         if !params.cache_prompt {
             held.clear();
         }
@@ -551,15 +582,17 @@ impl Llm {
         } else {
             std::mem::take(&mut generation.history)
         };
-        if slot.held.is_empty() {
-            slot.prompt_logits = None;
-        }
         if slot.held.len() > HELD_TOKENS_MAX {
             // A long conversation's keys and values would stay resident between requests:
             // give them back, so memory returns near its resting size.
-            slot.held.clear();
-            slot.prompt_logits = None;
             slot.cache.release();
+        }
+        if slot.held.is_empty() || slot.held.len() > HELD_TOKENS_MAX {
+            slot.forget_held();
+        } else {
+            // A text the tokens do not decode to (invalid UTF-8 cut mid-character) matches no
+            // conversation, which is then encoded whole.
+            slot.held_text = self.tokenizer.decode(&slot.held, false).unwrap_or_default();
         }
         let params = &generation.params;
         if finish != FinishReason::Cancelled
@@ -611,5 +644,45 @@ impl Llm {
         }
         let usage = self.end(generation, &mut on_text);
         result.and(usage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::ChatMessage;
+
+    /// A conversation's next turn keeps the tokens its slot holds, spelt as the model spelt
+    /// them, and encodes only what follows; a text that does not start with them is encoded
+    /// whole.
+    #[test]
+    fn a_next_turn_keeps_the_held_tokens() -> Result<(), LlmError> {
+        let mut llm = Llm::load(&crate::llm::smollm2(), &candle_core::Device::Cpu)?;
+        let turn = llm.render_chat(&[ChatMessage::user("Hi")])?;
+        let params = GenerationParams {
+            max_tokens: 4,
+            ..GenerationParams::default()
+        };
+        llm.generate(&llm.encode(&turn)?, &params, |_| ControlFlow::Continue(()))?;
+        let slot = &llm.slots[0];
+        assert!(slot.held.len() > 4 && slot.held_text.starts_with(&turn));
+        let next = format!("{}<|im_end|>\n<|im_start|>user\nMore", slot.held_text);
+        let mut expected = slot.held.clone();
+        expected.extend(llm.encode("<|im_end|>\n<|im_start|>user\nMore")?);
+        assert_eq!(llm.encode_conversation(&next)?, expected);
+
+        // "Hello" in two tokens, where the tokenizer makes one: held as the model ran them.
+        let spelt: Vec<u32> = ["H", "ello"]
+            .iter()
+            .map(|piece| llm.tokenizer.token_to_id(piece).expect("a token"))
+            .collect();
+        assert_ne!(llm.encode("Hello")?, spelt);
+        let slot = &mut llm.slots[0];
+        slot.held = spelt.clone();
+        slot.held_text = "Hello".into();
+        let tokens = llm.encode_conversation("Hello there")?;
+        assert_eq!(tokens[..2], spelt[..]);
+        assert_eq!(llm.encode_conversation("Help")?, llm.encode("Help")?);
+        Ok(())
     }
 }

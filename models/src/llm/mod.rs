@@ -522,7 +522,23 @@ impl Llm {
         on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Usage, LlmError> {
         let prompt = self.render_chat(messages)?;
-        let tokens = self.encode(&prompt)?;
+        let tokens = self.encode_conversation(&prompt)?;
         self.generate(&tokens, params, on_text)
     }
+}
+
+#[cfg(test)]
+/// The offline default model, as `tests/llm.rs` finds it.
+pub(crate) fn smollm2() -> std::path::PathBuf {
+    let path = std::env::var_os("CPIPE_CHAT_MODEL")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            crate::source::offline_models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        path.display()
+    );
+    path
 }

@@ -135,7 +135,7 @@ impl ChatEngine {
         let prompt = self
             .llm
             .render_chat(&job.messages)
-            .and_then(|text| self.llm.encode(&text));
+            .and_then(|text| self.llm.encode_conversation(&text));
         match prompt {
             Ok(prompt) => Some(Prepared {
                 admitted,

@@ -536,22 +536,8 @@ pub(in crate::llm) struct SequenceTokens<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::smollm2;
     use candle_core::quantized::{GgmlDType, QTensor};
-
-    /// The offline default model, as `tests/llm.rs` finds it.
-    fn smollm2() -> std::path::PathBuf {
-        let path = std::env::var_os("CPIPE_CHAT_MODEL")
-            .map(Into::into)
-            .unwrap_or_else(|| {
-                crate::source::offline_models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")
-            });
-        assert!(
-            path.exists(),
-            "{} is missing: run scripts/fetch-models.sh",
-            path.display()
-        );
-        path
-    }
 
     /// Logits after a 5-token prompt and then after each of 4 single tokens.
     fn run(model: &Transformer) -> Result<Vec<Vec<f32>>> {
