@@ -108,22 +108,23 @@ impl KvBuffer {
                     );
                 }
                 let row = size / Q8_BLOCK;
-                let mut keys = vec![Q8Block::default(); heads * capacity * row];
-                let mut values = keys.clone();
-                if let Some(Held::Q8_0 {
-                    keys: old_keys,
-                    values: old_values,
-                    capacity: old_capacity,
-                    ..
-                }) = &self.held
-                {
-                    for head in 0..heads {
-                        let (from, to) = (head * old_capacity * row, head * capacity * row);
-                        let n = self.len * row;
-                        keys[to..to + n].copy_from_slice(&old_keys[from..from + n]);
-                        values[to..to + n].copy_from_slice(&old_values[from..from + n]);
+                let (keys, values) = match &self.held {
+                    Some(Held::Q8_0 {
+                        keys,
+                        values,
+                        capacity: old_capacity,
+                        ..
+                    }) => {
+                        let grow = |blocks| {
+                            relay_heads(blocks, heads, *old_capacity, capacity, row, self.len)
+                        };
+                        (grow(keys), grow(values))
                     }
-                }
+                    _ => {
+                        let empty = vec![Q8Block::default(); heads * capacity * row];
+                        (empty.clone(), empty)
+                    }
+                };
                 Held::Q8_0 {
                     keys,
                     values,
@@ -248,8 +249,8 @@ impl KvBuffer {
     /// A copy of what is held, in buffers of its own just large enough.
     pub(super) fn snapshot(&self) -> Result<Self> {
         let held = match &self.held {
-            _ if self.len == 0 => None,
             None => None,
+            Some(_) if self.len == 0 => None,
             // `copy` for storage of its own (appends write into the buffers in place), then
             // `contiguous` for the layout `append` takes.
             Some(Held::F16(k, v)) => Some(Held::F16(
@@ -263,16 +264,19 @@ impl KvBuffer {
                 capacity,
                 size,
             }) => {
-                let row = size / Q8_BLOCK;
-                let copy = |blocks: &[Q8Block]| -> Vec<Q8Block> {
-                    (0..*heads)
-                        .flat_map(|head| &blocks[head * capacity * row..][..self.len * row])
-                        .copied()
-                        .collect()
+                let shrink = |blocks| {
+                    relay_heads(
+                        blocks,
+                        *heads,
+                        *capacity,
+                        self.len,
+                        size / Q8_BLOCK,
+                        self.len,
+                    )
                 };
                 Some(Held::Q8_0 {
-                    keys: copy(keys),
-                    values: copy(values),
+                    keys: shrink(keys),
+                    values: shrink(values),
                     heads: *heads,
                     capacity: self.len,
                     size: *size,
@@ -294,6 +298,7 @@ impl KvBuffer {
             Some(Held::F16(k, v)) => {
                 self.append(k, v)?;
             }
+            // A copy just large enough: the next position grows it as any other.
             Some(Held::Q8_0 {
                 keys,
                 values,
@@ -301,27 +306,36 @@ impl KvBuffer {
                 size,
                 ..
             }) => {
-                self.reserve(snapshot.len, *heads, *size, &Device::Cpu)?;
-                let Some(Held::Q8_0 {
-                    keys: own_keys,
-                    values: own_values,
-                    capacity,
-                    ..
-                }) = &mut self.held
-                else {
-                    candle_core::bail!("a q8_0 snapshot restored into an f16 cache");
-                };
-                let n = snapshot.len * (size / Q8_BLOCK);
-                for head in 0..*heads {
-                    let at = head * *capacity * (size / Q8_BLOCK);
-                    own_keys[at..at + n].copy_from_slice(&keys[head * n..(head + 1) * n]);
-                    own_values[at..at + n].copy_from_slice(&values[head * n..(head + 1) * n]);
-                }
+                self.held = Some(Held::Q8_0 {
+                    keys: keys.clone(),
+                    values: values.clone(),
+                    heads: *heads,
+                    capacity: snapshot.len,
+                    size: *size,
+                });
                 self.len = snapshot.len;
             }
         }
         Ok(())
     }
+}
+
+/// The first `len` positions of each of `heads` heads of Q8_0 blocks laid out `capacity`
+/// positions a head (`row` blocks a position), re-laid `new_capacity` positions a head.
+fn relay_heads(
+    blocks: &[Q8Block],
+    heads: usize,
+    capacity: usize,
+    new_capacity: usize,
+    row: usize,
+    len: usize,
+) -> Vec<Q8Block> {
+    let mut relaid = vec![Q8Block::default(); heads * new_capacity * row];
+    for head in 0..heads {
+        let (from, to) = (head * capacity * row, head * new_capacity * row);
+        relaid[to..to + len * row].copy_from_slice(&blocks[from..from + len * row]);
+    }
+    relaid
 }
 
 /// Writes one position of every head into a `[1, heads, capacity, size]` key or value buffer.
