@@ -6,6 +6,8 @@
 //! cost only the arithmetic. Each function here matches a candle operation, which the tests
 //! check it against.
 
+use std::cell::RefCell;
+
 use super::kv_format::KvValues;
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`.
@@ -46,16 +48,17 @@ pub(super) fn span_part_len(head_size: usize) -> usize {
     head_size + 2
 }
 
-/// Keys (or values) converted to f32 at a time: a few kilobytes that stay in L1.
-const CONVERT_ROWS: usize = 16;
-
-/// A group of query heads that share a key/value head (`queries`: heads of `head_size` values,
-/// one after another) against one span of cached positions (`keys`, `values`: rows of
-/// `head_size` values, f16 or Q8_0). Each key and value is read once for the whole group.
-/// Writes, per query, `[m, Σ e^(s−m), Σ e^(s−m) · value]` into `parts`, where
-/// `s = q · key · scale` and `m` is the span's largest `s`.
+/// The rows of one sequence that share a key/value head, each with its group of query heads
+/// (`queries`: per row, `groups` heads of `head_size` values, one after another), against one
+/// span of the sequence's cached positions (`keys`, `values`: rows of `head_size` values, f16
+/// or Q8_0). Row `r` sees the span's first `visible[r]` positions: those up to its own. The
+/// span is converted to f32 once for every row, and the scores and weighted values are two
+/// matrix products. Writes, per query, `[m, Σ e^(s−m), Σ e^(s−m) · value]` into `parts`,
+/// where `s = q · key · scale` over the positions the query sees and `m` their largest `s`;
+/// a row that sees none gets `[−∞, 0, 0…]`, which [`merge_spans`] weighs as nothing.
 pub(super) fn attend_span(
     queries: &[f32],
+    visible: &[usize],
     keys: KvValues<'_>,
     values: KvValues<'_>,
     head_size: usize,
@@ -63,73 +66,113 @@ pub(super) fn attend_span(
     parts: &mut [f32],
 ) {
     let len = keys.len() / head_size;
-    let groups = queries.len() / head_size;
-    let mut rows = [0.0f32; CONVERT_ROWS * MAX_HEAD_SIZE];
-    let mut scores = vec![0.0f32; groups * len];
-    // Chunks of rows converted to f32 at a time: their first value, and their values.
-    let chunks = || {
-        (0..keys.len())
-            .step_by(CONVERT_ROWS * head_size)
-            .map(|start| (start, (CONVERT_ROWS * head_size).min(keys.len() - start)))
-            .enumerate()
-    };
-    for (chunk, (start, n)) in chunks() {
-        let rows = &mut rows[..n];
-        keys.to_f32(start, rows);
-        for (i, key) in rows.chunks_exact(head_size).enumerate() {
-            for (g, q) in queries.chunks_exact(head_size).enumerate() {
-                scores[g * len + chunk * CONVERT_ROWS + i] = dot(q, key) * scale;
-            }
-        }
-    }
+    let n_queries = queries.len() / head_size;
+    let groups = n_queries / visible.len();
     let part_len = span_part_len(head_size);
-    for (scores, part) in scores
-        .chunks_exact_mut(len)
-        .zip(parts.chunks_exact_mut(part_len))
-    {
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut total = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            total += *s;
+    assert_eq!(parts.len(), n_queries * part_len, "parts of the wrong size");
+    SPAN_SCRATCH.with_borrow_mut(|(held, scores)| {
+        held.resize(keys.len(), 0.0);
+        scores.resize(n_queries * len, 0.0);
+        keys.to_f32(0, held);
+        // SAFETY: `scores` holds n_queries × len values, `queries` n_queries rows of head_size
+        // and `held` len rows of head_size (sized above), all row-major; the keys are read
+        // transposed (element (d, j) at j·head_size + d). `scores` overlaps neither.
+        unsafe {
+            gemm::gemm(
+                n_queries,
+                len,
+                head_size,
+                scores.as_mut_ptr(),
+                1,
+                len as isize,
+                false,
+                queries.as_ptr(),
+                1,
+                head_size as isize,
+                held.as_ptr(),
+                head_size as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
         }
-        part[0] = max;
-        part[1] = total;
-        part[2..].fill(0.0);
-    }
-    for (chunk, (start, n)) in chunks() {
-        let rows = &mut rows[..n];
-        values.to_f32(start, rows);
-        for (i, value) in rows.chunks_exact(head_size).enumerate() {
-            for (g, part) in parts.chunks_exact_mut(part_len).enumerate() {
-                let weight = scores[g * len + chunk * CONVERT_ROWS + i];
-                for (o, x) in part[2..].iter_mut().zip(value) {
-                    *o += weight * x;
-                }
+        for (q, (scores, part)) in scores
+            .chunks_exact_mut(len)
+            .zip(parts.chunks_exact_mut(part_len))
+            .enumerate()
+        {
+            let (seen, unseen) = scores.split_at_mut(visible[q / groups]);
+            unseen.fill(0.0);
+            if seen.is_empty() {
+                part[0] = f32::NEG_INFINITY;
+                part[1] = 0.0;
+                continue;
             }
+            let max = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let mut total = 0.0;
+            for s in seen.iter_mut() {
+                *s = (*s - max).exp();
+                total += *s;
+            }
+            part[0] = max;
+            part[1] = total;
         }
-    }
+        values.to_f32(0, held);
+        // SAFETY: each query's weighted values go after its `m` and total: n_queries rows of
+        // head_size values, part_len apart, inside `parts` (n_queries × part_len values,
+        // checked above); `scores` is n_queries × len and `held` len × head_size, row-major.
+        // `parts` overlaps neither.
+        unsafe {
+            gemm::gemm(
+                n_queries,
+                head_size,
+                len,
+                parts.as_mut_ptr().add(2),
+                1,
+                part_len as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                len as isize,
+                held.as_ptr(),
+                1,
+                head_size as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
 }
 
-/// The largest head size [`attend_span`] takes (Gemma's; Llama and Qwen use 64 or 128).
-pub(super) const MAX_HEAD_SIZE: usize = 256;
+thread_local! {
+    /// A worker's span of keys (then values) in f32, and its scores. Kept between spans: a
+    /// span is up to a few hundred kilobytes, which a fresh allocation would fault in anew.
+    static SPAN_SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
 
-/// Softmax attention of each query head from its spans' parts ([`attend_span`], one span's
-/// parts after another in `parts`): `out = Σ e^(m−M) · weighted / Σ e^(m−M) · total`, `M` the
-/// largest `m`, which is what one pass over all positions gives.
-pub(super) fn merge_spans(parts: &[f32], head_size: usize, out: &mut [f32]) {
+/// Softmax attention of each query head of a group from its spans' parts ([`attend_span`]:
+/// each item of `spans` is one span's parts for the group): `out = Σ e^(m−M) · weighted /
+/// Σ e^(m−M) · total`, `M` the largest `m`, which is what one pass over all positions gives.
+pub(super) fn merge_spans<'a>(
+    spans: impl Iterator<Item = &'a [f32]> + Clone,
+    head_size: usize,
+    out: &mut [f32],
+) {
     let part_len = span_part_len(head_size);
-    let groups = out.len() / head_size;
     for (g, out) in out.chunks_exact_mut(head_size).enumerate() {
-        let spans = || {
-            parts
-                .chunks_exact(part_len * groups)
-                .map(|s| &s[g * part_len..][..part_len])
-        };
-        let max = spans().fold(f32::NEG_INFINITY, |m, p| m.max(p[0]));
+        let parts = || spans.clone().map(|s| &s[g * part_len..][..part_len]);
+        let max = parts().fold(f32::NEG_INFINITY, |m, p| m.max(p[0]));
         let mut total = 0.0;
         out.fill(0.0);
-        for part in spans() {
+        for part in parts() {
             let weight = (part[0] - max).exp();
             total += weight * part[1];
             for (o, x) in out.iter_mut().zip(&part[2..]) {
@@ -154,24 +197,6 @@ pub(super) fn add(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
-}
-
-/// A dot product in eight independent lanes, which the compiler turns into SIMD.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
@@ -219,11 +244,13 @@ mod tests {
         let expect = candle_nn::rotary_emb::rope(&as_head(&x)?, &tables(&cos)?, &tables(&sin)?)?;
         close(&rotated, &expect.flatten_all()?.to_vec1()?);
 
-        // Three query heads sharing a key/value head, over three spans of uneven length, with
-        // the cache in each form: attention over the values it holds.
-        let (len, groups) = (37, 3);
+        // Two rows, each with three query heads sharing a key/value head, over three spans of
+        // uneven length, with the cache in each form: each row's attention over the positions
+        // up to its own (the first row's stops inside the third span, and it sees none of a
+        // fourth span that only the second row reaches).
+        let (len, groups, own) = (37, 3, [20usize, 36]);
         let (keys, vals) = (values(len * d, 5), values(len * d, 6));
-        let queries = values(groups * d, 7);
+        let queries = values(own.len() * groups * d, 7);
         let half = |v: &[f32]| v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
         let (keys16, vals16) = (half(&keys), half(&vals));
         let blocks = |v: &[f32]| {
@@ -236,13 +263,15 @@ mod tests {
             (KvValues::F16(&keys16), KvValues::F16(&vals16)),
             (KvValues::Q8_0(&keys8), KvValues::Q8_0(&vals8)),
         ] {
-            let part_len = groups * span_part_len(d);
-            let bounds = [0, 16, 17, len];
-            let mut parts = vec![0.0; 3 * part_len];
-            for (span, part) in bounds.windows(2).zip(parts.chunks_exact_mut(part_len)) {
+            let span_len = own.len() * groups * span_part_len(d);
+            let bounds = [0, 16, 17, 24, len];
+            let mut parts = vec![0.0; (bounds.len() - 1) * span_len];
+            for (span, part) in bounds.windows(2).zip(parts.chunks_exact_mut(span_len)) {
                 let rows = span[0] * d..span[1] * d;
+                let visible = own.map(|p| (p + 1).saturating_sub(span[0]).min(span[1] - span[0]));
                 attend_span(
                     &queries,
+                    &visible,
                     held_keys.slice(rows.clone()),
                     held_values.slice(rows),
                     d,
@@ -250,17 +279,25 @@ mod tests {
                     part,
                 );
             }
-            let mut out = vec![0.0; groups * d];
-            merge_spans(&parts, d, &mut out);
             let held = |v: KvValues<'_>| -> candle_core::Result<Tensor> {
                 let mut out = vec![0.0; v.len()];
                 v.to_f32(0, &mut out);
                 Tensor::new(out.as_slice(), &dev)?.reshape((len, d))
             };
-            let q = Tensor::new(queries.as_slice(), &dev)?.reshape((groups, d))?;
             let (k, v) = (held(held_keys)?, held(held_values)?);
-            let scores = candle_nn::ops::softmax(&(q.matmul(&k.t()?)? * 0.125)?, D::Minus1)?;
-            close(&out, &scores.matmul(&v)?.flatten_all()?.to_vec1()?);
+            let row_len = groups * span_part_len(d);
+            for (r, &position) in own.iter().enumerate() {
+                let mut out = vec![0.0; groups * d];
+                let spans = parts
+                    .chunks_exact(span_len)
+                    .map(|s| &s[r * row_len..][..row_len]);
+                merge_spans(spans, d, &mut out);
+                let q = &queries[r * groups * d..][..groups * d];
+                let q = Tensor::new(q, &dev)?.reshape((groups, d))?;
+                let (k, v) = (k.narrow(0, 0, position + 1)?, v.narrow(0, 0, position + 1)?);
+                let scores = candle_nn::ops::softmax(&(q.matmul(&k.t()?)? * 0.125)?, D::Minus1)?;
+                close(&out, &scores.matmul(&v)?.flatten_all()?.to_vec1()?);
+            }
         }
 
         let mut gate = x.clone();
