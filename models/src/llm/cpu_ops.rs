@@ -52,8 +52,8 @@ pub(super) fn span_part_len(head_size: usize) -> usize {
 /// (`queries`: per row, `groups` heads of `head_size` values, one after another), against one
 /// span of the sequence's cached positions (`keys`, `values`: rows of `head_size` values, f16
 /// or Q8_0). Row `r` sees the span's first `visible[r]` positions: those up to its own. The
-/// span is converted to f32 once for every row, and the scores and weighted values are two
-/// matrix products. Writes, per query, `[m, Σ e^(s−m), Σ e^(s−m) · value]` into `parts`,
+/// span is converted to f32 once for every row, and each row's scores and weighted values are
+/// two small matrix products (gemm, on the widest SIMD the CPU has). Writes, per query, `[m, Σ e^(s−m), Σ e^(s−m) · value]` into `parts`,
 /// where `s = q · key · scale` over the positions the query sees and `m` their largest `s`;
 /// a row that sees none gets `[−∞, 0, 0…]`, which [`merge_spans`] weighs as nothing.
 pub(super) fn attend_span(
@@ -74,39 +74,49 @@ pub(super) fn attend_span(
         held.resize(keys.len(), 0.0);
         scores.resize(n_queries * len, 0.0);
         keys.to_f32(0, held);
-        // SAFETY: `scores` holds n_queries × len values, `queries` n_queries rows of head_size
-        // and `held` len rows of head_size (sized above), all row-major; the keys are read
-        // transposed (element (d, j) at j·head_size + d). `scores` overlaps neither.
-        unsafe {
-            gemm::gemm(
-                n_queries,
-                len,
-                head_size,
-                scores.as_mut_ptr(),
-                1,
-                len as isize,
-                false,
-                queries.as_ptr(),
-                1,
-                head_size as isize,
-                held.as_ptr(),
-                head_size as isize,
-                1,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+        // Each row's scores (its queries against the positions it sees) and below its
+        // weighted values are products of their own: a product's sums run in an order that
+        // depends on its shape, and a row's result must depend neither on the other rows of
+        // its chunk nor on how far they reach (or a prompt's results on how it was split).
+        for (r, &seen) in visible.iter().enumerate() {
+            if seen == 0 {
+                continue;
+            }
+            // SAFETY: the row's scores are `groups` rows of `len` values (the first `seen`
+            // written) inside `scores` (n_queries × len, sized above); its queries `groups`
+            // rows of head_size inside `queries`; `held` holds at least `seen` rows of
+            // head_size, read transposed (element (d, j) at j·head_size + d). `scores`
+            // overlaps neither.
+            unsafe {
+                gemm::gemm(
+                    groups,
+                    seen,
+                    head_size,
+                    scores.as_mut_ptr().add(r * groups * len),
+                    1,
+                    len as isize,
+                    false,
+                    queries.as_ptr().add(r * groups * head_size),
+                    1,
+                    head_size as isize,
+                    held.as_ptr(),
+                    head_size as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
         }
         for (q, (scores, part)) in scores
             .chunks_exact_mut(len)
             .zip(parts.chunks_exact_mut(part_len))
             .enumerate()
         {
-            let (seen, unseen) = scores.split_at_mut(visible[q / groups]);
-            unseen.fill(0.0);
+            let seen = &mut scores[..visible[q / groups]];
             if seen.is_empty() {
                 part[0] = f32::NEG_INFINITY;
                 part[1] = 0.0;
@@ -122,32 +132,44 @@ pub(super) fn attend_span(
             part[1] = total;
         }
         values.to_f32(0, held);
-        // SAFETY: each query's weighted values go after its `m` and total: n_queries rows of
-        // head_size values, part_len apart, inside `parts` (n_queries × part_len values,
-        // checked above); `scores` is n_queries × len and `held` len × head_size, row-major.
-        // `parts` overlaps neither.
-        unsafe {
-            gemm::gemm(
-                n_queries,
-                head_size,
-                len,
-                parts.as_mut_ptr().add(2),
-                1,
-                part_len as isize,
-                false,
-                scores.as_ptr(),
-                1,
-                len as isize,
-                held.as_ptr(),
-                1,
-                head_size as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+        for (r, &seen) in visible.iter().enumerate() {
+            let parts = &mut parts[r * groups * part_len..][..groups * part_len];
+            if seen == 0 {
+                parts.fill(0.0);
+                parts
+                    .iter_mut()
+                    .step_by(part_len)
+                    .for_each(|m| *m = f32::NEG_INFINITY);
+                continue;
+            }
+            // SAFETY: each of the row's queries' weighted values go after its `m` and total:
+            // `groups` rows of head_size values, part_len apart, inside `parts` (groups ×
+            // part_len values); the row's scores are `groups` rows of `len` values (the first
+            // `seen` read) and `held` has at least `seen` rows of head_size, all row-major.
+            // `parts` overlaps neither.
+            unsafe {
+                gemm::gemm(
+                    groups,
+                    head_size,
+                    seen,
+                    parts.as_mut_ptr().add(2),
+                    1,
+                    part_len as isize,
+                    false,
+                    scores.as_ptr().add(r * groups * len),
+                    1,
+                    len as isize,
+                    held.as_ptr(),
+                    1,
+                    head_size as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
         }
     });
 }
