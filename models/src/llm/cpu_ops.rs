@@ -135,11 +135,10 @@ pub(super) fn attend_span(
         for (r, &seen) in visible.iter().enumerate() {
             let parts = &mut parts[r * groups * part_len..][..groups * part_len];
             if seen == 0 {
-                parts.fill(0.0);
-                parts
-                    .iter_mut()
-                    .step_by(part_len)
-                    .for_each(|m| *m = f32::NEG_INFINITY);
+                // Its `[−∞, 0]` are set above; nothing weighted.
+                for part in parts.chunks_exact_mut(part_len) {
+                    part[2..].fill(0.0);
+                }
                 continue;
             }
             // SAFETY: each of the row's queries' weighted values go after its `m` and total:
