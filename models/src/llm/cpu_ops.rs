@@ -208,18 +208,29 @@ const LANES: usize = 8;
 /// `scores` is not empty.
 fn exponentiate(scores: &mut [f32]) -> (f32, f32) {
     let mut maxima = [f32::NEG_INFINITY; LANES];
-    for lanes in scores.chunks(LANES) {
+    let mut whole = scores.chunks_exact(LANES);
+    for lanes in whole.by_ref() {
         for (m, &s) in maxima.iter_mut().zip(lanes) {
             *m = m.max(s);
         }
     }
+    for (m, &s) in maxima.iter_mut().zip(whole.remainder()) {
+        *m = m.max(s);
+    }
     let max = maxima.into_iter().fold(f32::NEG_INFINITY, f32::max);
+    // A loop of its own: one that also adds up vectorizes poorly.
+    for s in scores.iter_mut() {
+        *s = exp_nonpositive(*s - max);
+    }
     let mut totals = [0.0f32; LANES];
-    for lanes in scores.chunks_mut(LANES) {
-        for (total, s) in totals.iter_mut().zip(lanes) {
-            *s = exp_nonpositive(*s - max);
-            *total += *s;
+    let mut whole = scores.chunks_exact(LANES);
+    for lanes in whole.by_ref() {
+        for (total, &s) in totals.iter_mut().zip(lanes) {
+            *total += s;
         }
+    }
+    for (total, &s) in totals.iter_mut().zip(whole.remainder()) {
+        *total += s;
     }
     (max, totals.into_iter().sum())
 }
