@@ -92,13 +92,11 @@ pub(super) fn attend_span(
         } = scratch;
         held.resize(keys.len(), 0.0);
         keys.to_f32(0, held);
-        // Padding past `len` is zero and scored like the rest, then ignored.
-        keys_by_value.clear();
         keys_by_value.resize(head_size * padded, 0.0);
-        for (p, key) in held.chunks_exact(head_size).enumerate() {
-            for (d, &k) in key.iter().enumerate() {
-                keys_by_value[d * padded + p] = k;
-            }
+        transpose(held, head_size, keys_by_value, padded);
+        // Padding past `len` is zero and scored like the rest, then ignored.
+        for keys in keys_by_value.chunks_exact_mut(padded) {
+            keys[len..].fill(0.0);
         }
         scores.resize(n_queries * padded, 0.0);
         // Two queries at a time, each key value read once for both: eight sums in flight hide
@@ -199,6 +197,101 @@ fn score_block<const Q: usize>(
     }
     sums.map(|sums| sums.map(|sum| sum * scale))
 }
+
+/// `out[d * stride + p] = rows[p * width + d]`: the `rows.len() / width` rows of `width`
+/// values as columns, `stride` apart. Eight by eight in registers; what is left over of the
+/// tiles, value by value. (A span's keys, a value at a time, took most of a generated token's
+/// attention.)
+fn transpose(rows: &[f32], width: usize, out: &mut [f32], stride: usize) {
+    let n = rows.len() / width;
+    assert!(
+        n <= stride && out.len() >= width * stride,
+        "columns past `out`"
+    );
+    let (tiled_rows, tiled_width) = (n - n % 8, width - width % 8);
+    for p in (0..tiled_rows).step_by(8) {
+        for d in (0..tiled_width).step_by(8) {
+            transpose_tile(
+                &rows[p * width + d..],
+                width,
+                &mut out[d * stride + p..],
+                stride,
+            );
+        }
+    }
+    for (p, row) in rows.chunks_exact(width).enumerate() {
+        let done = if p < tiled_rows { tiled_width } else { 0 };
+        for (d, &x) in row.iter().enumerate().skip(done) {
+            out[d * stride + p] = x;
+        }
+    }
+}
+
+/// One tile of [`transpose`]: eight rows of eight values from the start of `rows` (`width`
+/// apart) as eight columns at the start of `out` (`stride` apart).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+fn transpose_tile(rows: &[f32], width: usize, out: &mut [f32], stride: usize) {
+    use std::arch::x86_64::*;
+    assert!(
+        rows.len() >= 7 * width + 8 && out.len() >= 7 * stride + 8,
+        "a tile past its slice"
+    );
+    // SAFETY: the eight loads read eight floats at `i · width` (i < 8) and the eight stores
+    // write eight at `i · stride`, inside `rows` and `out` by the assertion; AVX2 is in the
+    // build's target features (the `cfg` above).
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(rows.as_ptr().add(i * width)));
+        // Pairs of rows interleaved, then pairs of pairs: each 128-bit half then holds four
+        // values of one column; the halves are put together last.
+        let t = [
+            _mm256_unpacklo_ps(r[0], r[1]),
+            _mm256_unpackhi_ps(r[0], r[1]),
+            _mm256_unpacklo_ps(r[2], r[3]),
+            _mm256_unpackhi_ps(r[2], r[3]),
+            _mm256_unpacklo_ps(r[4], r[5]),
+            _mm256_unpackhi_ps(r[4], r[5]),
+            _mm256_unpacklo_ps(r[6], r[7]),
+            _mm256_unpackhi_ps(r[6], r[7]),
+        ];
+        let u = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+        ];
+        let columns = [
+            _mm256_permute2f128_ps::<0x20>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x20>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x20>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x20>(u[3], u[7]),
+            _mm256_permute2f128_ps::<0x31>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x31>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x31>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x31>(u[3], u[7]),
+        ];
+        for (i, column) in columns.into_iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(i * stride), column);
+        }
+    }
+}
+
+/// One tile of [`transpose`], value by value: the reference for the one above, and the form
+/// for builds without AVX2.
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2"), allow(dead_code))]
+fn transpose_tile_by_value(rows: &[f32], width: usize, out: &mut [f32], stride: usize) {
+    for p in 0..8 {
+        for d in 0..8 {
+            out[d * stride + p] = rows[p * width + d];
+        }
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+use transpose_tile_by_value as transpose_tile;
 
 /// Lanes of the running largest score and sum of weights: in a fixed order, like the other
 /// sums here, but side by side so that they run at SIMD width.
@@ -463,6 +556,27 @@ mod tests {
         for (r, &visible) in seen.iter().enumerate() {
             let alone = attend(&queries[r * groups * d..][..groups * d], &[visible]);
             assert_eq!(alone, together[r * row_len..][..row_len], "row {r}");
+        }
+    }
+
+    #[test]
+    fn transpose_matches_value_by_value() {
+        // Rows and widths with and without whole tiles left over.
+        for (n, width, stride) in [(16, 64, 32), (37, 80, 64), (5, 12, 8)] {
+            let rows = values(n * width, 11);
+            let mut out = vec![0.0; width * stride];
+            transpose(&rows, width, &mut out, stride);
+            for (p, row) in rows.chunks_exact(width).enumerate() {
+                for (d, &x) in row.iter().enumerate() {
+                    assert_eq!(out[d * stride + p], x, "row {p}, value {d}");
+                }
+            }
+            if n < 8 {
+                continue;
+            }
+            let mut tile = vec![0.0; 8 * stride];
+            transpose_tile_by_value(&rows, width, &mut tile, stride);
+            assert!((0..8).all(|p| (0..8).all(|d| tile[d * stride + p] == out[d * stride + p])));
         }
     }
 }
